@@ -1,0 +1,274 @@
+"""Options: where they come from, what they may be, and the loud failure when they are wrong.
+
+Precedence, highest first: keyword arguments to ``configure()``, the Celery config
+(``app.conf.bugsnag_<option>``), the environment (``BUGSNAG_API_KEY``,
+``BUGSNAG_RELEASE_STAGE``, ``BUGSNAG_APP_VERSION``), Django's ``settings.BUGSNAG`` when
+Django is configured (the dict the official Django integration reads), and the official
+``bugsnag`` package's global configuration when it was imported and configured.
+
+Resolution reads only what is already in memory: it imports neither Django nor
+``bugsnag`` (both are looked up in ``sys.modules``), opens nothing and starts nothing,
+because the same app module is imported by every web process that only sends tasks.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import socket
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+__all__ = ["Options", "resolve_options", "DEFAULT_NOTIFY_ENDPOINT", "DEFAULT_SESSIONS_ENDPOINT"]
+
+DEFAULT_NOTIFY_ENDPOINT = "https://notify.bugsnag.com/"
+DEFAULT_SESSIONS_ENDPOINT = "https://sessions.bugsnag.com/"
+# BugSnag's notifiers send keys starting with 00000 to SmartBear's hosts.
+SMARTBEAR_NOTIFY_ENDPOINT = "https://notify.bugsnag.smartbear.com/"
+SMARTBEAR_SESSIONS_ENDPOINT = "https://sessions.bugsnag.smartbear.com/"
+
+_API_KEY = re.compile(r"[0-9a-fA-F]{32}")
+
+
+@dataclass(frozen=True)
+class Options:
+    """The resolved, validated options of one configured Celery app."""
+
+    api_key: str | None = None
+    release_stage: str = "production"
+    app_version: str | None = None
+    app_type: str = "celery"
+    hostname: str = field(default_factory=socket.gethostname)
+    auto_track_sessions: bool = True
+    track_eager: bool = True
+    exclude_tasks: tuple[str, ...] = ()
+    notify_endpoint: str | None = None
+    sessions_endpoint: str | None = None
+    session_flush_interval: float = 1.0
+    session_delivery_interval: float = 30.0
+
+    def task_excluded(self) -> Callable[[str], bool]:
+        """A predicate: is this task name excluded by ``exclude_tasks``?"""
+        names = frozenset(self.exclude_tasks)
+        patterns = [re.compile(p) for p in self.exclude_tasks]
+
+        def excluded(name: str) -> bool:
+            return name in names or any(p.fullmatch(name) for p in patterns)
+
+        return excluded
+
+    @property
+    def endpoints(self) -> tuple[str, str | None]:
+        """``(notify, sessions)`` endpoints; sessions is None when it must not be sent.
+
+        As in bugsnag-python: when the events endpoint is overridden (an on-premise
+        install) but the sessions endpoint is not, sessions are not sent to the public
+        host; they are dropped with a warning by the delivery path.
+        """
+        smartbear = bool(self.api_key) and str(self.api_key).startswith("00000")
+        notify = self.notify_endpoint or (SMARTBEAR_NOTIFY_ENDPOINT if smartbear else DEFAULT_NOTIFY_ENDPOINT)
+        if self.sessions_endpoint:
+            return notify, self.sessions_endpoint
+        if self.notify_endpoint:
+            return notify, None
+        return notify, SMARTBEAR_SESSIONS_ENDPOINT if smartbear else DEFAULT_SESSIONS_ENDPOINT
+
+
+OPTION_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Options))
+
+# Environment variables BugSnag's notifiers document.
+_ENV = {
+    "api_key": "BUGSNAG_API_KEY",
+    "release_stage": "BUGSNAG_RELEASE_STAGE",
+    "app_version": "BUGSNAG_APP_VERSION",
+}
+
+# settings.BUGSNAG keys of the official Django integration -> our option names.
+_DJANGO_KEYS = {
+    "api_key": "api_key",
+    "release_stage": "release_stage",
+    "app_version": "app_version",
+    "app_type": "app_type",
+    "hostname": "hostname",
+    "auto_capture_sessions": "auto_track_sessions",
+    "endpoint": "notify_endpoint",
+    "session_endpoint": "sessions_endpoint",
+}
+
+
+def _fail(option: str, problem: str) -> ValueError:
+    return ValueError(f"bugsnag_celery: option {option!r} {problem}")
+
+
+def _check_unknown(names: Iterable[str], where: str) -> None:
+    for name in names:
+        if name not in OPTION_NAMES:
+            close = difflib.get_close_matches(name, OPTION_NAMES, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"bugsnag_celery: unknown option {name!r} ({where}){hint}")
+
+
+def _celery_conf(app: Any) -> dict[str, Any]:
+    """``bugsnag_*`` keys of the app's Celery config, prefix removed."""
+    found: dict[str, Any] = {}
+    conf = app.conf
+    for key in list(conf.keys()):
+        if isinstance(key, str) and key.lower().startswith("bugsnag_"):
+            found[key[len("bugsnag_") :].lower()] = conf[key]
+    _check_unknown(found, "from app.conf.bugsnag_*")
+    return found
+
+
+def _environment() -> dict[str, Any]:
+    return {name: os.environ[var] for name, var in _ENV.items() if os.environ.get(var)}
+
+
+def _django_settings() -> dict[str, Any]:
+    conf = sys.modules.get("django.conf")
+    if conf is None:
+        return {}
+    try:
+        settings = conf.settings
+        if not settings.configured:
+            return {}
+        raw = getattr(settings, "BUGSNAG", None)
+    except Exception:  # Django half set up: not ours to fail on
+        return {}
+    if not isinstance(raw, Mapping):
+        return {}
+    return {ours: raw[theirs] for theirs, ours in _DJANGO_KEYS.items() if raw.get(theirs) is not None}
+
+
+def _official_bugsnag() -> dict[str, Any]:
+    module = sys.modules.get("bugsnag")
+    configuration = getattr(module, "configuration", None) if module is not None else None
+    if configuration is None or not getattr(configuration, "api_key", None):
+        return {}  # imported perhaps, but never configured
+    found: dict[str, Any] = {}
+    for theirs, ours in (
+        ("api_key", "api_key"),
+        ("release_stage", "release_stage"),
+        ("app_version", "app_version"),
+        ("app_type", "app_type"),
+        ("hostname", "hostname"),
+    ):
+        try:
+            value = getattr(configuration, theirs, None)
+        except Exception:
+            value = None
+        if value is not None:
+            found[ours] = value
+    return found
+
+
+def _as_bool(option: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in (
+        "1",
+        "true",
+        "yes",
+        "on",
+        "0",
+        "false",
+        "no",
+        "off",
+    ):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    raise _fail(option, f"must be a boolean, not {value!r}")
+
+
+def _as_interval(option: str, value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise _fail(option, f"must be a number of seconds, not {value!r}") from None
+    if isinstance(value, bool) or not number > 0 or number != number or number == float("inf"):
+        raise _fail(option, f"must be a positive number of seconds, not {value!r}")
+    return number
+
+
+def _as_text(option: str, value: Any, *, optional: bool) -> str | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)  # app_version=2 is a common slip; BugSnag wants text
+    if not isinstance(value, str) or not value.strip():
+        raise _fail(option, f"must be a non-empty string, not {value!r}")
+    return value.strip()
+
+
+def _as_endpoint(option: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    text = _as_text(option, value, optional=False)
+    assert text is not None
+    if not re.match(r"https?://[^/\s]+", text):
+        raise _fail(option, f"must be an http:// or https:// URL, not {value!r}")
+    return text
+
+
+def _as_patterns(option: str, value: Any) -> tuple[str, ...]:
+    items = [value] if isinstance(value, str) else value
+    try:
+        items = list(items)
+    except TypeError:
+        raise _fail(
+            option, f"must be a task name or a list of names/regular expressions, not {value!r}"
+        ) from None
+    for item in items:
+        if not isinstance(item, str):
+            raise _fail(option, f"entries must be strings, not {item!r}")
+        try:
+            re.compile(item)
+        except re.error as exc:
+            raise _fail(option, f"has an invalid regular expression {item!r}: {exc}") from None
+    return tuple(items)
+
+
+def _validate(raw: dict[str, Any]) -> dict[str, Any]:
+    clean: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name == "api_key":
+            if value is None:
+                continue
+            if not isinstance(value, str) or not _API_KEY.fullmatch(value.strip()):
+                # Never echo the key itself: it ends up in logs.
+                shown = f"{len(value)} characters" if isinstance(value, str) else type(value).__name__
+                raise _fail(name, f"must be 32 hexadecimal characters (got {shown})")
+            clean[name] = value.strip().lower()
+        elif name in ("release_stage", "app_type", "hostname"):
+            clean[name] = _as_text(name, value, optional=False)
+        elif name == "app_version":
+            clean[name] = _as_text(name, value, optional=True)
+        elif name in ("auto_track_sessions", "track_eager"):
+            clean[name] = _as_bool(name, value)
+        elif name in ("session_flush_interval", "session_delivery_interval"):
+            clean[name] = _as_interval(name, value)
+        elif name in ("notify_endpoint", "sessions_endpoint"):
+            clean[name] = _as_endpoint(name, value)
+        elif name == "exclude_tasks":
+            clean[name] = _as_patterns(name, value)
+    return clean
+
+
+def resolve_options(app: Any, kwargs: Mapping[str, Any]) -> Options:
+    """Merge every source by precedence and validate; raise ``ValueError`` naming the option."""
+    _check_unknown(kwargs, "keyword argument to configure()")
+    sources = [
+        ("keyword arguments", dict(kwargs)),
+        ("app.conf", _celery_conf(app)),
+        ("environment", _environment()),
+        ("Django settings.BUGSNAG", _django_settings()),
+        ("bugsnag.configuration", _official_bugsnag()),
+    ]
+    merged: dict[str, Any] = {}
+    for where, values in reversed(sources):  # lowest precedence first, overwritten upwards
+        try:
+            merged.update(_validate(values))
+        except ValueError as exc:
+            raise ValueError(f"{exc} (from {where})") from None
+    return Options(**merged)

@@ -1,0 +1,126 @@
+"""Per-process session counts: the seam between counting and delivery.
+
+Every session that starts in this process is counted here, in a per-minute bucket
+(``startedAt`` floored to the minute, UTC) per *release group*: app version, release
+stage, app type and hostname -- the four values that BugSnag keys a session payload by.
+
+Counting is the hot path of every task run, so it is one dict update under an
+uncontended lock. Moving the counts out of the process is somebody else's job: a
+delivery path calls :func:`take_pending_counts` (which empties the buckets) and, if it
+could not hand them on, :func:`restore_pending_counts` to put them back. Nothing in
+this module does I/O or starts a thread.
+
+Counts never cross a ``fork()``: a child starts with empty buckets, so counts that the
+parent took before forking are delivered by the parent only (bugsnag-python's timer
+either loses them or sends them twice).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from datetime import datetime, timezone
+from typing import NamedTuple
+
+__all__ = [
+    "Release",
+    "PendingCounts",
+    "count_session",
+    "take_pending_counts",
+    "restore_pending_counts",
+    "minute_iso",
+]
+
+
+class Release(NamedTuple):
+    """What BugSnag groups session counts by (one session payload per release group)."""
+
+    app_version: str | None
+    release_stage: str
+    app_type: str
+    hostname: str
+
+
+#: ``{release: {"2026-11-28T01:14:00Z": sessions_started, ...}}``
+PendingCounts = dict[Release, dict[str, int]]
+
+_lock = threading.Lock()
+# release -> {epoch minute -> count}. The inner dicts are long-lived: callers on the
+# hot path keep a reference to theirs (see ``buckets_for``) and mutate it in place.
+_buckets: dict[Release, dict[int, int]] = {}
+
+
+def buckets_for(release: Release) -> dict[int, int]:
+    """Return the (live) minute buckets of *release*, creating them once."""
+    with _lock:
+        buckets = _buckets.get(release)
+        if buckets is None:
+            buckets = _buckets[release] = {}
+        return buckets
+
+
+def count_session(release: Release, started: float) -> None:
+    """Count one session of *release* that started at *started* (a ``time.time()``)."""
+    minute = int(started // 60)
+    with _lock:
+        buckets = _buckets.get(release)
+        if buckets is None:
+            buckets = _buckets[release] = {}
+        buckets[minute] = buckets.get(minute, 0) + 1
+
+
+def add_to_buckets(buckets: dict[int, int], started: float) -> None:
+    """Hot-path variant of :func:`count_session` for a caller that holds its buckets."""
+    minute = int(started // 60)
+    with _lock:
+        buckets[minute] = buckets.get(minute, 0) + 1
+
+
+def minute_iso(minute: int) -> str:
+    """``28123456`` (minutes since the epoch) -> ``"2023-06-21T10:16:00Z"``."""
+    return datetime.fromtimestamp(minute * 60, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:00Z")
+
+
+def _minute_from_iso(text: str) -> int:
+    stamp = datetime.strptime(text, "%Y-%m-%dT%H:%M:00Z").replace(tzinfo=timezone.utc)
+    return int(stamp.timestamp()) // 60
+
+
+def take_pending_counts() -> PendingCounts:
+    """Take (and remove) every count this process holds.
+
+    Returns ``{Release: {minute_iso: sessions_started}}`` with only non-zero buckets.
+    Whoever takes the counts owns them: if they cannot be delivered, give them back
+    with :func:`restore_pending_counts`, or they are lost.
+    """
+    taken: PendingCounts = {}
+    with _lock:
+        for release, buckets in _buckets.items():
+            if buckets:
+                taken[release] = {minute_iso(m): n for m, n in sorted(buckets.items())}
+                buckets.clear()
+    return taken
+
+
+def restore_pending_counts(pending: PendingCounts) -> None:
+    """Merge counts taken by :func:`take_pending_counts` back into this process."""
+    with _lock:
+        for release, counts in pending.items():
+            buckets = _buckets.get(release)
+            if buckets is None:
+                buckets = _buckets[release] = {}
+            for stamp, n in counts.items():
+                minute = _minute_from_iso(stamp)
+                buckets[minute] = buckets.get(minute, 0) + n
+
+
+def _after_fork_in_child() -> None:
+    # The parent's lock may have been held by another thread at fork time, and the
+    # parent's counts are the parent's to deliver: start the child clean.
+    global _lock
+    _lock = threading.Lock()
+    for buckets in _buckets.values():
+        buckets.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,315 @@
+"""Wiring into Celery: ``configure(app)``, ``unconfigure(app)`` and ``@no_session``.
+
+Why not ``task_prerun``/``task_postrun``? Celery's ``Signal.send`` takes a lock and
+rebuilds its receiver list on every call: two signals cost 2-5 us per task here, the
+whole budget. Instead, like Sentry's integration, we hook ``build_tracer`` -- the one
+place where Celery decides which callable a task run invokes -- and wrap the task's
+``run`` (or its custom ``__call__``) once per task. The wrapper opens the task run's
+session, runs the body and restores the previous session in a ``finally``: one
+ContextVar set and reset and one counter update, in the thread or greenlet that runs
+the task.
+
+``build_tracer`` is called by ``task.apply()`` on every eager run, by prefork children
+when they start, and by the consumer under the other pools; the consumer imported it
+by name, so its module is patched too (at ``worker_init``, before it builds tracers).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from collections.abc import Callable
+from time import time as _now
+from typing import Any, TypeVar
+
+from celery import Celery, Task, signals
+from celery.app import trace as _trace
+
+from . import counts, sessions
+from .config import Options, resolve_options
+from .counts import Release
+from .sessions import Session, _current
+
+__all__ = ["configure", "unconfigure", "no_session", "is_configured", "options_for"]
+
+logger = logging.getLogger("bugsnag_celery")
+
+F = TypeVar("F")
+
+_NO_SESSION_ATTR = "__bugsnag_no_session__"
+_WRAPPED_ATTR = "_bugsnag_celery_wrapped"
+# Celery's own machinery (chord_unlock polls by retrying) and our own tasks are not
+# user work: counting them would inflate the session count.
+_INTERNAL_PREFIXES = ("bugsnag_celery.", "celery.")
+
+# How a wrapped task run treats sessions.
+TRACK = "track"  # open a new session for the run
+OPT_OUT = "opt-out"  # no session during the run (@no_session, exclude_tasks, internal)
+MANUAL = "manual"  # auto_track_sessions=False: leave the session to the user's calls
+
+
+class AppState:
+    """Everything ``configure()`` set up for one app, so ``unconfigure()`` can undo it."""
+
+    __slots__ = ("active", "app", "buckets", "excluded", "options", "release", "wrapped")
+
+    def __init__(self, app: Celery, options: Options) -> None:
+        self.app = app
+        self.options = options
+        self.release = Release(options.app_version, options.release_stage, options.app_type, options.hostname)
+        self.buckets = counts.buckets_for(self.release)
+        self.excluded = options.task_excluded()
+        self.active = True
+        # (task, owner, attribute, original value or _MISSING) for every wrapper installed
+        self.wrapped: list[tuple[Task, Any, str, Any]] = []
+
+
+_MISSING = object()
+_states: dict[Celery, AppState] = {}
+_hook_lock = threading.Lock()
+_original_build_tracer: Callable[..., Any] | None = None
+
+
+# --------------------------------------------------------------------------- opting out
+
+
+def no_session(task: F) -> F:
+    """Opt a task out of session tracking: it never opens a session and never counts.
+
+    Works above or below ``@app.task``. Errors inside it are still reported, without
+    a session, so they do not count against stability.
+    """
+    target: Any = task
+    try:
+        # A lazy task (``@app.task`` before the app is finalized) is a PromiseProxy:
+        # mark the function it will build from rather than forcing it into existence.
+        pending = object.__getattribute__(task, "__pending__")
+    except AttributeError:
+        pending = None
+    if pending is not None:
+        try:
+            target = object.__getattribute__(task, "__args__")[0]
+        except (AttributeError, IndexError):  # pragma: no cover - unknown proxy shape
+            target = task
+    setattr(target, _NO_SESSION_ATTR, True)
+    return task
+
+
+def _opted_out(task: Task) -> bool:
+    for candidate in (task, getattr(task, "run", None), type(task).__dict__.get("__wrapped__")):
+        candidate = getattr(candidate, "__func__", candidate)  # staticmethod/bound method
+        if candidate is not None and getattr(candidate, _NO_SESSION_ATTR, False):
+            return True
+    return False
+
+
+def _mode_for(task: Task, state: AppState) -> str:
+    name = task.name or ""
+    if name.startswith(_INTERNAL_PREFIXES) or _opted_out(task) or state.excluded(name):
+        return OPT_OUT
+    return TRACK if state.options.auto_track_sessions else MANUAL
+
+
+# --------------------------------------------------------------------------- the wrapper
+
+
+def _session_runner(task: Task, state: AppState, call: Callable[..., Any], mode: str) -> Callable[..., Any]:
+    """Build the function that runs *call* (the task body) inside the run's session."""
+    request_stack = task.request_stack
+    track_eager = state.options.track_eager
+
+    if mode == TRACK:
+
+        def run_in_session(*args: Any, **kwargs: Any) -> Any:
+            if not state.active:
+                return call(*args, **kwargs)
+            request = request_stack.top
+            if request is None or request.called_directly:
+                # ``task()`` called as a plain function: not a task run, no new session.
+                token = _current.set(_current.get())
+            elif not track_eager and request.is_eager:
+                token = _current.set(None)
+            else:
+                started = _now()
+                token = _current.set(Session(state.release, started, request.id, request.retries or 0))
+                counts.add_to_buckets(state.buckets, started)
+            try:
+                return call(*args, **kwargs)
+            finally:
+                _current.reset(token)
+
+    elif mode == OPT_OUT:
+
+        def run_in_session(*args: Any, **kwargs: Any) -> Any:
+            token = _current.set(None)
+            try:
+                return call(*args, **kwargs)
+            finally:
+                _current.reset(token)
+
+    else:
+
+        def run_in_session(*args: Any, **kwargs: Any) -> Any:
+            # The user manages sessions; only make sure none outlives the run.
+            token = _current.set(_current.get())
+            try:
+                return call(*args, **kwargs)
+            finally:
+                _current.reset(token)
+
+    return run_in_session
+
+
+def _instrument(task: Task, app: Any = None) -> None:
+    """Wrap *task* once, if its app is configured. Called for every tracer built."""
+    if _WRAPPED_ATTR in task.__dict__:
+        return
+    try:
+        state = _states.get(app if app is not None else task._get_app())
+        if state is None or not state.active:
+            return
+        mode = _mode_for(task, state)
+        if _trace.task_has_custom(task, "__call__"):
+            # The tracer calls ``task(...)``: wrap the class's __call__ so the session
+            # covers the custom __call__ too (one class per task in Celery).
+            owner: Any = type(task)
+            original = owner.__dict__.get("__call__", _MISSING)
+            unbound = owner.__call__
+            inner = _session_runner(task, state, lambda *a, **k: unbound(task, *a, **k), mode)
+
+            def call_in_session(self: Any, *args: Any, **kwargs: Any) -> Any:
+                return inner(*args, **kwargs)
+
+            owner.__call__ = call_in_session
+            state.wrapped.append((task, owner, "__call__", original))
+        else:
+            original = task.__dict__.get("run", _MISSING)
+            task.run = _session_runner(task, state, task.run, mode)
+            state.wrapped.append((task, task, "run", original))
+        task.__dict__[_WRAPPED_ATTR] = state
+    except Exception:  # never break a task over instrumentation
+        logger.exception("bugsnag_celery: could not instrument task %r", getattr(task, "name", task))
+
+
+def _hooked_build_tracer(name: Any, task: Any, *args: Any, **kwargs: Any) -> Any:
+    if _WRAPPED_ATTR not in task.__dict__:
+        _instrument(task, kwargs.get("app"))
+    assert _original_build_tracer is not None
+    return _original_build_tracer(name, task, *args, **kwargs)
+
+
+def _patch_consumer() -> None:
+    consumer = sys.modules.get("celery.worker.consumer.consumer")
+    if consumer is not None and getattr(consumer, "build_tracer", None) is not _hooked_build_tracer:
+        consumer.build_tracer = _hooked_build_tracer  # type: ignore[attr-defined]
+
+
+def _install_hook() -> None:
+    global _original_build_tracer
+    with _hook_lock:
+        if _original_build_tracer is None:
+            _original_build_tracer = _trace.build_tracer
+            _trace.build_tracer = _hooked_build_tracer
+        _patch_consumer()
+
+
+def _remove_hook() -> None:
+    global _original_build_tracer
+    with _hook_lock:
+        if _original_build_tracer is None:
+            return
+        _trace.build_tracer = _original_build_tracer
+        consumer = sys.modules.get("celery.worker.consumer.consumer")
+        if consumer is not None and getattr(consumer, "build_tracer", None) is _hooked_build_tracer:
+            consumer.build_tracer = _original_build_tracer  # type: ignore[attr-defined]
+        _original_build_tracer = None
+
+
+# --------------------------------------------------------------------------- signals
+
+
+def _on_worker_init(sender: Any = None, **_: Any) -> None:
+    """Main process of ``celery worker``, before the consumer builds its tracers."""
+    try:
+        import celery.worker.consumer.consumer  # noqa: F401  (so that it can be patched)
+
+        if _states:
+            _patch_consumer()
+        app = getattr(sender, "app", None)
+        state = _states.get(app) if app is not None else None
+        if state is not None and not state.options.api_key:
+            logger.warning(
+                "bugsnag_celery: no API key configured (api_key=, app.conf.bugsnag_api_key or "
+                "BUGSNAG_API_KEY); sessions are counted but nothing will be sent to BugSnag"
+            )
+    except Exception:
+        logger.exception("bugsnag_celery: worker_init handler failed")
+
+
+def _uid(kind: str, app: Celery) -> str:
+    return f"bugsnag_celery.{kind}.{id(app)}"
+
+
+# --------------------------------------------------------------------------- public
+
+
+def configure(app: Celery, **options: Any) -> None:
+    """Make every task run of *app* a BugSnag session. Call once, where the app is defined.
+
+    Idempotent: a second call replaces the options and connects nothing twice.
+    Costs nothing in processes that only send tasks: no threads, no connections, no I/O.
+    Raises ``ValueError`` naming the option for an unknown option or a bad value.
+    """
+    if not isinstance(app, Celery):
+        raise TypeError(f"bugsnag_celery.configure() needs a Celery app, not {type(app).__name__}")
+    resolved = resolve_options(app, options)  # raises before anything is changed
+    if app in _states:
+        _teardown(app)
+    state = _states[app] = AppState(app, resolved)
+    sessions.set_default_release(state.release)
+    signals.worker_init.connect(_on_worker_init, weak=False, dispatch_uid=_uid("worker_init", app))
+    _install_hook()
+
+
+def _teardown(app: Celery) -> AppState | None:
+    state = _states.pop(app, None)
+    if state is None:
+        return None
+    state.active = False  # tracers built earlier keep the wrapper: make it pass through
+    for task, owner, attribute, original in reversed(state.wrapped):
+        try:
+            if original is _MISSING:
+                delattr(owner, attribute)
+            else:
+                setattr(owner, attribute, original)
+        except AttributeError:
+            pass
+        task.__dict__.pop(_WRAPPED_ATTR, None)
+    state.wrapped.clear()
+    return state
+
+
+def unconfigure(app: Celery) -> None:
+    """Undo :func:`configure`: disconnect, unwrap the tasks, forget the app.
+
+    Counts already taken stay where they are (take them with ``take_pending_counts``).
+    """
+    state = _teardown(app)
+    if state is None:
+        return
+    signals.worker_init.disconnect(dispatch_uid=_uid("worker_init", app))
+    remaining = list(_states.values())
+    sessions.set_default_release(remaining[-1].release if remaining else None)
+    if not remaining:
+        _remove_hook()
+
+
+def is_configured(app: Celery) -> bool:
+    return app in _states
+
+
+def options_for(app: Celery) -> Options | None:
+    """The resolved options of a configured app (None if it is not configured)."""
+    state = _states.get(app)
+    return state.options if state is not None else None

@@ -1,0 +1,177 @@
+"""The Celery app that the real-worker tests run (``celery -A session_app worker``).
+
+Configured from the environment so one module serves every broker and pool:
+``BSC_BROKER_URL``, ``BSC_TRANSPORT_OPTIONS`` (JSON), ``BSC_QUEUE``, ``BSC_OUT`` (a folder
+the tasks write their observations to) and ``BSC_CONFIGURE`` (JSON keyword arguments
+for ``bugsnag_celery.configure``). Every task appends one JSON line per observation to
+``BSC_OUT/records-<pid>.jsonl``; when a process that ran tasks ends, it writes the
+session counts it took to ``BSC_OUT/counts-<pid>-<n>.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import uuid
+from typing import Any
+
+from celery import Celery, signals
+from celery.exceptions import Ignore
+
+import bugsnag_celery
+
+OUT = os.environ["BSC_OUT"]
+QUEUE = os.environ.get("BSC_QUEUE", "celery")
+
+app = Celery("session_app", broker=os.environ["BSC_BROKER_URL"])
+app.conf.update(
+    broker_transport_options=json.loads(os.environ.get("BSC_TRANSPORT_OPTIONS", "{}")),
+    task_default_queue=QUEUE,
+    task_default_exchange=QUEUE,
+    task_default_routing_key=QUEUE,
+    worker_enable_remote_control=False,  # no pidbox keys/queues left on the shared broker
+    worker_send_task_events=False,
+    broker_connection_retry_on_startup=True,
+    task_acks_late=False,
+    worker_prefetch_multiplier=4,
+)
+bugsnag_celery.configure(app, **json.loads(os.environ.get("BSC_CONFIGURE", "{}")))
+
+
+def _record(**fields: Any) -> None:
+    fields.setdefault("pid", os.getpid())
+    fields.setdefault("thread", threading.get_ident())
+    line = (json.dumps(fields) + "\n").encode()
+    fd = os.open(os.path.join(OUT, f"records-{os.getpid()}.jsonl"), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        os.write(fd, line)  # one write with O_APPEND: lines from threads never interleave
+    finally:
+        os.close(fd)
+
+
+@app.task(bind=True)
+def observe(self: Any, tag: str = "", delay: float = 0.0) -> None:
+    """Record the session at the start and, after *delay*, at the end of the run."""
+    first = bugsnag_celery.get_current_session()
+    if delay:
+        time.sleep(delay)
+    last = bugsnag_celery.get_current_session()
+    _record(task="observe", tag=tag, id=self.request.id, retries=self.request.retries, first=first, last=last)
+
+
+@app.task(bind=True, max_retries=5)
+def retrying(self: Any, attempts: int) -> None:
+    """Fails into a retry until it has run *attempts* times."""
+    _record(
+        task="retrying",
+        id=self.request.id,
+        retries=self.request.retries,
+        first=bugsnag_celery.get_current_session(),
+    )
+    if self.request.retries + 1 < attempts:
+        raise self.retry(countdown=0)
+
+
+@app.task(bind=True)
+def crashing(self: Any) -> None:
+    _record(
+        task="crashing",
+        id=self.request.id,
+        retries=self.request.retries,
+        first=bugsnag_celery.get_current_session(),
+    )
+    raise RuntimeError("boom")
+
+
+@app.task(bind=True)
+def ignored(self: Any) -> None:
+    _record(
+        task="ignored",
+        id=self.request.id,
+        retries=self.request.retries,
+        first=bugsnag_celery.get_current_session(),
+    )
+    raise Ignore()
+
+
+@app.task(bind=True)
+@bugsnag_celery.no_session
+def opted_out_below(self: Any) -> None:
+    _record(task="opted_out_below", id=self.request.id, first=bugsnag_celery.get_current_session())
+
+
+@bugsnag_celery.no_session
+@app.task(bind=True)
+def opted_out_above(self: Any) -> None:
+    _record(task="opted_out_above", id=self.request.id, first=bugsnag_celery.get_current_session())
+
+
+@app.task(bind=True, name="session_app.housekeeping.vacuum")
+def excluded_vacuum(self: Any) -> None:
+    """Excluded by the ``exclude_tasks`` pattern the tests configure."""
+    _record(task="excluded", id=self.request.id, first=bugsnag_celery.get_current_session())
+
+
+@app.task(bind=True)
+def paused_housekeeping(self: Any) -> None:
+    before = bugsnag_celery.get_current_session()
+    with bugsnag_celery.session_paused():
+        inside = bugsnag_celery.get_current_session()
+    after = bugsnag_celery.get_current_session()
+    _record(
+        task="paused_housekeeping",
+        id=self.request.id,
+        retries=self.request.retries,
+        first=before,
+        inside=inside,
+        last=after,
+    )
+
+
+@app.task(bind=True)
+def manual_calls(self: Any) -> None:
+    """The seed's calls, one after the other, inside a task run."""
+    got: dict[str, Any] = {"start": bugsnag_celery.get_current_session()}
+    got["resume_active"] = bugsnag_celery.resume_session()
+    bugsnag_celery.pause_session()
+    got["after_pause"] = bugsnag_celery.get_current_session()
+    got["resume_paused"] = bugsnag_celery.resume_session()
+    got["after_resume"] = bugsnag_celery.get_current_session()
+    bugsnag_celery.start_session()
+    got["after_start"] = bugsnag_celery.get_current_session()
+    _record(task="manual_calls", id=self.request.id, retries=self.request.retries, **got)
+
+
+@app.task(bind=True)
+def after_manual(self: Any) -> None:
+    """Runs after manual_calls in the same process: must not see its session."""
+    _record(
+        task="after_manual",
+        id=self.request.id,
+        retries=self.request.retries,
+        first=bugsnag_celery.get_current_session(),
+    )
+
+
+_dumps = 0
+
+
+def _dump_counts(**_: Any) -> None:
+    global _dumps
+    taken = bugsnag_celery.take_pending_counts()
+    if not taken:
+        return
+    _dumps += 1
+    path = os.path.join(OUT, f"counts-{os.getpid()}-{_dumps}-{uuid.uuid4().hex[:6]}.json")
+    rows = [{"release": list(release), "counts": buckets} for release, buckets in taken.items()]
+    with open(path + ".tmp", "w") as fh:
+        json.dump(rows, fh)
+    os.replace(path + ".tmp", path)
+
+
+# Prefork children end through os._exit: worker_process_shutdown is their last word.
+# The other pools run tasks in the main process: worker_shutdown.
+signals.worker_process_shutdown.connect(_dump_counts, weak=False, dispatch_uid="tests.dump.child")
+signals.worker_shutdown.connect(_dump_counts, weak=False, dispatch_uid="tests.dump.main")

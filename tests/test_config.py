@@ -1,0 +1,174 @@
+"""configure(): option sources, precedence, loud failures, and no cost where no task runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import types
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from celery import Celery
+
+import bugsnag_celery
+
+KEY = "0123456789abcdef0123456789abcdef"
+
+
+@pytest.fixture
+def app(monkeypatch: pytest.MonkeyPatch) -> Iterator[Celery]:
+    for var in ("BUGSNAG_API_KEY", "BUGSNAG_RELEASE_STAGE", "BUGSNAG_APP_VERSION"):
+        monkeypatch.delenv(var, raising=False)
+    app = Celery(f"c{uuid.uuid4().hex[:6]}", broker="memory://", set_as_current=False)
+    yield app
+    bugsnag_celery.unconfigure(app)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "names"),
+    [
+        ({"api_key": "abc"}, "'api_key'"),
+        ({"api_key": "g" * 32}, "'api_key'"),
+        ({"api_key": 12345}, "'api_key'"),
+        ({"apikey": KEY}, "'apikey'"),
+        ({"releasestage": "x"}, "did you mean 'release_stage'"),
+        ({"session_flush_interval": 0}, "'session_flush_interval'"),
+        ({"session_delivery_interval": -5}, "'session_delivery_interval'"),
+        ({"session_delivery_interval": "soon"}, "'session_delivery_interval'"),
+        ({"session_flush_interval": float("nan")}, "'session_flush_interval'"),
+        ({"auto_track_sessions": "maybe"}, "'auto_track_sessions'"),
+        ({"exclude_tasks": ["ok", "(unclosed"]}, "'exclude_tasks'"),
+        ({"exclude_tasks": [3]}, "'exclude_tasks'"),
+        ({"notify_endpoint": "notify.example.com"}, "'notify_endpoint'"),
+        ({"release_stage": ""}, "'release_stage'"),
+    ],
+)
+def test_bad_options_fail_loudly_naming_the_option(app: Celery, kwargs: dict[str, Any], names: str) -> None:
+    with pytest.raises(ValueError, match=names.replace("(", r"\(")):
+        bugsnag_celery.configure(app, **kwargs)
+    assert not bugsnag_celery.is_configured(app)  # nothing half-configured
+
+
+def test_api_key_is_never_echoed(app: Celery) -> None:
+    secret = "f" * 31 + "z"
+    with pytest.raises(ValueError) as info:
+        bugsnag_celery.configure(app, api_key=secret)
+    assert secret not in str(info.value) and "32 characters" in str(info.value)
+
+
+def test_unknown_celery_conf_option(app: Celery) -> None:
+    app.conf.bugsnag_api_kye = KEY
+    with pytest.raises(ValueError, match=r"'api_kye'.*app.conf.*did you mean 'api_key'"):
+        bugsnag_celery.configure(app)
+
+
+def test_bad_value_from_environment_names_its_source(app: Celery, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BUGSNAG_API_KEY", "nope")
+    with pytest.raises(ValueError, match=r"'api_key'.*environment"):
+        bugsnag_celery.configure(app)
+
+
+def test_precedence(app: Celery, monkeypatch: pytest.MonkeyPatch) -> None:
+    key = {n: f"{n}" * 32 for n in "abcde"}
+    # lowest: the official bugsnag package's configuration (only when imported and configured)
+    monkeypatch.setitem(
+        sys.modules,
+        "bugsnag",
+        types.SimpleNamespace(
+            configuration=types.SimpleNamespace(
+                api_key=key["e"],
+                release_stage="from-bugsnag",
+                app_version="5",
+                app_type="worker",
+                hostname="hb",
+            )
+        ),
+    )
+    # then Django's settings.BUGSNAG, when Django is configured
+    settings = types.SimpleNamespace(
+        configured=True,
+        BUGSNAG={
+            "api_key": key["d"],
+            "release_stage": "from-django",
+            "app_version": "4",
+            "hostname": "hd",
+            "endpoint": "http://onprem:49000",
+            "session_endpoint": "http://onprem:49003",
+            "unrelated": 1,
+        },
+    )
+    monkeypatch.setitem(sys.modules, "django.conf", types.SimpleNamespace(settings=settings))
+    monkeypatch.setenv("BUGSNAG_API_KEY", key["c"])
+    monkeypatch.setenv("BUGSNAG_RELEASE_STAGE", "from-env")
+    app.conf.bugsnag_api_key = key["b"]
+    bugsnag_celery.configure(app, api_key=key["a"])
+    opts = bugsnag_celery.options_for(app)
+    assert opts is not None
+    assert opts.api_key == key["a"]  # keyword beats everything
+    assert opts.release_stage == "from-env"  # env beats Django and bugsnag
+    assert opts.app_version == "4" and opts.hostname == "hd"  # Django beats bugsnag
+    assert opts.app_type == "worker"  # only bugsnag set it
+    assert opts.endpoints == ("http://onprem:49000", "http://onprem:49003")
+    bugsnag_celery.configure(app)
+    opts = bugsnag_celery.options_for(app)
+    assert opts is not None and opts.api_key == key["b"]  # app.conf beats env
+
+
+def test_defaults_and_endpoint_rules(app: Celery) -> None:
+    bugsnag_celery.configure(app, api_key=KEY.upper())
+    opts = bugsnag_celery.options_for(app)
+    assert opts is not None
+    assert opts.api_key == KEY  # normalised
+    assert (opts.release_stage, opts.app_version, opts.app_type) == ("production", None, "celery")
+    assert opts.auto_track_sessions and opts.track_eager
+    assert (opts.session_flush_interval, opts.session_delivery_interval) == (1.0, 30.0)
+    assert opts.endpoints == ("https://notify.bugsnag.com/", "https://sessions.bugsnag.com/")
+    bugsnag_celery.configure(app, api_key="00000" + KEY[5:])
+    opts = bugsnag_celery.options_for(app)
+    assert opts is not None
+    assert opts.endpoints == (
+        "https://notify.bugsnag.smartbear.com/",
+        "https://sessions.bugsnag.smartbear.com/",
+    )
+    # events endpoint overridden, sessions not: sessions must not go to the public host
+    bugsnag_celery.configure(app, api_key=KEY, notify_endpoint="http://127.0.0.1:49000")
+    opts = bugsnag_celery.options_for(app)
+    assert opts is not None and opts.endpoints == ("http://127.0.0.1:49000", None)
+
+
+def test_missing_api_key_is_not_an_error(app: Celery) -> None:
+    bugsnag_celery.configure(app)
+    opts = bugsnag_celery.options_for(app)
+    assert opts is not None and opts.api_key is None
+
+
+COST_PROBE = r"""
+import json, os, sys, threading
+before_threads = threading.active_count()
+from celery import Celery
+import bugsnag_celery
+app = Celery("web", broker="redis://127.0.0.1:1/0")  # nothing listens there
+bugsnag_celery.configure(app, api_key="0123456789abcdef0123456789abcdef")
+@app.task
+def job():
+    return bugsnag_celery.get_current_session() is not None
+def kind(fd):
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:  # the descriptor listdir itself used
+        return ""
+sockets = [fd for fd in os.listdir("/proc/self/fd") if kind(fd).startswith("socket:")]
+print(json.dumps({"threads": threading.active_count() - before_threads, "sockets": len(sockets),
+                  "pool": app._pool is not None, "tracked": job.apply().get()}))
+"""
+
+
+def test_configure_costs_nothing_in_a_process_that_only_sends() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", COST_PROBE], capture_output=True, text=True, timeout=60, check=True
+    )
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got == {"threads": 0, "sockets": 0, "pool": False, "tracked": True}

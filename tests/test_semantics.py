@@ -1,0 +1,362 @@
+"""The seed's session semantics, call by call, in this process.
+
+These run tasks eagerly (``task.apply()``: Celery's real tracer, in this process) and
+call the API outside any task -- places a worker subprocess can't reach.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from celery import Celery, Task
+
+import bugsnag_celery
+from bugsnag_celery import counts, sessions
+
+KEY = "0123456789abcdef0123456789abcdef"
+
+
+def pending_total() -> int:
+    return sum(n for c in bugsnag_celery.take_pending_counts().values() for n in c.values())
+
+
+@pytest.fixture
+def app() -> Iterator[Celery]:
+    app = Celery(f"t{uuid.uuid4().hex[:6]}", broker="memory://", set_as_current=False)
+    bugsnag_celery.configure(app, api_key=KEY, app_version="2.0", hostname="h1")
+    bugsnag_celery.take_pending_counts()
+    sessions._current.set(None)
+    yield app
+    bugsnag_celery.unconfigure(app)
+    sessions._current.set(None)
+    bugsnag_celery.take_pending_counts()
+
+
+def test_no_session_until_one_starts(app: Celery) -> None:
+    assert bugsnag_celery.get_current_session() is None
+
+
+def test_start_session_replaces_and_counts_each(app: Celery) -> None:
+    bugsnag_celery.start_session()
+    first = bugsnag_celery.get_current_session()
+    bugsnag_celery.start_session()
+    second = bugsnag_celery.get_current_session()
+    assert first is not None and second is not None
+    assert first["id"] != second["id"]
+    assert uuid.UUID(first["id"]).version == 4  # sessions started by hand: random UUIDs
+    assert second == {
+        "id": second["id"],
+        "startedAt": second["startedAt"],
+        "paused": False,
+        "events": {"handled": 0, "unhandled": 0},
+    }
+    taken = bugsnag_celery.take_pending_counts()
+    assert list(taken) == [bugsnag_celery.Release("2.0", "production", "celery", "h1")]
+    assert sum(taken[next(iter(taken))].values()) == 2
+
+
+def test_pause_and_resume(app: Celery) -> None:
+    bugsnag_celery.pause_session()  # no session: nothing happens
+    assert bugsnag_celery.get_current_session() is None
+    assert bugsnag_celery.resume_session() is False  # no session: starts one
+    started = bugsnag_celery.get_current_session()
+    assert started is not None and started["paused"] is False
+    assert bugsnag_celery.resume_session() is False  # not paused: nothing changes
+    assert bugsnag_celery.get_current_session() == started
+    bugsnag_celery.pause_session()
+    assert bugsnag_celery.get_current_session() == {**started, "paused": True}
+    assert bugsnag_celery.resume_session() is True
+    assert bugsnag_celery.get_current_session() == started
+    bugsnag_celery.pause_session()
+    bugsnag_celery.start_session()  # a new session is never paused
+    replaced = bugsnag_celery.get_current_session()
+    assert replaced is not None and replaced["paused"] is False and replaced["id"] != started["id"]
+    assert pending_total() == 2
+
+
+def test_snapshot_is_a_copy(app: Celery) -> None:
+    bugsnag_celery.start_session()
+    snap = bugsnag_celery.get_current_session()
+    assert snap is not None
+    snap["paused"] = True
+    snap["events"]["handled"] = 9
+    assert bugsnag_celery.get_current_session() == {
+        **snap,
+        "paused": False,
+        "events": {"handled": 0, "unhandled": 0},
+    }
+
+
+def test_session_paused_block(app: Celery) -> None:
+    with bugsnag_celery.session_paused():  # no session: stays none
+        assert bugsnag_celery.get_current_session() is None
+    bugsnag_celery.start_session()
+    with bugsnag_celery.session_paused():
+        inner = bugsnag_celery.get_current_session()
+        assert inner is not None and inner["paused"] is True
+    outer = bugsnag_celery.get_current_session()
+    assert outer is not None and outer["paused"] is False
+    bugsnag_celery.pause_session()
+    with bugsnag_celery.session_paused():
+        pass
+    still = bugsnag_celery.get_current_session()
+    assert still is not None and still["paused"] is True  # was paused before: stays paused
+    with pytest.raises(KeyError), bugsnag_celery.session_paused():
+        raise KeyError("x")
+
+
+def test_threads_do_not_share_sessions(app: Celery) -> None:
+    bugsnag_celery.start_session()
+    seen: list[Any] = []
+    thread = threading.Thread(target=lambda: seen.append(bugsnag_celery.get_current_session()))
+    thread.start()
+    thread.join()
+    assert seen == [None]
+
+
+def test_eager_run_opens_its_own_session_and_closes_it(app: Celery) -> None:
+    seen: list[Any] = []
+
+    @app.task(bind=True)
+    def job(self: Task) -> None:
+        seen.append((self.request.id, bugsnag_celery.get_current_session()))
+
+    bugsnag_celery.start_session()
+    outer = bugsnag_celery.get_current_session()
+    for _ in range(5):
+        job.apply()
+    assert bugsnag_celery.get_current_session() == outer  # restored after each run
+    assert len({s["id"] for _, s in seen}) == 5
+    for task_id, session in seen:
+        assert session["id"] == bugsnag_celery.task_session_id(task_id, 0)
+        assert uuid.UUID(session["id"]).version == 5
+    assert pending_total() == 6
+
+
+def test_task_always_eager_and_nested_runs(app: Celery) -> None:
+    app.conf.task_always_eager = True
+    seen: dict[str, Any] = {}
+
+    @app.task(bind=True)
+    def inner(self: Task) -> None:
+        seen["inner"] = bugsnag_celery.get_current_session()
+
+    @app.task(bind=True)
+    def outer(self: Task) -> None:
+        seen["outer_before"] = bugsnag_celery.get_current_session()
+        inner.delay()
+        seen["outer_after"] = bugsnag_celery.get_current_session()
+
+    outer.delay()
+    assert seen["outer_before"] == seen["outer_after"]
+    assert seen["inner"]["id"] != seen["outer_before"]["id"]
+    assert bugsnag_celery.get_current_session() is None
+    assert pending_total() == 2
+
+
+def test_track_eager_false(app: Celery) -> None:
+    bugsnag_celery.configure(app, api_key=KEY, track_eager=False)
+    seen: list[Any] = []
+
+    @app.task
+    def job() -> None:
+        seen.append(bugsnag_celery.get_current_session())
+
+    job.apply()
+    assert seen == [None] and pending_total() == 0
+
+
+def test_direct_call_is_not_a_task_run(app: Celery) -> None:
+    seen: list[Any] = []
+
+    @app.task
+    def job() -> None:
+        seen.append(bugsnag_celery.get_current_session())
+
+    job()
+    bugsnag_celery.start_session()
+    current = bugsnag_celery.get_current_session()
+    job()
+    assert seen == [None, current]
+    assert pending_total() == 1
+
+
+def test_no_session_either_order_and_lazy_apps(app: Celery) -> None:
+    seen: list[Any] = []
+
+    @app.task
+    @bugsnag_celery.no_session
+    def below() -> None:
+        seen.append(bugsnag_celery.get_current_session())
+
+    @bugsnag_celery.no_session
+    @app.task
+    def above() -> None:
+        seen.append(bugsnag_celery.get_current_session())
+
+    @bugsnag_celery.no_session
+    @app.task(bind=True, autoretry_for=(KeyError,))
+    def above_autoretry(self: Task) -> None:
+        seen.append(bugsnag_celery.get_current_session())
+
+    below.apply()
+    above.apply()
+    above_autoretry.apply()
+    assert seen == [None, None, None]
+    assert pending_total() == 0
+
+
+def test_no_session_hides_the_callers_session(app: Celery) -> None:
+    seen: list[Any] = []
+
+    @bugsnag_celery.no_session
+    @app.task
+    def quiet() -> None:
+        seen.append(bugsnag_celery.get_current_session())
+
+    bugsnag_celery.start_session()
+    before = bugsnag_celery.get_current_session()
+    quiet.apply()
+    assert seen == [None]
+    assert bugsnag_celery.get_current_session() == before
+
+
+def test_exclude_tasks_names_and_patterns(app: Celery) -> None:
+    bugsnag_celery.configure(app, api_key=KEY, exclude_tasks=["proj.exact", r"proj\.cleanup\..*"])
+    seen: dict[str, Any] = {}
+
+    def make(name: str) -> Any:
+        @app.task(name=name)
+        def job() -> None:
+            seen[name] = bugsnag_celery.get_current_session()
+
+        return job
+
+    for name in ("proj.exact", "proj.cleanup.logs", "proj.exactly", "proj.counted"):
+        make(name).apply()
+    assert seen["proj.exact"] is None and seen["proj.cleanup.logs"] is None
+    assert seen["proj.exactly"] is not None and seen["proj.counted"] is not None
+    assert pending_total() == 2
+
+
+def test_internal_tasks_never_count(app: Celery) -> None:
+    @app.task(name="bugsnag_celery.internal_probe")
+    def internal() -> None:
+        assert bugsnag_celery.get_current_session() is None
+
+    internal.apply()
+    assert pending_total() == 0
+
+
+def test_auto_track_off_leaves_sessions_to_the_user(app: Celery) -> None:
+    bugsnag_celery.configure(app, api_key=KEY, auto_track_sessions=False)
+    seen: list[Any] = []
+
+    @app.task
+    def job() -> None:
+        seen.append(bugsnag_celery.get_current_session())
+        bugsnag_celery.start_session()
+        seen.append(bugsnag_celery.get_current_session())
+
+    job.apply()
+    job.apply()
+    assert seen[0] is None and seen[2] is None  # the session started in run 1 ended with it
+    assert seen[1] is not None and seen[3] is not None
+    assert pending_total() == 2
+
+
+def test_custom_call_base_class(app: Celery) -> None:
+    calls: list[Any] = []
+
+    class Base(Task):  # type: ignore[misc]
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            calls.append(("base", bugsnag_celery.get_current_session()))
+            return super().__call__(*args, **kwargs)
+
+    @app.task(base=Base, bind=True)
+    def job(self: Task) -> None:
+        calls.append((self.request.id, bugsnag_celery.get_current_session()))
+
+    result = job.apply()
+    assert calls[0][1] is not None and calls[0][1] == calls[1][1]
+    assert calls[0][1]["id"] == bugsnag_celery.task_session_id(result.id, 0)
+    assert pending_total() == 1
+
+
+def test_configure_twice_counts_once_and_unconfigure_undoes(app: Celery) -> None:
+    from celery import signals
+
+    bugsnag_celery.configure(app, api_key=KEY, app_version="2.0", hostname="h1")
+    uid = f"bugsnag_celery.worker_init.{id(app)}"
+    assert sum(1 for (key, _), _r in signals.worker_init.receivers if key == uid) == 1
+
+    @app.task
+    def job() -> None:
+        pass
+
+    job.apply()
+    job.apply()
+    assert pending_total() == 2
+    bugsnag_celery.unconfigure(app)
+    assert not bugsnag_celery.is_configured(app)
+    assert sum(1 for (key, _), _r in signals.worker_init.receivers if key == uid) == 0
+    job.apply()
+    assert pending_total() == 0
+    assert "run" not in job.__dict__  # the wrapper is gone, the class's run is back
+    bugsnag_celery.configure(app, api_key=KEY)  # the fixture unconfigures again
+    job.apply()
+    assert pending_total() == 1
+
+
+def test_counts_minute_buckets_and_restore() -> None:
+    release = bugsnag_celery.Release("1", "production", "celery", "h")
+    bugsnag_celery.take_pending_counts()
+    counts.count_session(release, 1_700_000_000.0)  # 2023-11-14T22:13:20Z
+    counts.count_session(release, 1_700_000_039.9)
+    counts.count_session(release, 1_700_000_040.0)  # next minute
+    taken = bugsnag_celery.take_pending_counts()
+    assert taken == {release: {"2023-11-14T22:13:00Z": 2, "2023-11-14T22:14:00Z": 1}}
+    assert bugsnag_celery.take_pending_counts() == {}
+    bugsnag_celery.restore_pending_counts(taken)
+    bugsnag_celery.restore_pending_counts(taken)
+    assert bugsnag_celery.take_pending_counts() == {
+        release: {"2023-11-14T22:13:00Z": 4, "2023-11-14T22:14:00Z": 2}
+    }
+
+
+def test_counts_survive_threads_exactly(app: Celery) -> None:
+    @app.task
+    def job() -> None:
+        pass
+
+    def hammer() -> None:
+        for _ in range(2000):
+            job.apply()
+
+    threads = [threading.Thread(target=hammer) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert pending_total() == 16_000
+
+
+def test_fork_child_starts_with_no_counts(app: Celery) -> None:
+    import os
+
+    bugsnag_celery.start_session()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: the parent's pending count must not be here
+        os.close(read)
+        os.write(write, str(pending_total()).encode())
+        os._exit(0)
+    os.close(write)
+    child_saw = int(os.read(read, 100))
+    os.waitpid(pid, 0)
+    assert child_saw == 0
+    assert pending_total() == 1  # the parent still has its own
