@@ -1,0 +1,107 @@
+"""The Celery app the demo's worker runs (``celery -A bugsnag_celery._demo_app worker``).
+
+Configured from the environment the demo sets: ``BUGSNAG_CELERY_DEMO_DIR`` (a temporary
+folder), ``BUGSNAG_CELERY_DEMO_BROKER`` and ``BUGSNAG_CELERY_DEMO_QUEUE``. Each worker
+process that ran tasks writes the session counts it took to the folder when it ends --
+a stand-in for the broker-backed delivery, so the demo can compare counts with truth.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from typing import Any
+
+from celery import Celery, signals
+
+import bugsnag_celery
+
+DEMO_DIR = os.environ.get("BUGSNAG_CELERY_DEMO_DIR", os.path.abspath("bugsnag-celery-demo"))
+BROKER = os.environ.get("BUGSNAG_CELERY_DEMO_BROKER", "filesystem://")
+QUEUE = os.environ.get("BUGSNAG_CELERY_DEMO_QUEUE", "bugsnag-celery-demo")
+
+
+def broker_options(broker: str, folder: str) -> dict[str, Any]:
+    """Transport options of the embedded (filesystem) broker; nothing for real brokers."""
+    if not broker.startswith("filesystem"):
+        return {}
+    data, control = os.path.join(folder, "broker"), os.path.join(folder, "control")
+    for path in (data, control):
+        os.makedirs(path, exist_ok=True)
+    return {
+        "data_folder_in": data,
+        "data_folder_out": data,
+        "control_folder": control,
+        "polling_interval": 0.05,
+    }
+
+
+app = Celery("bugsnag_celery_demo", broker=BROKER, backend=f"file://{os.path.join(DEMO_DIR, 'results')}")
+app.conf.update(
+    broker_transport_options=broker_options(BROKER, DEMO_DIR),
+    task_default_queue=QUEUE,
+    task_default_exchange=QUEUE,
+    task_default_routing_key=QUEUE,
+    worker_enable_remote_control=False,
+    broker_connection_retry_on_startup=True,
+)
+os.makedirs(os.path.join(DEMO_DIR, "results"), exist_ok=True)
+bugsnag_celery.configure(
+    app,
+    api_key=os.environ.get("BUGSNAG_API_KEY") or "0123456789abcdef0123456789abcdef",
+    app_version="1.0.0-demo",
+    release_stage="demo",
+)
+
+
+@app.task(name="demo.work")
+def work(n: int) -> int:
+    """An ordinary task: succeeds."""
+    time.sleep(0.005)
+    return n * 2
+
+
+@app.task(name="demo.flaky")
+def flaky(n: int) -> None:
+    """Crashes: its session is a crashed session."""
+    raise RuntimeError(f"demo failure {n}")
+
+
+@app.task(bind=True, max_retries=1, name="demo.retrying")
+def retrying(self: Any, n: int) -> str:
+    """Fails once into a retry, then succeeds: two runs, two sessions."""
+    if self.request.retries == 0:
+        raise self.retry(countdown=0)
+    return "ok"
+
+
+@app.task(name="demo.housekeeping")
+def housekeeping() -> str:
+    """Runs paused: its errors would be reported but not attributed. Still a session."""
+    with bugsnag_celery.session_paused():
+        time.sleep(0.005)
+    return "swept"
+
+
+@app.task(name="demo.rebuild_cache")
+@bugsnag_celery.no_session
+def rebuild_cache() -> str:
+    """Opted out: never a session."""
+    return "rebuilt"
+
+
+def _dump_counts(**_: Any) -> None:
+    taken = bugsnag_celery.take_pending_counts()
+    if not taken:
+        return
+    rows = [{"release": list(release), "counts": buckets} for release, buckets in taken.items()]
+    path = os.path.join(DEMO_DIR, f"counts-{os.getpid()}-{uuid.uuid4().hex[:8]}.json")
+    with open(path + ".tmp", "w") as fh:
+        json.dump(rows, fh)
+    os.replace(path + ".tmp", path)
+
+
+signals.worker_process_shutdown.connect(_dump_counts, weak=False, dispatch_uid="bugsnag_celery.demo.child")
+signals.worker_shutdown.connect(_dump_counts, weak=False, dispatch_uid="bugsnag_celery.demo.main")

@@ -1,0 +1,69 @@
+"""The project's own commands: the README's two, CI, the benchmark's smoke mode, lint and types."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def readme_command(marker: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    match = re.search(rf"<!-- {marker} -->\s*```sh\n(.+?)\n```", text)
+    assert match, f"README.md has no command after <!-- {marker} -->"
+    return match.group(1)
+
+
+def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one() -> None:
+    demo, tests = readme_command("demo-command"), readme_command("test-command")
+    for cmd in (demo, tests):
+        assert cmd.startswith("python3 -m venv .venv && .venv/bin/pip install")  # self-installing
+    assert demo.endswith(".venv/bin/bugsnag-celery demo")
+    assert tests.endswith(".venv/bin/python -m pytest")
+    # .ci/run extracts the command from the README: run its extraction and compare.
+    ci = (ROOT / ".ci" / "run").read_text()
+    extraction = re.search(r"cmd=\$\((awk .+ README\.md)\)", ci)
+    assert extraction
+    got = subprocess.run(
+        ["bash", "-c", extraction.group(1)], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert got.stdout.strip() == tests
+    assert "BUGSNAG_CELERY_REQUIRE_BROKERS=1" in ci and "-eq 5" in ci
+
+
+def test_demo_command_matches_the_truth() -> None:
+    """The README's main job, minus the install: a real worker, counts equal to the truth."""
+    out = subprocess.run(
+        [str(BIN / "bugsnag-celery"), "demo"], capture_output=True, text=True, timeout=180,
+        env={k: v for k, v in os.environ.items() if not k.startswith("BUGSNAG_API")},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "known truth: 61 task runs, 5 opted out -> 56 sessions" in out.stdout
+    assert "counted:     56 sessions" in out.stdout and "MATCH" in out.stdout
+
+
+def test_benchmark_smoke_mode() -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "session_overhead.py"), "--quick"],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "added per task: median" in out.stdout
+
+
+def test_ruff_is_clean() -> None:
+    for args in (["check", "."], ["format", "--check", "."]):
+        out = subprocess.run([sys.executable, "-m", "ruff", *args], cwd=ROOT, capture_output=True, text=True)
+        assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_mypy_strict_is_clean() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
