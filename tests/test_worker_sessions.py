@@ -132,7 +132,13 @@ def test_no_leak_between_concurrent_tasks(pool: str, broker_kind: str, tmp_path:
             rows = wait_for_records(out_dir, n, worker=worker)
             assert worker.stop() == 0
     assert len(rows) == n
-    assert len({r["thread"] for r in rows}) >= 100 if pool == "threads" else True
+    # The property only means something if the runs really overlapped: count the peak.
+    edges = sorted([(r["started"], 1) for r in rows] + [(r["ended"], -1) for r in rows])
+    running = peak = 0
+    for _, step in edges:
+        running += step
+        peak = max(peak, running)
+    assert peak >= 100, f"only {peak} tasks ran at once"
     for row in rows:
         expected = task_session_id(row["id"], 0)
         assert row["first"]["id"] == expected and row["last"]["id"] == expected, row

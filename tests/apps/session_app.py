@@ -54,11 +54,14 @@ def _record(**fields: Any) -> None:
 @app.task(bind=True)
 def observe(self: Any, tag: str = "", delay: float = 0.0) -> None:
     """Record the session at the start and, after *delay*, at the end of the run."""
+    started = time.time()
     first = bugsnag_celery.get_current_session()
     if delay:
         time.sleep(delay)
     last = bugsnag_celery.get_current_session()
-    _record(task="observe", tag=tag, id=self.request.id, retries=self.request.retries, first=first, last=last)
+    ended = time.time()
+    _record(task="observe", tag=tag, id=self.request.id, retries=self.request.retries, first=first, last=last,
+            started=started, ended=ended)  # fmt: skip
 
 
 @app.task(bind=True, max_retries=5)
