@@ -17,25 +17,11 @@ from typing import Any
 from celery import Celery, signals
 
 import bugsnag_celery
+from bugsnag_celery.demo import broker_options
 
 DEMO_DIR = os.environ.get("BUGSNAG_CELERY_DEMO_DIR", os.path.abspath("bugsnag-celery-demo"))
 BROKER = os.environ.get("BUGSNAG_CELERY_DEMO_BROKER", "filesystem://")
 QUEUE = os.environ.get("BUGSNAG_CELERY_DEMO_QUEUE", "bugsnag-celery-demo")
-
-
-def broker_options(broker: str, folder: str) -> dict[str, Any]:
-    """Transport options of the embedded (filesystem) broker; nothing for real brokers."""
-    if not broker.startswith("filesystem"):
-        return {}
-    data, control = os.path.join(folder, "broker"), os.path.join(folder, "control")
-    for path in (data, control):
-        os.makedirs(path, exist_ok=True)
-    return {
-        "data_folder_in": data,
-        "data_folder_out": data,
-        "control_folder": control,
-        "polling_interval": 0.05,
-    }
 
 
 app = Celery("bugsnag_celery_demo", broker=BROKER, backend=f"file://{os.path.join(DEMO_DIR, 'results')}")
@@ -51,6 +37,9 @@ os.makedirs(os.path.join(DEMO_DIR, "results"), exist_ok=True)
 bugsnag_celery.configure(
     app,
     api_key=os.environ.get("BUGSNAG_API_KEY") or "0123456789abcdef0123456789abcdef",
+    # Nothing leaves the machine: the local collector's address (bugsnag-celery collector).
+    notify_endpoint=os.environ.get("BUGSNAG_CELERY_DEMO_NOTIFY", "http://127.0.0.1:9339/notify"),
+    sessions_endpoint=os.environ.get("BUGSNAG_CELERY_DEMO_SESSIONS", "http://127.0.0.1:9339/sessions"),
     app_version="1.0.0-demo",
     release_stage="demo",
 )

@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from .events import DEFAULT_REDACTED_KEYS
+
 __all__ = ["Options", "resolve_options", "DEFAULT_NOTIFY_ENDPOINT", "DEFAULT_SESSIONS_ENDPOINT"]
 
 DEFAULT_NOTIFY_ENDPOINT = "https://notify.bugsnag.com/"
@@ -49,6 +51,20 @@ class Options:
     sessions_endpoint: str | None = None
     session_flush_interval: float = 1.0
     session_delivery_interval: float = 30.0
+    enabled_release_stages: tuple[str, ...] | None = None
+    project_root: str | None = None
+    send_code: bool = True
+    send_task_args: bool = True
+    redacted_keys: tuple[str, ...] = DEFAULT_REDACTED_KEYS
+    before_notify: tuple[Callable[[dict[str, Any]], Any], ...] = ()
+    report_retries: bool = False
+    delivery_timeout: float = 10.0
+
+    @property
+    def sends(self) -> bool:
+        """False outside ``enabled_release_stages``: then nothing is sent, sessions neither."""
+        stages = self.enabled_release_stages
+        return stages is None or self.release_stage in stages
 
     def task_excluded(self) -> Callable[[str], bool]:
         """A predicate: is this task name excluded by ``exclude_tasks``?"""
@@ -94,6 +110,10 @@ _DJANGO_KEYS = {
     "app_type": "app_type",
     "hostname": "hostname",
     "auto_capture_sessions": "auto_track_sessions",
+    "notify_release_stages": "enabled_release_stages",
+    "enabled_release_stages": "enabled_release_stages",
+    "project_root": "project_root",
+    "send_code": "send_code",
     "endpoint": "notify_endpoint",
     "session_endpoint": "sessions_endpoint",
 }
@@ -229,6 +249,18 @@ def _as_patterns(option: str, value: Any) -> tuple[str, ...]:
     return tuple(items)
 
 
+def _as_strings(option: str, value: Any) -> tuple[str, ...]:
+    items = [value] if isinstance(value, str) else value
+    try:
+        items = list(items)
+    except TypeError:
+        raise _fail(option, f"must be a list of strings, not {value!r}") from None
+    for item in items:
+        if not isinstance(item, str) or not item:
+            raise _fail(option, f"entries must be non-empty strings, not {item!r}")
+    return tuple(items)
+
+
 def _validate(raw: dict[str, Any]) -> dict[str, Any]:
     clean: dict[str, Any] = {}
     for name, value in raw.items():
@@ -244,14 +276,32 @@ def _validate(raw: dict[str, Any]) -> dict[str, Any]:
             clean[name] = _as_text(name, value, optional=False)
         elif name == "app_version":
             clean[name] = _as_text(name, value, optional=True)
-        elif name in ("auto_track_sessions", "track_eager"):
+        elif name in ("auto_track_sessions", "track_eager", "send_code", "send_task_args", "report_retries"):
             clean[name] = _as_bool(name, value)
-        elif name in ("session_flush_interval", "session_delivery_interval"):
+        elif name in ("session_flush_interval", "session_delivery_interval", "delivery_timeout"):
             clean[name] = _as_interval(name, value)
         elif name in ("notify_endpoint", "sessions_endpoint"):
             clean[name] = _as_endpoint(name, value)
         elif name == "exclude_tasks":
             clean[name] = _as_patterns(name, value)
+        elif name in ("enabled_release_stages", "redacted_keys"):
+            if value is None and name == "enabled_release_stages":
+                clean[name] = None
+                continue
+            items = _as_strings(name, value)
+            clean[name] = tuple(i.lower() for i in items) if name == "redacted_keys" else items
+        elif name == "project_root":
+            clean[name] = None if value is None else _as_text(name, os.fspath(value), optional=False)
+        elif name == "before_notify":
+            callbacks = [value] if callable(value) else value
+            try:
+                callbacks = tuple(callbacks)
+            except TypeError:
+                raise _fail(name, f"must be a callable or a list of callables, not {value!r}") from None
+            for callback in callbacks:
+                if not callable(callback):
+                    raise _fail(name, f"entries must be callables, not {callback!r}")
+            clean[name] = callbacks
     return clean
 
 

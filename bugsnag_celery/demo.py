@@ -21,7 +21,20 @@ from typing import Any
 
 from celery import Celery
 
-from ._demo_app import broker_options
+
+def broker_options(broker: str, folder: str) -> dict[str, Any]:
+    """Transport options of the embedded (filesystem) broker; nothing for real brokers."""
+    if not broker.startswith("filesystem"):
+        return {}
+    data, control = os.path.join(folder, "broker"), os.path.join(folder, "control")
+    for path in (data, control):
+        os.makedirs(path, exist_ok=True)
+    return {
+        "data_folder_in": data,
+        "data_folder_out": data,
+        "control_folder": control,
+        "polling_interval": 0.05,
+    }
 
 
 def _say(message: str) -> None:

@@ -24,12 +24,15 @@ from time import time as _now
 from typing import Any, TypeVar
 
 from celery import Celery, Task, signals
+from celery._state import get_current_task
 from celery.app import trace as _trace
+from celery.exceptions import Ignore, Reject, Retry, TimeLimitExceeded, WorkerLostError
 
-from . import counts, sessions
+from . import counts, notifier, sessions
 from .config import Options, resolve_options
 from .counts import Release
-from .sessions import Session, _current
+from .notifier import UNHANDLED_REASON, Reporter, Seen, task_metadata
+from .sessions import Session, _current, format_timestamp, task_session_id
 
 __all__ = ["configure", "unconfigure", "no_session", "is_configured", "options_for"]
 
@@ -52,7 +55,7 @@ MANUAL = "manual"  # auto_track_sessions=False: leave the session to the user's 
 class AppState:
     """Everything ``configure()`` set up for one app, so ``unconfigure()`` can undo it."""
 
-    __slots__ = ("active", "app", "buckets", "excluded", "options", "release", "wrapped")
+    __slots__ = ("active", "app", "buckets", "excluded", "options", "release", "reporter", "wrapped")
 
     def __init__(self, app: Celery, options: Options) -> None:
         self.app = app
@@ -61,6 +64,7 @@ class AppState:
         self.buckets = counts.buckets_for(self.release)
         self.excluded = options.task_excluded()
         self.active = True
+        self.reporter = Reporter(app, options, self.release)  # no thread until something is sent
         # (task, owner, attribute, original value or _MISSING) for every wrapper installed
         self.wrapped: list[tuple[Task, Any, str, Any]] = []
 
@@ -114,8 +118,42 @@ def _mode_for(task: Task, state: AppState) -> str:
 # --------------------------------------------------------------------------- the wrapper
 
 
+def _report_failure(task: Task, state: AppState, exc: BaseException) -> None:
+    """Report an exception that escaped a task body (in the process that ran it). Never raises."""
+    try:
+        opts = state.options
+        reporter = state.reporter
+        if isinstance(exc, Retry):
+            cause = exc.exc
+            if opts.report_retries and isinstance(cause, BaseException):
+                event = reporter.build_event(
+                    cause, unhandled=False, severity="warning", severity_reason={"type": "handledException"},
+                    context=task.name, session=_current.get(),
+                    metadata={"task": task_metadata(task, task.request_stack.top, opts)},
+                )  # fmt: skip
+                reporter.send(event)
+            return
+        if isinstance(exc, (Ignore, Reject)) or not isinstance(exc, Exception):
+            return  # control flow, or SystemExit/KeyboardInterrupt: not a task failure
+        throws = getattr(task, "throws", ())
+        if throws and isinstance(exc, throws):
+            return  # expected errors, declared by the task
+        event = reporter.build_event(
+            exc, unhandled=True, severity="error", severity_reason=UNHANDLED_REASON, context=task.name,
+            session=_current.get(), metadata={"task": task_metadata(task, task.request_stack.top, opts)},
+        )  # fmt: skip
+        reporter.send(event)
+    except Exception:
+        logger.exception("bugsnag_celery: could not report the failure of %r", getattr(task, "name", task))
+
+
 def _session_runner(task: Task, state: AppState, call: Callable[..., Any], mode: str) -> Callable[..., Any]:
-    """Build the function that runs *call* (the task body) inside the run's session."""
+    """Build the function that runs *call* (the task body) inside the run's session.
+
+    Exceptions escaping the body are reported here, in the process that ran it, while
+    the run's session is still current and the exception is the original object (not
+    the picklable substitute Celery hands its signals) with its real traceback.
+    """
     request_stack = task.request_stack
     track_eager = state.options.track_eager
 
@@ -126,9 +164,14 @@ def _session_runner(task: Task, state: AppState, call: Callable[..., Any], mode:
                 return call(*args, **kwargs)
             request = request_stack.top
             if request is None or request.called_directly:
-                # ``task()`` called as a plain function: not a task run, no new session.
+                # ``task()`` called as a plain function: not a task run, no new session,
+                # and its exception is its caller's to report.
                 token = _current.set(_current.get())
-            elif not track_eager and request.is_eager:
+                try:
+                    return call(*args, **kwargs)
+                finally:
+                    _current.reset(token)
+            if not track_eager and request.is_eager:
                 token = _current.set(None)
             else:
                 started = _now()
@@ -136,25 +179,26 @@ def _session_runner(task: Task, state: AppState, call: Callable[..., Any], mode:
                 counts.add_to_buckets(state.buckets, started)
             try:
                 return call(*args, **kwargs)
-            finally:
-                _current.reset(token)
-
-    elif mode == OPT_OUT:
-
-        def run_in_session(*args: Any, **kwargs: Any) -> Any:
-            token = _current.set(None)
-            try:
-                return call(*args, **kwargs)
+            except BaseException as exc:
+                _report_failure(task, state, exc)
+                raise
             finally:
                 _current.reset(token)
 
     else:
+        # OPT_OUT: no session during the run. MANUAL: the user's calls decide; only make
+        # sure no session started inside outlives the run.
+        opt_out = mode == OPT_OUT
 
         def run_in_session(*args: Any, **kwargs: Any) -> Any:
-            # The user manages sessions; only make sure none outlives the run.
-            token = _current.set(_current.get())
+            token = _current.set(None if opt_out else _current.get())
             try:
                 return call(*args, **kwargs)
+            except BaseException as exc:
+                request = request_stack.top
+                if state.active and request is not None and not request.called_directly:
+                    _report_failure(task, state, exc)
+                raise
             finally:
                 _current.reset(token)
 
@@ -236,6 +280,11 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
 
         if _states:
             _patch_consumer()
+            _patch_hard_timeout()
+        pool = getattr(sender, "pool_cls", None)
+        if pool is not None:
+            notifier.worker_pool = pool if isinstance(pool, str) else getattr(pool, "__module__", str(pool))
+            notifier.worker_pool = notifier.worker_pool.rsplit(".", 1)[-1]
         app = getattr(sender, "app", None)
         state = _states.get(app) if app is not None else None
         if state is not None and not state.options.api_key:
@@ -247,8 +296,111 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
         logger.exception("bugsnag_celery: worker_init handler failed")
 
 
-def _uid(kind: str, app: Celery) -> str:
-    return f"bugsnag_celery.{kind}.{id(app)}"
+def _patch_hard_timeout() -> None:
+    """Let ``task_failure`` handlers see the request on a hard time limit.
+
+    Celery's ``Request.on_failure`` pushes the run's context onto the task's request
+    stack before sending ``task_failure`` (so handlers can read ``retries``), but
+    ``Request.on_timeout`` does not. Without the attempt number, the main process could
+    not name the session the child opened.
+    """
+    from celery.worker.request import Request
+
+    original = Request.on_timeout
+    if getattr(original, "_bugsnag_celery", False):
+        return
+
+    def on_timeout(self: Any, soft: bool, timeout: float) -> Any:
+        if soft:
+            return original(self, soft, timeout)
+        self.task.request_stack.push(self._context)
+        try:
+            return original(self, soft, timeout)
+        finally:
+            self.task.request_stack.pop()
+
+    on_timeout._bugsnag_celery = True  # type: ignore[attr-defined]
+    Request.on_timeout = on_timeout
+
+
+_main_seen = Seen()
+
+
+def _on_task_failure(
+    sender: Any = None,
+    task_id: str | None = None,
+    exception: BaseException | None = None,
+    traceback: Any = None,
+    einfo: Any = None,
+    **_: Any,
+) -> None:
+    """Crashes only the worker's main process sees: a killed pool child, a hard time limit.
+
+    Everything else was reported by the process that ran the task (see ``_report_failure``).
+    """
+    if not isinstance(exception, (WorkerLostError, TimeLimitExceeded)):
+        return
+    try:
+        state = _states.get(sender.app) if sender is not None else None
+        if state is None or not state.active or not task_id:
+            return
+        request = sender.request
+        retries = (request.retries or 0) if getattr(request, "id", None) == task_id else 0
+        if not _main_seen.add((task_id, retries)):
+            return  # Celery fires task_failure twice for a hard limit on some versions
+        session = None
+        if _mode_for(sender, state) == TRACK and not (
+            not state.options.track_eager and getattr(request, "is_eager", False)
+        ):
+            session = {
+                "id": task_session_id(task_id, retries),
+                "startedAt": format_timestamp(_now()),
+                "events": {"handled": 0, "unhandled": 1},
+            }
+        text = traceback if isinstance(traceback, str) else getattr(einfo, "traceback", None)
+        meta = task_metadata(sender, request, state.options) if getattr(request, "id", None) == task_id else {
+            "id": task_id, "name": sender.name, "retries": retries}  # fmt: skip
+        event = state.reporter.build_event(
+            exception, unhandled=True, severity="error", severity_reason=UNHANDLED_REASON,
+            context=sender.name, session=None, session_override=session, metadata={"task": meta},
+            traceback_text=text if isinstance(text, str) else None,
+        )  # fmt: skip
+        state.reporter.send(event)
+    except Exception:
+        logger.exception("bugsnag_celery: could not report a crash seen by the worker")
+
+
+def flush_events(timeout: float = 5.0) -> None:
+    """Send (or spool) every event this process still holds, waiting at most *timeout*."""
+    for state in list(_states.values()):
+        try:
+            state.reporter.sender.flush(timeout)
+        except Exception:
+            logger.exception("bugsnag_celery: flushing events failed")
+
+
+def _on_process_shutdown(**_: Any) -> None:
+    # Prefork children leave through os._exit right after this: atexit never runs.
+    flush_events()
+
+
+def reporter_for_current() -> tuple[Reporter | None, Task | None, Any]:
+    """The reporter of the task running here (else of the last configured app)."""
+    task = get_current_task()
+    state = _states.get(task.app) if task is not None else None
+    if state is not None and task is not None:
+        return state.reporter, task, task.request_stack.top
+    if _states:
+        return list(_states.values())[-1].reporter, None, None
+    return None, None, None
+
+
+_SIGNALS = (
+    ("worker_init", _on_worker_init),
+    ("task_failure", _on_task_failure),
+    ("worker_process_shutdown", _on_process_shutdown),
+    ("worker_shutdown", _on_process_shutdown),
+)
 
 
 # --------------------------------------------------------------------------- public
@@ -268,7 +420,10 @@ def configure(app: Celery, **options: Any) -> None:
         _teardown(app)
     state = _states[app] = AppState(app, resolved)
     sessions.set_default_release(state.release)
-    signals.worker_init.connect(_on_worker_init, weak=False, dispatch_uid=_uid("worker_init", app))
+    for name, receiver in _SIGNALS:
+        # One receiver per process for all apps (they look the app up): weak=False so a
+        # closure is not collected, dispatch_uid so configuring twice connects once.
+        getattr(signals, name).connect(receiver, weak=False, dispatch_uid=f"bugsnag_celery.{name}")
     _install_hook()
 
 
@@ -298,10 +453,12 @@ def unconfigure(app: Celery) -> None:
     state = _teardown(app)
     if state is None:
         return
-    signals.worker_init.disconnect(dispatch_uid=_uid("worker_init", app))
+    state.reporter.sender.flush(1.0)
     remaining = list(_states.values())
     sessions.set_default_release(remaining[-1].release if remaining else None)
     if not remaining:
+        for name, _receiver in _SIGNALS:
+            getattr(signals, name).disconnect(dispatch_uid=f"bugsnag_celery.{name}")
         _remove_hook()
 
 

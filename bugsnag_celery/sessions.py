@@ -108,6 +108,9 @@ class Session:
         return f"<Session {self.id} {state} handled={self.handled} unhandled={self.unhandled}>"
 
 
+#: Set on an exception raised inside ``session_paused()``: never attributed to a session.
+PAUSED_MARK = "_bugsnag_celery_paused"
+
 _current: ContextVar[Session | None] = ContextVar("bugsnag_celery_session", default=None)
 
 _default_release: Release | None = None
@@ -191,6 +194,14 @@ def session_paused() -> Iterator[None]:
         session.paused = True
     try:
         yield
+    except BaseException as exc:
+        # The session resumes as the exception leaves the block, before anything reports
+        # it: mark the exception so it is still reported without the session.
+        try:
+            setattr(exc, PAUSED_MARK, True)
+        except Exception:
+            pass
+        raise
     finally:
         if not was_paused and session is not None and _current.get() is session:
             session.paused = False

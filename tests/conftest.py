@@ -4,6 +4,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from endpoint import endpoint  # noqa: F401  (fixture re-export)
 from workers import Broker, broker_fixture, out_dir  # noqa: F401  (fixture re-export)
 
 

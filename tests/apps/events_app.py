@@ -1,0 +1,119 @@
+"""Tasks that fail in every way the event tests need (``celery -A events_app worker``).
+
+Configured like ``session_app`` from the environment (broker, queue, ``BSC_CONFIGURE``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from typing import Any
+
+from celery import Celery
+from celery.exceptions import Ignore, Reject
+
+import bugsnag_celery
+
+QUEUE = os.environ.get("BSC_QUEUE", "celery")
+app = Celery("events_app", broker=os.environ["BSC_BROKER_URL"])
+app.conf.update(
+    broker_transport_options=json.loads(os.environ.get("BSC_TRANSPORT_OPTIONS", "{}")),
+    task_default_queue=QUEUE,
+    task_default_exchange=QUEUE,
+    task_default_routing_key=QUEUE,
+    worker_enable_remote_control=False,
+    broker_connection_retry_on_startup=True,
+)
+bugsnag_celery.configure(app, **json.loads(os.environ.get("BSC_CONFIGURE", "{}")))
+
+
+class PaymentDeclined(ValueError):
+    """Does not survive pickling (two required arguments): Celery would hand signals a ValueError."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"declined {code}: {reason}")
+        self.code, self.reason = code, reason
+
+
+def _charge(amount: int) -> None:
+    raise PaymentDeclined(51, f"insufficient funds for {amount}")
+
+
+@app.task(name="events.unpicklable")
+def unpicklable(amount: int) -> None:
+    _charge(amount)
+
+
+@app.task(name="events.chained")
+def chained() -> None:
+    try:
+        {}["missing"]
+    except KeyError as exc:
+        raise RuntimeError("lookup failed") from exc
+
+
+@app.task(name="events.soft_limit", soft_time_limit=0.5)
+def soft_limit() -> None:
+    time.sleep(10)
+
+
+@app.task(name="events.hard_limit", time_limit=1)
+def hard_limit() -> None:
+    time.sleep(30)
+
+
+@app.task(name="events.killed")
+def killed() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@app.task(name="events.autoretry", autoretry_for=(KeyError,), max_retries=2, default_retry_delay=0)
+def autoretry() -> None:
+    raise KeyError("always")
+
+
+@app.task(name="events.ignored")
+def ignored() -> None:
+    raise Ignore()
+
+
+@app.task(name="events.rejected")
+def rejected() -> None:
+    raise Reject("no", requeue=False)
+
+
+@app.task(name="events.thrown", throws=(LookupError,))
+def thrown() -> None:
+    raise KeyError("expected")
+
+
+@app.task(name="events.handled")
+def handled() -> str:
+    try:
+        int("x")
+    except ValueError as exc:
+        bugsnag_celery.notify(exc, metadata={"order": {"id": 7}})
+    return "ok"
+
+
+@app.task(name="events.paused")
+def paused() -> None:
+    with bugsnag_celery.session_paused():
+        raise ValueError("while paused")
+
+
+@app.task(name="events.secret_args")
+def secret_args(items: list[Any], token: str = "") -> None:
+    raise ValueError("bad input")
+
+
+@app.task(name="events.big_arg")
+def big_arg(blob: str) -> None:
+    raise ValueError("too big to send as is")
+
+
+@app.task(name="events.ok")
+def ok() -> str:
+    return "fine"
