@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Any
 
 import requests
 
@@ -38,16 +39,78 @@ Outcome = str
 
 @dataclass
 class Payload:
-    """One request to BugSnag: where, with which key and payload version, and the exact body."""
+    """One request to BugSnag: where, with which key and payload version, and the body.
+
+    An event payload may be handed over as ``events`` (dicts) rather than a body: the
+    sender thread encodes it, off the task's path, and merges the events queued for the
+    same endpoint and key into one request (BugSnag's v4 payload carries a list), so a
+    burst of failures against a slow endpoint does not become a backlog of requests.
+    """
 
     endpoint: str
     api_key: str
     payload_version: str  # "4.0" events, "1.0" sessions
-    body: bytes
+    body: bytes = b""
     kind: str = "event"
     attempts: int = 0
+    events: list[dict[str, Any]] | None = None
     # Called with the outcome once the payload is delivered, dropped or spooled (tests, flush).
     on_done: Callable[[Outcome], None] | None = field(default=None, repr=False)
+    parts: list[Payload] = field(default_factory=list, repr=False)
+
+    def mergeable_with(self, other: Payload) -> bool:
+        return (
+            self.events is not None
+            and other.events is not None
+            and not self.body
+            and not other.body
+            and (self.endpoint, self.api_key) == (other.endpoint, other.api_key)
+        )
+
+
+def notifier_info() -> dict[str, str]:
+    from . import __version__
+
+    return {**NOTIFIER, "version": __version__}
+
+
+def encoded(payloads: list[Payload]) -> list[Payload]:
+    """Give every payload a body: merge event lists, split again if the merge is too big.
+
+    Events that cannot be brought under BugSnag's 1 MB limit even alone are dropped with
+    a log line (the endpoint would answer 400 and lose them anyway).
+    """
+    from .events import PayloadTooLarge, encode_payload
+
+    ready: list[Payload] = []
+    pending = [p for p in payloads if not p.body and p.events is not None]
+    ready.extend(p for p in payloads if p.body or p.events is None)
+    if not pending:
+        return ready
+
+    def envelope(events: list[dict[str, Any]], api_key: str) -> dict[str, Any]:
+        return {"apiKey": api_key, "payloadVersion": "4.0", "notifier": notifier_info(), "events": events}
+
+    first = pending[0]
+    events = [event for p in pending for event in (p.events or [])]
+    try:
+        body = encode_payload(envelope(events, first.api_key))
+        ready.append(Payload(first.endpoint, first.api_key, "4.0", body, kind="event", parts=pending))
+        return ready
+    except PayloadTooLarge:
+        if len(pending) == 1 and len(events) == 1:
+            logger.error("bugsnag_celery: an event is over 1 MB even after trimming; dropped")
+            Sender._done(first, PERMANENT)
+            return ready
+    for p in pending:  # too big together: one request each
+        try:
+            body = encode_payload(envelope(list(p.events or []), p.api_key))
+        except PayloadTooLarge:
+            logger.error("bugsnag_celery: an event is over 1 MB even after trimming; dropped")
+            Sender._done(p, PERMANENT)
+            continue
+        ready.append(Payload(p.endpoint, p.api_key, "4.0", body, kind="event", parts=[p]))
+    return ready
 
 
 def sent_at() -> str:
@@ -124,6 +187,7 @@ class Sender:
         attempts: int = 3,
         backoff: float = 0.5,
         max_backoff: float = 8.0,
+        max_batch: int = 50,
     ) -> None:
         self.spool = spool
         self.timeout = timeout
@@ -131,6 +195,7 @@ class Sender:
         self.attempts = attempts
         self.backoff = backoff
         self.max_backoff = max_backoff
+        self.max_batch = max_batch
         self._reset()
 
     def _reset(self) -> None:
@@ -172,17 +237,38 @@ class Sender:
 
     def _run(self) -> None:
         while True:
-            payload = self._queue.get()
+            item = self._queue.get()
+            batch: list[Payload] = []
+            taken = 1
             try:
-                if payload is None:
+                if item is None:
                     return
-                self._in_flight = payload
-                self._deliver(payload)
+                batch.append(item)
+                # Merge what else is waiting for the same endpoint into one request.
+                while item.events is not None and len(batch) < self.max_batch:
+                    try:
+                        nxt = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    taken += 1
+                    if nxt is None:
+                        self._queue.put_nowait(None)  # keep the stop sentinel for the loop
+                        taken -= 1
+                        self._queue.task_done()
+                        break
+                    batch.append(nxt)
+                merged = [p for p in batch if not p.mergeable_with(batch[0])] if len(batch) > 1 else []
+                same = [p for p in batch if p not in merged]
+                for payload in encoded(same) + encoded(merged):
+                    self._in_flight = payload
+                    self._deliver(payload)
+                    self._in_flight = None
             except Exception:  # keep the thread alive whatever happens
                 logger.exception("bugsnag_celery: sender failed on a payload")
             finally:
                 self._in_flight = None
-                self._queue.task_done()
+                for _ in range(taken):
+                    self._queue.task_done()
 
     def _deliver(self, payload: Payload) -> None:
         delay = self.backoff
@@ -210,6 +296,9 @@ class Sender:
             delay = min(delay * 2, self.max_backoff)
 
     def _give_up(self, payloads: list[Payload], reason: str) -> None:
+        payloads = encoded(payloads)  # the spool keeps bodies, never Python objects
+        if not payloads:
+            return
         kept = False
         if self.spool is not None:
             try:
@@ -223,11 +312,12 @@ class Sender:
 
     @staticmethod
     def _done(payload: Payload, outcome: Outcome) -> None:
-        if payload.on_done is not None:
-            try:
-                payload.on_done(outcome)
-            except Exception:
-                logger.exception("bugsnag_celery: on_done callback failed")
+        for part in payload.parts or [payload]:
+            if part.on_done is not None:
+                try:
+                    part.on_done(outcome)
+                except Exception:
+                    logger.exception("bugsnag_celery: on_done callback failed")
 
     # ------------------------------------------------------------------ shutdown
 

@@ -22,8 +22,8 @@ import kombu
 
 from .config import Options
 from .counts import Release
-from .delivery import NOTIFIER, Payload, Sender
-from .events import PayloadTooLarge, encode_payload, exception_entries, redact, safe_repr
+from .delivery import Payload, Sender
+from .events import exception_entries, redact, safe_repr
 from .sessions import PAUSED_MARK, Session, current_session, format_timestamp
 
 __all__ = ["Reporter", "notify"]
@@ -37,12 +37,6 @@ _OWN_FILES = (os.path.join("bugsnag_celery", "integration.py"), os.path.join("bu
 
 # Set by the worker_init handler (main process), inherited by prefork children.
 worker_pool: str | None = None
-
-
-def _notifier() -> dict[str, str]:
-    from . import __version__
-
-    return {**NOTIFIER, "version": __version__}
 
 
 class Reporter:
@@ -135,21 +129,8 @@ class Reporter:
                     return False
             except Exception:
                 logger.exception("bugsnag_celery: before_notify callback %r raised; skipped", callback)
-        payload = {
-            "apiKey": opts.api_key,
-            "payloadVersion": "4.0",
-            "notifier": _notifier(),
-            "events": [event],
-        }
-        try:
-            body = encode_payload(payload)
-        except PayloadTooLarge as exc:
-            logger.error(
-                "bugsnag_celery: event dropped: still %s bytes after trimming",
-                exc.args[0] if exc.args else "?",
-            )
-            return False
-        self.sender.submit(Payload(self.notify_endpoint, opts.api_key, "4.0", body))
+        # Encoding (and merging with other queued events) happens on the sender thread.
+        self.sender.submit(Payload(self.notify_endpoint, opts.api_key, "4.0", events=[event]))
         return True
 
 

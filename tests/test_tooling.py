@@ -49,7 +49,7 @@ def test_demo_command_matches_the_truth() -> None:
 
 def test_benchmark_smoke_mode() -> None:
     out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "session_overhead.py"), "--quick"],
+        [sys.executable, str(ROOT / "benchmarks" / "overhead.py"), "--quick"],
         capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr

@@ -93,6 +93,8 @@ def test_failures_reach_bugsnag_as_the_official_notifier_sends_them(
     task = event["metaData"]["task"]
     assert task["id"] == r1.id and task["name"] == "events.unpicklable" and task["retries"] == 0
     assert task["pool"] == "prefork" and task["eager"] is False and isinstance(task["worker_pid"], int)
+    assert task["queue"] == task["routing_key"] == fs_broker.queue and "exchange" in task
+    assert task["redelivered"] is False and task["hostname"].startswith("w1-")
     assert task["args"] == [120] and task["kwargs"] == {}
 
     chain = got["events.chained"][0]["exceptions"]
@@ -209,3 +211,45 @@ def test_endpoint_down_at_shutdown_spools_then_delivers_once(
     got = endpoint.events()
     assert [e["context"] for e in got] == ["events.chained"]
     assert got[0]["session"]["events"]["unhandled"] == 1
+
+
+def test_hostile_exceptions_never_break_a_task_or_the_worker(
+    fs_broker: Broker, out_dir: Path, endpoint: Endpoint
+) -> None:
+    kinds = ["str_raises", "str_bytes", "cyclic", "surrogates", "recursion", "bad_repr_arg"]
+    with worker(fs_broker, out_dir, endpoint, concurrency=1) as w:
+        app = fs_broker.producer()
+        for kind in kinds:
+            app.send_task("events.hostile", (kind,))
+        app.send_task("events.ok")  # the worker is still alive and working after all of them
+        events = endpoint.wait_for_events(len(kinds), timeout=60)
+        deadline = time.monotonic() + 20
+        while not re.search(r"Task events\.ok\[[^\]]+\] succeeded", w.log()):
+            assert time.monotonic() < deadline, w.log()
+            time.sleep(0.05)
+        assert w.stop() == 0
+    assert "could not report" not in w.log()
+    by_class = {e["exceptions"][0]["errorClass"]: e for e in events}
+    assert set(by_class) >= {"events_app.HostileStr", "events_app.BytesStr", "ValueError", "RecursionError"}
+    assert by_class["events_app.HostileStr"]["exceptions"][0]["message"].startswith("<unprintable")
+    recursion = by_class["RecursionError"]["exceptions"][0]["stacktrace"]
+    assert 0 < len(recursion) <= 200 and recursion[0]["method"] == "down"
+    cyclic = next(
+        e for e in events if [x["errorClass"] for x in e["exceptions"]] == ["ValueError", "KeyError"]
+    )
+    assert cyclic["unhandled"] is True
+    for event in events:
+        assert event["unhandled"] is True and event["session"]["events"]["unhandled"] == 1
+
+
+def test_report_retries_as_handled_warnings(fs_broker: Broker, out_dir: Path, endpoint: Endpoint) -> None:
+    with worker(fs_broker, out_dir, endpoint, configure={"report_retries": True}) as w:
+        result = fs_broker.producer().send_task("events.autoretry")
+        events = endpoint.wait_for_events(3, timeout=60)
+        time.sleep(1)
+        assert w.stop() == 0
+    events = sorted(endpoint.events(), key=lambda e: e["metaData"]["task"]["retries"])
+    assert [(e["unhandled"], e["severity"], e["metaData"]["task"]["retries"]) for e in events] == [
+        (False, "warning", 0), (False, "warning", 1), (True, "error", 2)]  # fmt: skip
+    for event in events:  # each attempt's own session
+        assert event["session"]["id"] == task_session_id(result.id, event["metaData"]["task"]["retries"])

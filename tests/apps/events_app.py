@@ -117,3 +117,43 @@ def big_arg(blob: str) -> None:
 @app.task(name="events.ok")
 def ok() -> str:
     return "fine"
+
+
+class HostileStr(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no str for you")
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr either")
+
+
+class BytesStr(Exception):
+    def __str__(self) -> Any:
+        return b"\xff\xfe not text"
+
+
+class Unrepresentable:
+    def __repr__(self) -> str:
+        raise RuntimeError("repr raises")
+
+
+@app.task(name="events.hostile")
+def hostile(kind: str) -> None:
+    if kind == "str_raises":
+        raise HostileStr()
+    if kind == "str_bytes":
+        raise BytesStr()
+    if kind == "cyclic":
+        a, b = ValueError("a"), KeyError("b")
+        a.__cause__, b.__cause__ = b, a
+        raise a
+    if kind == "surrogates":
+        raise ValueError("bad \udcff bytes " + b"\xff\xfe".decode("utf-8", "surrogateescape"))
+    if kind == "recursion":
+
+        def down(n: int) -> int:
+            return down(n + 1) + 1
+
+        down(0)
+    if kind == "bad_repr_arg":
+        raise ValueError(Unrepresentable())

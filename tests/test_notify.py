@@ -1,0 +1,244 @@
+"""Event options and the sender, in this process (eager runs against a real local endpoint)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from celery import Celery, Task
+from endpoint import Endpoint
+
+import bugsnag_celery
+from bugsnag_celery import sessions
+from bugsnag_celery.delivery import Payload, Sender
+
+KEY = "0123456789abcdef0123456789abcdef"
+
+
+@pytest.fixture
+def make_app(endpoint: Endpoint) -> Iterator[Any]:
+    apps: list[Celery] = []
+
+    def make(**options: Any) -> Celery:
+        app = Celery(f"n{uuid.uuid4().hex[:6]}", broker="memory://", set_as_current=False)
+        bugsnag_celery.configure(app, api_key=KEY, notify_endpoint=f"{endpoint.url}/notify",
+                                 sessions_endpoint=f"{endpoint.url}/sessions", **options)  # fmt: skip
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        bugsnag_celery.unconfigure(app)
+    sessions._current.set(None)
+    bugsnag_celery.take_pending_counts()
+
+
+def delivered(endpoint: Endpoint, n: int) -> list[dict[str, Any]]:
+    bugsnag_celery.flush_events(10)
+    events = endpoint.events()
+    assert len(events) == n, [e["context"] for e in events]
+    return events
+
+
+def test_eager_failure_is_reported_with_its_session(make_app: Any, endpoint: Endpoint) -> None:
+    app = make_app()
+
+    @app.task(bind=True)
+    def fails(self: Task) -> None:
+        raise LookupError("gone")
+
+    result = fails.apply()
+    (event,) = delivered(endpoint, 1)
+    assert event["session"]["id"] == bugsnag_celery.task_session_id(result.id, 0)
+    assert event["metaData"]["task"]["eager"] is True
+    assert event["exceptions"][0]["errorClass"] == "LookupError"
+
+
+def test_notify_severities_and_paused_sessions(make_app: Any, endpoint: Endpoint) -> None:
+    make_app()
+    bugsnag_celery.start_session()
+    bugsnag_celery.notify(ValueError("a"))
+    bugsnag_celery.notify(
+        ValueError("b"), severity="info", context="ctx", grouping_hash="g", user={"id": "u1"}
+    )
+    bugsnag_celery.pause_session()
+    bugsnag_celery.notify(ValueError("c"))
+    with pytest.raises(ValueError, match="severity"):
+        bugsnag_celery.notify(ValueError("d"), severity="fatal")
+    a, b, c = delivered(endpoint, 3)
+    assert (a["severity"], a["severityReason"], a["unhandled"]) == (
+        "warning",
+        {"type": "handledException"},
+        False,
+    )
+    assert (b["severity"], b["severityReason"]) == ("info", {"type": "userSpecifiedSeverity"})
+    assert (b["context"], b["groupingHash"], b["user"]) == ("ctx", "g", {"id": "u1"})
+    assert a["session"]["events"] == {"handled": 1, "unhandled": 0}
+    assert b["session"]["events"] == {"handled": 2, "unhandled": 0}
+    assert "session" not in c
+    current = bugsnag_celery.get_current_session()
+    assert current is not None and current["events"] == {"handled": 2, "unhandled": 0}
+
+
+def test_before_notify_adds_drops_and_survives_errors(
+    make_app: Any, endpoint: Endpoint, caplog: pytest.LogCaptureFixture
+) -> None:
+    def add(event: dict[str, Any]) -> None:
+        event["metaData"]["extra"] = {"added": True}
+
+    def drop(event: dict[str, Any]) -> bool:
+        return "drop me" not in event["exceptions"][0]["message"]
+
+    def broken(event: dict[str, Any]) -> None:
+        raise RuntimeError("callback bug")
+
+    make_app(before_notify=[broken, add, drop])
+    bugsnag_celery.notify(ValueError("keep me"))
+    bugsnag_celery.notify(ValueError("drop me"))
+    (event,) = delivered(endpoint, 1)
+    assert event["metaData"]["extra"] == {"added": True}
+    assert "before_notify callback" in caplog.text
+
+
+def test_outside_enabled_release_stages_nothing_is_sent(make_app: Any, endpoint: Endpoint) -> None:
+    app = make_app(release_stage="staging", enabled_release_stages=["production"])
+
+    @app.task
+    def fails() -> None:
+        raise ValueError("x")
+
+    fails.apply()
+    bugsnag_celery.notify(ValueError("y"))
+    delivered(endpoint, 0)
+
+
+def test_retries_are_silent_unless_asked(make_app: Any, endpoint: Endpoint) -> None:
+    for report_retries, expected in ((False, 1), (True, 3)):
+        app = make_app(report_retries=report_retries)
+
+        @app.task(bind=True, autoretry_for=(KeyError,), max_retries=2, default_retry_delay=0)
+        def flaky(self: Task) -> None:
+            raise KeyError("again")
+
+        app.conf.task_always_eager = True
+        flaky.delay()
+        events = delivered(endpoint, expected)
+        assert events[-1]["unhandled"] is True and events[-1]["metaData"]["task"]["retries"] == 2
+        for warning in events[:-1]:
+            assert (warning["unhandled"], warning["severity"]) == (False, "warning")
+        endpoint.requests.clear()
+        bugsnag_celery.unconfigure(app)
+
+
+def test_control_flow_and_declared_errors_are_silent(make_app: Any, endpoint: Endpoint) -> None:
+    from celery.exceptions import Ignore, Reject
+
+    app = make_app()
+
+    @app.task(throws=(KeyError,))
+    def declared() -> None:
+        raise KeyError("expected")
+
+    @app.task
+    def ignored() -> None:
+        raise Ignore()
+
+    @app.task
+    def rejected() -> None:
+        raise Reject("no")
+
+    for task in (declared, ignored, rejected):
+        task.apply()
+    delivered(endpoint, 0)
+
+
+def test_the_api_key_never_reaches_logs_or_metadata(
+    make_app: Any, endpoint: Endpoint, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    endpoint.statuses = [401]
+    app = make_app()
+
+    @app.task
+    def leaky(api_key: str) -> None:
+        raise ValueError("x")
+
+    leaky.apply(kwargs={"api_key": KEY})
+    bugsnag_celery.flush_events(10)
+    assert "HTTP 401" in caplog.text and "API key" in caplog.text
+    assert KEY not in caplog.text
+    body = endpoint.requests[0]["body"]
+    assert KEY not in str(body["events"])
+
+
+def test_sender_restarts_after_fork_and_delivers_from_the_child(endpoint: Endpoint) -> None:
+    sender = Sender(timeout=5)
+    sender.submit(Payload(f"{endpoint.url}/notify", KEY, "4.0", b'{"events": []}'))
+    sender.flush(5)
+    pid = os.fork()
+    if pid == 0:  # the child inherits a thread object that is not running there
+        try:
+            sender.submit(Payload(f"{endpoint.url}/notify", KEY, "4.0", b'{"events": []}'))
+            sender.flush(5)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert len(endpoint.requests) == 2
+
+
+def test_sender_retries_with_backoff_then_spools(endpoint: Endpoint) -> None:
+    spooled: list[Payload] = []
+    outcomes: list[str] = []
+    endpoint.default = 503
+    sender = Sender(lambda ps: spooled.extend(ps) or True, timeout=5, attempts=3, backoff=0.1)
+    start = time.monotonic()
+    sender.submit(Payload(f"{endpoint.url}/notify", KEY, "4.0", b"{}", on_done=outcomes.append))
+    while not outcomes and time.monotonic() - start < 10:
+        time.sleep(0.01)
+    assert outcomes == ["spooled"] and len(spooled) == 1
+    assert len(endpoint.requests) == 3
+    assert time.monotonic() - start >= 0.3  # 0.1 + 0.2 of backoff between the three attempts
+
+
+def test_dead_broker_loses_nothing_silently(endpoint: Endpoint, caplog: pytest.LogCaptureFixture) -> None:
+    from bugsnag_celery.spool import spool_payloads
+
+    app = Celery("dead", broker="redis://127.0.0.1:1/0", set_as_current=False)
+    payload = Payload(f"{endpoint.url}/notify", KEY, "4.0", b"{}")
+    assert spool_payloads(app, [payload]) is False
+    assert "could not spool" in caplog.text
+
+
+def test_arguments_whose_repr_raises(make_app: Any, endpoint: Endpoint) -> None:
+    class Hostile:
+        def __repr__(self) -> str:
+            raise RuntimeError("no")
+
+    app = make_app()
+
+    @app.task
+    def fails(thing: Any, **kwargs: Any) -> None:
+        raise ValueError("x")
+
+    loop: list[Any] = []
+    loop.append(loop)
+    fails.apply((Hostile(),), {"nested": {"Authorization": "Bearer abc"}, "loop": loop, "raw": b"\xff"})
+    (event,) = delivered(endpoint, 1)
+    task = event["metaData"]["task"]
+    assert task["args"][0].startswith("<unrepresentable")
+    assert task["kwargs"]["nested"] == {"Authorization": "[REDACTED]"}
+
+
+def test_a_burst_against_a_slow_endpoint_is_merged_not_queued(make_app: Any, endpoint: Endpoint) -> None:
+    endpoint.delay = 0.3
+    make_app()
+    for i in range(60):
+        bugsnag_celery.notify(ValueError(f"burst {i}"))
+    events = delivered(endpoint, 60)
+    assert sorted(e["exceptions"][0]["message"] for e in events) == sorted(f"burst {i}" for i in range(60))
+    assert len(endpoint.requests) <= 4  # one in flight, the rest merged (at most 50 per request)
