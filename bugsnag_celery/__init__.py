@@ -10,7 +10,16 @@ Every task run is then a BugSnag session. See the README for the options.
 
 from .config import Options
 from .counts import PendingCounts, Release, restore_pending_counts, take_pending_counts
-from .integration import configure, flush_events, is_configured, no_session, options_for, unconfigure
+from .integration import (
+    configure,
+    deliver,
+    flush,
+    flush_events,
+    is_configured,
+    no_session,
+    options_for,
+    unconfigure,
+)
 from .notifier import notify
 from .sessions import (
     get_current_session,
@@ -31,6 +40,8 @@ __all__ = [
     "no_session",
     "notify",
     "flush_events",
+    "flush",
+    "deliver",
     "start_session",
     "pause_session",
     "resume_session",

@@ -1,20 +1,18 @@
 """The Celery app the demo's worker runs (``celery -A bugsnag_celery._demo_app worker``).
 
 Configured from the environment the demo sets: ``BUGSNAG_CELERY_DEMO_DIR`` (a temporary
-folder), ``BUGSNAG_CELERY_DEMO_BROKER`` and ``BUGSNAG_CELERY_DEMO_QUEUE``. Each worker
-process that ran tasks writes the session counts it took to the folder when it ends --
-a stand-in for the broker-backed delivery, so the demo can compare counts with truth.
+folder), ``BUGSNAG_CELERY_DEMO_BROKER``, ``BUGSNAG_CELERY_DEMO_QUEUE`` and the endpoints of
+the local receiver. Counts and events travel the product's real path: broker queue, beat
+task, HTTP.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
-import uuid
 from typing import Any
 
-from celery import Celery, signals
+from celery import Celery
 
 import bugsnag_celery
 from bugsnag_celery.demo import broker_options
@@ -40,6 +38,8 @@ bugsnag_celery.configure(
     # Nothing leaves the machine: the local collector's address (bugsnag-celery collector).
     notify_endpoint=os.environ.get("BUGSNAG_CELERY_DEMO_NOTIFY", "http://127.0.0.1:9339/notify"),
     sessions_endpoint=os.environ.get("BUGSNAG_CELERY_DEMO_SESSIONS", "http://127.0.0.1:9339/sessions"),
+    session_delivery_interval=float(os.environ.get("BUGSNAG_CELERY_DEMO_DELIVERY_INTERVAL", "2")),
+    queue_prefix=f"{QUEUE}.bugsnag",
     app_version="1.0.0-demo",
     release_stage="demo",
 )
@@ -79,18 +79,3 @@ def housekeeping() -> str:
 def rebuild_cache() -> str:
     """Opted out: never a session."""
     return "rebuilt"
-
-
-def _dump_counts(**_: Any) -> None:
-    taken = bugsnag_celery.take_pending_counts()
-    if not taken:
-        return
-    rows = [{"release": list(release), "counts": buckets} for release, buckets in taken.items()]
-    path = os.path.join(DEMO_DIR, f"counts-{os.getpid()}-{uuid.uuid4().hex[:8]}.json")
-    with open(path + ".tmp", "w") as fh:
-        json.dump(rows, fh)
-    os.replace(path + ".tmp", path)
-
-
-signals.worker_process_shutdown.connect(_dump_counts, weak=False, dispatch_uid="bugsnag_celery.demo.child")
-signals.worker_shutdown.connect(_dump_counts, weak=False, dispatch_uid="bugsnag_celery.demo.main")

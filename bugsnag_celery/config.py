@@ -59,6 +59,7 @@ class Options:
     before_notify: tuple[Callable[[dict[str, Any]], Any], ...] = ()
     report_retries: bool = False
     delivery_timeout: float = 10.0
+    queue_prefix: str = "bugsnag_celery"
 
     @property
     def sends(self) -> bool:
@@ -272,7 +273,7 @@ def _validate(raw: dict[str, Any]) -> dict[str, Any]:
                 shown = f"{len(value)} characters" if isinstance(value, str) else type(value).__name__
                 raise _fail(name, f"must be 32 hexadecimal characters (got {shown})")
             clean[name] = value.strip().lower()
-        elif name in ("release_stage", "app_type", "hostname"):
+        elif name in ("release_stage", "app_type", "hostname", "queue_prefix"):
             clean[name] = _as_text(name, value, optional=False)
         elif name == "app_version":
             clean[name] = _as_text(name, value, optional=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from typing import NamedTuple
 
@@ -67,6 +68,8 @@ def count_session(release: Release, started: float) -> None:
         if buckets is None:
             buckets = _buckets[release] = {}
         buckets[minute] = buckets.get(minute, 0) + 1
+    if not _watching:
+        _start_watch()
 
 
 def add_to_buckets(buckets: dict[int, int], started: float) -> None:
@@ -74,6 +77,29 @@ def add_to_buckets(buckets: dict[int, int], started: float) -> None:
     minute = int(started // 60)
     with _lock:
         buckets[minute] = buckets.get(minute, 0) + 1
+    if not _watching:
+        _start_watch()
+
+
+# The delivery path learns that this process has counts to move (once per process: the
+# flag is one global read on the hot path, reset in a forked child).
+_watching = False
+_watch_hook: list[Callable[[], None]] = []
+
+
+def on_first_count(hook: Callable[[], None]) -> None:
+    """Call *hook* the first time this process (or a forked child) counts a session."""
+    _watch_hook[:] = [hook]
+
+
+def _start_watch() -> None:
+    global _watching
+    _watching = True
+    for hook in _watch_hook:
+        try:
+            hook()
+        except Exception:  # pragma: no cover - a hook must never break a task
+            _watching = False
 
 
 def minute_iso(minute: int) -> str:
@@ -86,24 +112,34 @@ def _minute_from_iso(text: str) -> int:
     return int(stamp.timestamp()) // 60
 
 
-def take_pending_counts() -> PendingCounts:
-    """Take (and remove) every count this process holds.
+def take_pending_counts(releases: Iterable[Release] | None = None) -> PendingCounts:
+    """Take (and remove) every count this process holds (of *releases*, if given).
 
     Returns ``{Release: {minute_iso: sessions_started}}`` with only non-zero buckets.
     Whoever takes the counts owns them: if they cannot be delivered, give them back
     with :func:`restore_pending_counts`, or they are lost.
     """
     taken: PendingCounts = {}
+    wanted = None if releases is None else set(releases)
     with _lock:
         for release, buckets in _buckets.items():
-            if buckets:
+            if buckets and (wanted is None or release in wanted):
                 taken[release] = {minute_iso(m): n for m, n in sorted(buckets.items())}
                 buckets.clear()
     return taken
 
 
-def restore_pending_counts(pending: PendingCounts) -> None:
-    """Merge counts taken by :func:`take_pending_counts` back into this process."""
+#: Minute buckets kept per release group while counts cannot leave the process (a day).
+MAX_BUCKETS = 24 * 60
+
+
+def restore_pending_counts(pending: PendingCounts, max_buckets: int = MAX_BUCKETS) -> None:
+    """Merge counts taken by :func:`take_pending_counts` back into this process.
+
+    Memory stays bounded while the counts cannot leave (a broker down for days): past
+    *max_buckets* minutes per release group, the oldest buckets are merged into the next
+    oldest -- a count may be filed under a later minute, but it is never dropped.
+    """
     with _lock:
         for release, counts in pending.items():
             buckets = _buckets.get(release)
@@ -112,13 +148,24 @@ def restore_pending_counts(pending: PendingCounts) -> None:
             for stamp, n in counts.items():
                 minute = _minute_from_iso(stamp)
                 buckets[minute] = buckets.get(minute, 0) + n
+            if len(buckets) > max_buckets:
+                ordered = sorted(buckets)
+                excess = ordered[: len(ordered) - max_buckets]
+                keep = ordered[len(ordered) - max_buckets]
+                buckets[keep] += sum(buckets.pop(m) for m in excess)
+
+
+def releases_with_counts() -> list[Release]:
+    with _lock:
+        return [release for release, buckets in _buckets.items() if buckets]
 
 
 def _after_fork_in_child() -> None:
     # The parent's lock may have been held by another thread at fork time, and the
     # parent's counts are the parent's to deliver: start the child clean.
-    global _lock
+    global _lock, _watching
     _lock = threading.Lock()
+    _watching = False
     for buckets in _buckets.values():
         buckets.clear()
 

@@ -1,22 +1,24 @@
-"""``bugsnag-celery demo``: a real worker on an embedded broker, and the sessions it counted.
+"""``bugsnag-celery demo``: a real worker on an embedded broker, and what BugSnag receives.
 
-Starts ``celery worker`` (prefork, two children) on kombu's filesystem transport in a
-temporary folder (or on ``--broker URL``), sends a workload whose truth is known, stops
-the worker with a warm shutdown, and prints the session counts the worker processes took
-next to the truth. Exits 0 only if they match.
+Starts a local stand-in for BugSnag and ``celery worker -B`` (prefork, two children,
+embedded beat) on kombu's filesystem transport in a temporary folder (or on ``--broker
+URL``), sends a workload whose truth is known, waits for the beat task to deliver the
+session counts, and prints what was received next to the truth: sessions, crashed
+sessions, stability score. Exits 0 only if they match.
 """
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from celery import Celery
@@ -48,6 +50,7 @@ def _start_worker(env: dict[str, str], folder: str) -> subprocess.Popen[bytes]:
         "--pool=prefork", "--concurrency=2", "--loglevel=INFO",
         "--without-mingle", "--without-gossip", "--without-heartbeat",
         "-Q", env["BUGSNAG_CELERY_DEMO_QUEUE"], "-n", f"demo-{uuid.uuid4().hex[:6]}@%h",
+        "-B", "-s", os.path.join(folder, "celerybeat-schedule"),
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, env=env, cwd=folder, stdout=log, stderr=subprocess.STDOUT)
     log.close()
@@ -68,31 +71,78 @@ def _wait_ready(proc: subprocess.Popen[bytes], folder: str, timeout: float = 60)
         raise SystemExit(f"the demo worker did not start:\n{fh.read()[-3000:]}")
 
 
-def _counted(folder: str) -> dict[tuple[Any, ...], dict[str, int]]:
-    merged: dict[tuple[Any, ...], dict[str, int]] = {}
-    for path in glob.glob(os.path.join(folder, "counts-*.json")):
-        with open(path) as fh:
-            for row in json.load(fh):
-                buckets = merged.setdefault(tuple(row["release"]), {})
-                for minute, n in row["counts"].items():
-                    buckets[minute] = buckets.get(minute, 0) + n
-    return merged
+class _Receiver:
+    """A minimal local stand-in for BugSnag: records what the worker delivers."""
+
+    def __init__(self) -> None:
+        self.sessions: dict[str, int] = {}
+        self.crashed: set[str] = set()
+        self.events = 0
+        self.unattributed = 0
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                try:
+                    data = json.loads(body)
+                    receiver.record(self.path, data)
+                    status = 202 if self.path.startswith("/sessions") else 200
+                except Exception:
+                    status = 400
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def record(self, path: str, data: dict[str, Any]) -> None:
+        with self.lock:
+            if path.startswith("/sessions"):
+                for row in data["sessionCounts"]:
+                    stamp = row["startedAt"]
+                    self.sessions[stamp] = self.sessions.get(stamp, 0) + row["sessionsStarted"]
+            else:
+                for event in data["events"]:
+                    self.events += 1
+                    session = event.get("session")
+                    if session and event.get("unhandled"):
+                        self.crashed.add(session["id"])
+                    elif not session:
+                        self.unattributed += 1
+
+    @property
+    def total_sessions(self) -> int:
+        with self.lock:
+            return sum(self.sessions.values())
 
 
 def run(broker: str = "filesystem://", scale: int = 1) -> int:
     folder = tempfile.mkdtemp(prefix="bugsnag-celery-demo-")
     queue = f"bugsnag-celery-demo-{uuid.uuid4().hex[:8]}"
+    receiver = _Receiver()
     env = {
         **os.environ,
         "BUGSNAG_CELERY_DEMO_DIR": folder,
         "BUGSNAG_CELERY_DEMO_BROKER": broker,
         "BUGSNAG_CELERY_DEMO_QUEUE": queue,
+        "BUGSNAG_CELERY_DEMO_NOTIFY": f"{receiver.url}/notify",
+        "BUGSNAG_CELERY_DEMO_SESSIONS": f"{receiver.url}/sessions",
     }
     _say(f"bugsnag-celery demo: broker {broker}, folder {folder}")
+    _say(f"  local BugSnag stand-in at {receiver.url}")
     proc = _start_worker(env, folder)
+    ok = False
     try:
         _wait_ready(proc, folder)
-        _say("  worker ready (prefork, 2 children)")
+        _say("  worker ready (prefork, 2 children, embedded beat delivering every 2 s)")
         producer = Celery("demo-producer", broker=broker, backend=f"file://{os.path.join(folder, 'results')}")
         producer.conf.update(
             broker_transport_options=broker_options(broker, folder),
@@ -100,22 +150,22 @@ def run(broker: str = "filesystem://", scale: int = 1) -> int:
             task_default_exchange=queue,
             task_default_routing_key=queue,
         )
-        plan = [  # name, how many, runs (sessions) each, counted?
-            ("work", 40 * scale, 1, True),
-            ("flaky", 5 * scale, 1, True),
-            ("retrying", 3 * scale, 2, True),
-            ("housekeeping", 5 * scale, 1, True),
-            ("rebuild_cache", 5 * scale, 1, False),
+        plan = [  # name, how many, runs (sessions) each, counted?, crashes?
+            ("work", 40 * scale, 1, True, False),
+            ("flaky", 5 * scale, 1, True, True),
+            ("retrying", 3 * scale, 2, True, False),
+            ("housekeeping", 5 * scale, 1, True, False),
+            ("rebuild_cache", 5 * scale, 1, False, False),
         ]
         results = []
-        truth_runs = truth_sessions = 0
-        for name, count, runs, counted in plan:
+        truth_runs = truth_sessions = truth_crashed = 0
+        for name, count, runs, counted, crashes in plan:
             for i in range(count):
-                results.append(
-                    producer.send_task(f"demo.{name}", (i,) if name in ("work", "flaky", "retrying") else ())
-                )
+                args = (i,) if name in ("work", "flaky", "retrying") else ()
+                results.append(producer.send_task(f"demo.{name}", args))
             truth_runs += count * runs
             truth_sessions += count * runs if counted else 0
+            truth_crashed += count if crashes else 0
         _say(f"  sent {len(results)} tasks ({truth_runs} runs with retries)")
         done, deadline = 0, time.monotonic() + 120
         for result in results:
@@ -123,24 +173,32 @@ def run(broker: str = "filesystem://", scale: int = 1) -> int:
             done += 1
             if done % 20 == 0 or done == len(results):
                 _say(f"  {done}/{len(results)} tasks finished")
+        _say("  waiting for the beat task to deliver the session counts ...")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if receiver.total_sessions >= truth_sessions and len(receiver.crashed) >= truth_crashed:
+                break
+            time.sleep(0.2)
+        time.sleep(2.5)  # one more delivery period: a duplicate would show up now
     finally:
         if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)  # warm shutdown: children flush their counts
+            proc.send_signal(signal.SIGTERM)  # warm shutdown
             try:
                 proc.wait(60)
             except subprocess.TimeoutExpired:
                 proc.kill()
-    merged = _counted(folder)
-    counted_total = sum(n for buckets in merged.values() for n in buckets.values())
-    _say("\nsession counts taken by the worker processes (release group -> minute -> sessions):")
-    for (version, stage, app_type, host), buckets in merged.items():
-        for minute, n in sorted(buckets.items()):
-            _say(f"  {version} / {stage} / {app_type} / {host}   {minute}   {n}")
-    _say(
-        f"\n  known truth: {truth_runs} task runs, {truth_runs - truth_sessions} opted out"
-        f" -> {truth_sessions} sessions"
-    )
-    _say(f"  counted:     {counted_total} sessions")
-    ok = counted_total == truth_sessions
+    got_sessions, got_crashed = receiver.total_sessions, len(receiver.crashed)
+    _say("\nwhat BugSnag received (sessions per minute, release 1.0.0-demo / demo):")
+    for minute, n in sorted(receiver.sessions.items()):
+        _say(f"  {minute}   {n}")
+    stability = 100.0 * (1 - got_crashed / got_sessions) if got_sessions else 0.0
+    truth_stability = 100.0 * (1 - truth_crashed / truth_sessions)
+    _say(f"\n  {'':16s}{'truth':>10s}{'received':>10s}")
+    _say(f"  {'task runs':16s}{truth_runs:>10d}{'':>10s}")
+    _say(f"  {'sessions':16s}{truth_sessions:>10d}{got_sessions:>10d}")
+    _say(f"  {'crashed':16s}{truth_crashed:>10d}{got_crashed:>10d}")
+    _say(f"  {'stability':16s}{truth_stability:>9.2f}%{stability:>9.2f}%")
+    ok = got_sessions == truth_sessions and got_crashed == truth_crashed
     _say("  MATCH" if ok else "  MISMATCH")
+    receiver.server.shutdown()
     return 0 if ok else 1

@@ -32,9 +32,10 @@ from . import counts, notifier, sessions
 from .config import Options, resolve_options
 from .counts import Release
 from .notifier import UNHANDLED_REASON, Reporter, Seen, task_metadata
+from .session_delivery import DELIVER_TASK, Flusher, deliver_session_counts, now_iso, record_status
 from .sessions import Session, _current, format_timestamp, task_session_id
 
-__all__ = ["configure", "unconfigure", "no_session", "is_configured", "options_for"]
+__all__ = ["configure", "unconfigure", "no_session", "is_configured", "options_for", "flush", "deliver"]
 
 logger = logging.getLogger("bugsnag_celery")
 
@@ -382,6 +383,91 @@ def flush_events(timeout: float = 5.0) -> None:
 def _on_process_shutdown(**_: Any) -> None:
     # Prefork children leave through os._exit right after this: atexit never runs.
     flush_events()
+    try:
+        _flusher.flush_once()
+    except Exception:
+        logger.exception("bugsnag_celery: moving session counts at shutdown failed")
+
+
+def _flush_targets() -> list[tuple[Celery, list[Release], bool, str]]:
+    return [
+        (
+            state.app,
+            [state.release],
+            state.options.sends and bool(state.options.api_key),
+            state.options.queue_prefix,
+        )
+        for state in list(_states.values())
+    ]
+
+
+def _flush_interval() -> float:
+    intervals = [state.options.session_flush_interval for state in list(_states.values())]
+    return min(intervals) if intervals else 1.0
+
+
+_flusher = Flusher(_flush_targets, _flush_interval)
+counts.on_first_count(_flusher.start)
+
+
+def deliver(app: Celery) -> dict[str, Any]:
+    """One delivery run: every session count on the broker, then every spooled event.
+
+    What the periodic task ``bugsnag_celery.deliver_sessions`` does; safe to run in
+    several processes at once (the broker hands each message to one of them).
+    """
+    from .spool import drain_spooled_events
+
+    state = _states.get(app)
+    if state is None:
+        raise RuntimeError("bugsnag_celery.deliver: the app is not configured")
+    opts = state.options
+    status: dict[str, Any] = {"last_run": now_iso(), "hostname": opts.hostname}
+    try:
+        status["sessions"] = deliver_session_counts(
+            app, api_key=opts.api_key if opts.sends else None, endpoint=opts.endpoints[1],
+            enabled_release_stages=opts.enabled_release_stages, timeout=opts.delivery_timeout,
+            prefix=opts.queue_prefix,
+        )  # fmt: skip
+        status["events"] = drain_spooled_events(app, timeout=opts.delivery_timeout, prefix=opts.queue_prefix)
+        if status["sessions"]["retry"] or status["events"]["requeued"]:
+            status["last_error"] = f"{now_iso()}: BugSnag unreachable or failing; kept for the next run"
+        else:
+            status["last_delivery"] = status["last_run"]
+    except Exception as exc:
+        status["last_error"] = f"{now_iso()}: {type(exc).__name__}: {exc}"
+        logger.error("bugsnag_celery: delivery failed: %s", exc)
+    record_status(app, status, opts.queue_prefix)
+    return status
+
+
+def flush(app: Celery, timeout: float = 10.0) -> dict[str, Any]:
+    """Synchronously: move this process's counts and events out, then deliver everything."""
+    flush_events(timeout)
+    _flusher.flush_once()
+    return deliver(app)
+
+
+def _deliver_task(self: Task) -> dict[str, Any]:
+    return deliver(self.app)
+
+
+def _register_delivery(app: Celery, options: Options) -> None:
+    app.task(name=DELIVER_TASK, bind=True, shared=False, ignore_result=True)(_deliver_task)
+    schedule = dict(app.conf.beat_schedule or {})
+    schedule[DELIVER_TASK] = {
+        "task": DELIVER_TASK,
+        "schedule": options.session_delivery_interval,
+        # a backlog of delivery runs (beat running while no worker does) is pointless
+        "options": {"expires": options.session_delivery_interval},
+    }
+    app.conf.beat_schedule = schedule
+
+
+def _unregister_delivery(app: Celery) -> None:
+    schedule = dict(app.conf.beat_schedule or {})
+    if schedule.pop(DELIVER_TASK, None) is not None:
+        app.conf.beat_schedule = schedule
 
 
 def reporter_for_current() -> tuple[Reporter | None, Task | None, Any]:
@@ -420,6 +506,7 @@ def configure(app: Celery, **options: Any) -> None:
         _teardown(app)
     state = _states[app] = AppState(app, resolved)
     sessions.set_default_release(state.release)
+    _register_delivery(app, resolved)
     for name, receiver in _SIGNALS:
         # One receiver per process for all apps (they look the app up): weak=False so a
         # closure is not collected, dispatch_uid so configuring twice connects once.
@@ -454,6 +541,7 @@ def unconfigure(app: Celery) -> None:
     if state is None:
         return
     state.reporter.sender.flush(1.0)
+    _unregister_delivery(app)
     remaining = list(_states.values())
     sessions.set_default_release(remaining[-1].release if remaining else None)
     if not remaining:

@@ -49,7 +49,10 @@ class Reporter:
         self.options = options
         self.release = release
         self.notify_endpoint = options.endpoints[0]
-        self.sender = Sender(lambda payloads: spool_payloads(app, payloads), timeout=options.delivery_timeout)
+        self.sender = Sender(
+            lambda payloads: spool_payloads(app, payloads, options.queue_prefix),
+            timeout=options.delivery_timeout,
+        )
         self._warned_no_key = False
 
     # ------------------------------------------------------------------ building

@@ -13,47 +13,32 @@ import json
 import logging
 from typing import Any
 
-from kombu.entity import Exchange, Queue
-
 from .delivery import DELIVERED, PERMANENT, Payload, log_permanent, post
+from .queues import DEFAULT_PREFIX, bound_queue, message_count, publish
 
-__all__ = ["EVENTS_QUEUE", "spool_payloads", "drain_spooled_events", "spooled_event_count"]
+__all__ = ["spool_payloads", "drain_spooled_events", "spooled_event_count"]
 
 logger = logging.getLogger("bugsnag_celery")
 
-EVENTS_QUEUE = "bugsnag_celery.events"
-_exchange = Exchange(EVENTS_QUEUE, type="direct", durable=True)
-_queue = Queue(EVENTS_QUEUE, _exchange, routing_key=EVENTS_QUEUE, durable=True)
-_RETRY_POLICY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1.0}
 
-
-def spool_payloads(app: Any, payloads: list[Payload]) -> bool:
+def spool_payloads(app: Any, payloads: list[Payload], prefix: str = DEFAULT_PREFIX) -> bool:
     """Publish *payloads* to the spool queue. True if the broker took all of them."""
     try:
-        with app.connection_for_write() as conn:
-            producer = conn.Producer(serializer="json")
-            for payload in payloads:
-                producer.publish(
-                    {
-                        "kind": payload.kind,
-                        "endpoint": payload.endpoint,
-                        "payload_version": payload.payload_version,
-                        "body": payload.body.decode("utf-8"),
-                    },
-                    exchange=_exchange,
-                    routing_key=EVENTS_QUEUE,
-                    declare=[_queue],
-                    delivery_mode=2,
-                    retry=True,
-                    retry_policy=_RETRY_POLICY,
-                )
+        bodies = [
+            {"kind": p.kind, "endpoint": p.endpoint, "payload_version": p.payload_version,
+             "body": p.body.decode("utf-8")}
+            for p in payloads
+        ]  # fmt: skip
+        publish(app, f"{prefix}.events", bodies)
         return True
     except Exception as exc:
         logger.error("bugsnag_celery: could not spool %d payload(s) to the broker: %s", len(payloads), exc)
         return False
 
 
-def drain_spooled_events(app: Any, *, timeout: float = 10.0, limit: int = 10_000) -> dict[str, int]:
+def drain_spooled_events(
+    app: Any, *, timeout: float = 10.0, limit: int = 10_000, prefix: str = DEFAULT_PREFIX
+) -> dict[str, int]:
     """Send what the spool holds. Acknowledge a message only after a 2xx (or a permanent 4xx).
 
     On a retryable failure the message goes back and the drain stops: the endpoint is
@@ -61,8 +46,7 @@ def drain_spooled_events(app: Any, *, timeout: float = 10.0, limit: int = 10_000
     """
     stats = {"delivered": 0, "dropped": 0, "requeued": 0}
     with app.connection_for_read() as conn:
-        bound = _queue.bind(conn.default_channel)
-        bound.declare()
+        bound = bound_queue(conn, f"{prefix}.events")
         for _ in range(limit):
             message = bound.get(no_ack=False, accept=["json"])
             if message is None:
@@ -92,7 +76,5 @@ def drain_spooled_events(app: Any, *, timeout: float = 10.0, limit: int = 10_000
     return stats
 
 
-def spooled_event_count(app: Any) -> int:
-    with app.connection_for_read() as conn:
-        _name, count, _consumers = _queue.bind(conn.default_channel).queue_declare(passive=False)
-        return int(count)
+def spooled_event_count(app: Any, prefix: str = DEFAULT_PREFIX) -> int:
+    return message_count(app, f"{prefix}.events")

@@ -24,6 +24,16 @@ def pending_total() -> int:
     return sum(n for c in bugsnag_celery.take_pending_counts().values() for n in c.values())
 
 
+@pytest.fixture(autouse=True)
+def no_flusher() -> Iterator[None]:
+    """These tests read the in-process counts: keep the flusher from moving them away."""
+    from bugsnag_celery import integration
+
+    integration._flusher.enabled = False
+    yield
+    integration._flusher.enabled = True
+
+
 @pytest.fixture
 def app() -> Iterator[Celery]:
     app = Celery(f"t{uuid.uuid4().hex[:6]}", broker="memory://", set_as_current=False)

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from workers import Broker, Worker, counted, total, wait_for_records
+from endpoint import Endpoint
+from workers import Broker, Worker, deliver_sessions, received_sessions, total, wait_for_records
 
 from bugsnag_celery import task_session_id
 
@@ -69,7 +70,13 @@ def check_records(rows: list[dict[str, Any]]) -> None:
             assert row["last"]["id"] == first["id"] and row["last"]["paused"] is False
 
 
-def run_mix(broker: Broker, out: Path, pool: str, concurrency: int) -> None:
+def delivered(broker: Broker, endpoint: Endpoint) -> dict[tuple[Any, ...], dict[str, int]]:
+    """Drain the broker as the beat task would; return what the session API accepted."""
+    deliver_sessions(broker, endpoint.url)
+    return received_sessions(endpoint.requests)
+
+
+def run_mix(broker: Broker, out: Path, pool: str, concurrency: int, endpoint: Endpoint) -> None:
     with Worker(broker, out, pool=pool, concurrency=concurrency, configure=CONFIG) as worker:
         runs, sessions = send_mix(broker)
         rows = wait_for_records(out, runs, worker=worker)
@@ -78,23 +85,25 @@ def run_mix(broker: Broker, out: Path, pool: str, concurrency: int) -> None:
     check_records(rows)
     retries = sorted(r["retries"] for r in rows if r["task"] == "retrying")
     assert retries == [0] * 5 + [1] * 5 + [2] * 5  # one session per attempt
-    merged = counted(out)
+    merged = delivered(broker, endpoint)
     assert total(merged) == sessions == runs - 15  # 65 runs, 15 opted out or excluded
     assert list(merged) == [("9.9.9", "test", "celery", "test-host")]
     for minute in next(iter(merged.values())):
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:00Z", minute)
 
 
-def test_exact_counts_prefork_every_broker(broker: Broker, out_dir: Path) -> None:
-    run_mix(broker, out_dir, "prefork", 2)
+def test_exact_counts_prefork_every_broker(broker: Broker, out_dir: Path, endpoint: Endpoint) -> None:
+    run_mix(broker, out_dir, "prefork", 2, endpoint)
 
 
 @pytest.mark.parametrize(("pool", "concurrency"), [("threads", 8), ("solo", 1), ("gevent", 20)])
-def test_exact_counts_other_pools(fs_broker: Broker, out_dir: Path, pool: str, concurrency: int) -> None:
-    run_mix(fs_broker, out_dir, pool, concurrency)
+def test_exact_counts_other_pools(
+    fs_broker: Broker, out_dir: Path, pool: str, concurrency: int, endpoint: Endpoint
+) -> None:
+    run_mix(fs_broker, out_dir, pool, concurrency, endpoint)
 
 
-def test_one_child_per_task(fs_broker: Broker, out_dir: Path) -> None:
+def test_one_child_per_task(fs_broker: Broker, out_dir: Path, endpoint: Endpoint) -> None:
     """--max-tasks-per-child=1: every child counts one session and exits through os._exit."""
     n = 12
     with Worker(fs_broker, out_dir, configure=CONFIG, extra_args=("--max-tasks-per-child=1",)) as worker:
@@ -105,13 +114,15 @@ def test_one_child_per_task(fs_broker: Broker, out_dir: Path) -> None:
         assert worker.stop() == 0
     assert len({r["pid"] for r in rows}) >= n - 1  # (nearly) a child per task
     check_records(rows)
-    assert total(counted(out_dir)) == n
+    assert total(delivered(fs_broker, endpoint)) == n
 
 
 @pytest.mark.parametrize(
     ("pool", "broker_kind"), [("threads", "filesystem"), ("threads", "redis"), ("gevent", "filesystem")]
 )
-def test_no_leak_between_concurrent_tasks(pool: str, broker_kind: str, tmp_path: Path, out_dir: Path) -> None:
+def test_no_leak_between_concurrent_tasks(
+    pool: str, broker_kind: str, tmp_path: Path, out_dir: Path, endpoint: Endpoint
+) -> None:
     """200 tasks at once on one process: each sees only its own session, start to end."""
     from workers import broker_fixture
 
@@ -131,6 +142,7 @@ def test_no_leak_between_concurrent_tasks(pool: str, broker_kind: str, tmp_path:
                     app.send_task("session_app.observe", (f"c{i}", 1.5), connection=conn)
             rows = wait_for_records(out_dir, n, worker=worker)
             assert worker.stop() == 0
+            assert total(delivered(broker, endpoint)) == n
     assert len(rows) == n
     # The property only means something if the runs really overlapped: count the peak.
     edges = sorted([(r["started"], 1) for r in rows] + [(r["ended"], -1) for r in rows])
@@ -143,10 +155,9 @@ def test_no_leak_between_concurrent_tasks(pool: str, broker_kind: str, tmp_path:
         expected = task_session_id(row["id"], 0)
         assert row["first"]["id"] == expected and row["last"]["id"] == expected, row
     assert len({r["first"]["id"] for r in rows}) == n
-    assert total(counted(out_dir)) == n
 
 
-def test_seed_semantics_inside_a_worker(fs_broker: Broker, out_dir: Path) -> None:
+def test_seed_semantics_inside_a_worker(fs_broker: Broker, out_dir: Path, endpoint: Endpoint) -> None:
     """The seed's calls inside a real task run; the next task in the process sees none of it."""
     with Worker(fs_broker, out_dir, pool="solo", concurrency=1, configure=CONFIG) as worker:
         app = fs_broker.producer()
@@ -166,10 +177,12 @@ def test_seed_semantics_inside_a_worker(fs_broker: Broker, out_dir: Path) -> Non
     assert manual["after_start"]["id"] not in (task_id, None)  # replaced, random UUID
     assert manual["after_start"]["paused"] is False
     assert after["first"]["id"] == task_session_id(after["id"], 0)  # no leak into the next task
-    assert total(counted(out_dir)) == 3  # two task runs + one started by hand
+    assert total(delivered(fs_broker, endpoint)) == 3  # two task runs + one started by hand
 
 
-def test_missing_api_key_warns_once_and_tasks_run(fs_broker: Broker, out_dir: Path) -> None:
+def test_missing_api_key_warns_once_and_tasks_run(
+    fs_broker: Broker, out_dir: Path, endpoint: Endpoint
+) -> None:
     config = {k: v for k, v in CONFIG.items() if k != "api_key"}
     with Worker(fs_broker, out_dir, configure=config) as worker:
         app = fs_broker.producer()
@@ -179,5 +192,6 @@ def test_missing_api_key_warns_once_and_tasks_run(fs_broker: Broker, out_dir: Pa
         assert worker.stop() == 0
         log = worker.log()
     assert log.count("no API key configured") == 1, log
-    check_records(rows)
-    assert total(counted(out_dir)) == 4
+    check_records(rows)  # every run had its session...
+    stats = deliver_sessions(fs_broker, endpoint.url)
+    assert stats["messages"] == 0  # ...but without a key nothing is queued for BugSnag

@@ -4,8 +4,8 @@ Configured from the environment so one module serves every broker and pool:
 ``BSC_BROKER_URL``, ``BSC_TRANSPORT_OPTIONS`` (JSON), ``BSC_QUEUE``, ``BSC_OUT`` (a folder
 the tasks write their observations to) and ``BSC_CONFIGURE`` (JSON keyword arguments
 for ``bugsnag_celery.configure``). Every task appends one JSON line per observation to
-``BSC_OUT/records-<pid>.jsonl``; when a process that ran tasks ends, it writes the
-session counts it took to ``BSC_OUT/counts-<pid>-<n>.json``.
+``BSC_OUT/records-<pid>.jsonl``. Session counts travel the product's own path: the
+broker queue ``<queue_prefix>.sessions``, drained by the tests as the beat task would.
 """
 
 from __future__ import annotations
@@ -14,10 +14,9 @@ import json
 import os
 import threading
 import time
-import uuid
 from typing import Any
 
-from celery import Celery, signals
+from celery import Celery
 from celery.exceptions import Ignore
 
 import bugsnag_celery
@@ -156,25 +155,3 @@ def after_manual(self: Any) -> None:
         retries=self.request.retries,
         first=bugsnag_celery.get_current_session(),
     )
-
-
-_dumps = 0
-
-
-def _dump_counts(**_: Any) -> None:
-    global _dumps
-    taken = bugsnag_celery.take_pending_counts()
-    if not taken:
-        return
-    _dumps += 1
-    path = os.path.join(OUT, f"counts-{os.getpid()}-{_dumps}-{uuid.uuid4().hex[:6]}.json")
-    rows = [{"release": list(release), "counts": buckets} for release, buckets in taken.items()]
-    with open(path + ".tmp", "w") as fh:
-        json.dump(rows, fh)
-    os.replace(path + ".tmp", path)
-
-
-# Prefork children end through os._exit: worker_process_shutdown is their last word.
-# The other pools run tasks in the main process: worker_shutdown.
-signals.worker_process_shutdown.connect(_dump_counts, weak=False, dispatch_uid="tests.dump.child")
-signals.worker_shutdown.connect(_dump_counts, weak=False, dispatch_uid="tests.dump.main")
