@@ -1,0 +1,281 @@
+"""Session counts from real workers to the session API, through the broker, exactly once."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from endpoint import Endpoint
+from workers import (
+    Broker,
+    Worker,
+    broker_fixture,
+    deliver_sessions,
+    need_service,
+    received_sessions,
+    records,
+    total,
+    wait_for_records,
+)
+
+from bugsnag_celery.counts import Release
+from bugsnag_celery.session_delivery import publish_counts
+
+KEY = "c0ffee00c0ffee00c0ffee00c0ffee00"
+
+
+def config(endpoint: Endpoint, hostname: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "api_key": KEY, "app_version": "4.0.0", "release_stage": "test", "hostname": hostname,
+        "notify_endpoint": f"{endpoint.url}/notify", "sessions_endpoint": f"{endpoint.url}/sessions",
+        "session_delivery_interval": 2, **extra,
+    }  # fmt: skip
+
+
+def truth(rows: list[dict[str, Any]]) -> dict[tuple[str, str], int]:
+    """Sessions per (hostname, minute) as the task runs themselves saw them."""
+    out: dict[tuple[str, str], int] = {}
+    for row in rows:
+        first = row["first"]
+        if first is None:
+            continue
+        key = (row["host"], first["startedAt"][:16] + ":00Z")
+        out[key] = out.get(key, 0) + 1
+    return out
+
+
+def by_host_minute(endpoint: Endpoint) -> dict[tuple[str, str], int]:
+    out: dict[tuple[str, str], int] = {}
+    for (_v, _s, _t, host), buckets in received_sessions(endpoint.requests).items():
+        for minute, n in buckets.items():
+            out[(host, minute)] = out.get((host, minute), 0) + n
+    return out
+
+
+def send_observe(broker: Broker, n: int, delay: float = 0.0, opted_out_every: int = 0) -> None:
+    app = broker.producer()
+    with app.connection_for_write() as conn:
+        for i in range(n):
+            name = (
+                "session_app.opted_out_below"
+                if opted_out_every and i % opted_out_every == 0
+                else "session_app.observe"
+            )
+            app.send_task(name, (f"t{i}", delay) if name.endswith("observe") else (), connection=conn)
+
+
+def wait_delivered(endpoint: Endpoint, n: int, timeout: float = 60) -> int:
+    deadline = time.monotonic() + timeout
+    got = 0
+    while time.monotonic() < deadline:
+        got = total(received_sessions(endpoint.requests))
+        if got >= n:
+            return got
+        time.sleep(0.2)
+    return got
+
+
+@pytest.fixture
+def redis_pair(tmp_path: Path) -> Iterator[Broker]:
+    yield from broker_fixture("redis", tmp_path)
+
+
+def test_exact_at_scale_two_workers_mixed_pools_several_minutes(
+    redis_pair: Broker, tmp_path: Path, endpoint: Endpoint
+) -> None:
+    """5,000 runs on two workers (prefork + embedded beat, threads), clocks spread over 3 minutes."""
+    n, opted_every = 5_000, 10
+    out_a, out_b = tmp_path / "a", tmp_path / "b"
+    env = {"BSC_CLOCK_SPREAD": "3"}
+    a = Worker(
+        redis_pair,
+        out_a,
+        pool="prefork",
+        concurrency=2,
+        name="wa",
+        env=env,
+        configure=config(endpoint, "host-a"),
+        extra_args=("-B", "-s", str(tmp_path / "beat")),
+    )
+    b = Worker(redis_pair, out_b, pool="threads", concurrency=4, name="wb", env=env,
+               configure=config(endpoint, "host-b"))  # fmt: skip
+    with a, b:
+        send_observe(redis_pair, n, opted_out_every=opted_every)
+        wait_for_records(out_a, 1, worker=a)
+        deadline = time.monotonic() + 180
+        while len(records(out_a)) + len(records(out_b)) < n and time.monotonic() < deadline:
+            time.sleep(0.2)
+        rows_a, rows_b = records(out_a), records(out_b)
+        assert len(rows_a) + len(rows_b) == n
+        expected = n - n // opted_every
+        # the beat task in worker a delivers everything, from both workers, while they run
+        assert wait_delivered(endpoint, expected, timeout=60) == expected
+        assert a.stop() == 0 and b.stop() == 0
+    deliver_sessions(redis_pair, endpoint.url)  # anything flushed at shutdown
+    rows = [{**r, "host": "host-a"} for r in rows_a] + [{**r, "host": "host-b"} for r in rows_b]
+    assert by_host_minute(endpoint) == truth(rows)  # exact, per host and per minute
+    assert len({minute for _host, minute in truth(rows)}) >= 3
+    assert len(rows_a) > 0 and len(rows_b) > 0
+
+
+def test_exact_with_a_child_per_task(fs_broker: Broker, out_dir: Path, endpoint: Endpoint) -> None:
+    # Celery replaces a recycled child about every 0.8 s here, with or without us: keep N small.
+    n = 120
+    with Worker(
+        fs_broker, out_dir, configure=config(endpoint, "h"), extra_args=("--max-tasks-per-child=1",)
+    ) as w:
+        send_observe(fs_broker, n)
+        rows = wait_for_records(out_dir, n, timeout=180, worker=w)
+        assert w.stop() == 0
+    deliver_sessions(fs_broker, endpoint.url)
+    assert total(received_sessions(endpoint.requests)) == len(rows) == n
+
+
+def test_warm_shutdown_in_the_middle_of_the_load(
+    redis_broker: Broker, out_dir: Path, endpoint: Endpoint
+) -> None:
+    n = 1_500
+    cfg = config(endpoint, "h")
+    with Worker(redis_broker, out_dir, configure=cfg, concurrency=2) as w:
+        send_observe(redis_broker, n, delay=0.004)
+        wait_for_records(out_dir, n // 3, worker=w)
+        assert w.stop() == 0  # SIGTERM mid-load: running tasks finish, counts flushed
+    partial = len(records(out_dir))
+    assert partial < n
+    with Worker(redis_broker, out_dir, configure=cfg, concurrency=2, name="w2") as w2:
+        rows = wait_for_records(out_dir, n, timeout=120, worker=w2)
+        time.sleep(0.5)
+        assert w2.stop() == 0
+    rows = records(out_dir)
+    deliver_sessions(redis_broker, endpoint.url)
+    # count the runs themselves: a warm shutdown may hand a message to a second run
+    assert total(received_sessions(endpoint.requests)) == len(rows) >= n
+
+
+def test_sigkilled_child_loses_at_most_its_last_flush_interval(
+    fs_broker: Broker, out_dir: Path, endpoint: Endpoint
+) -> None:
+    n = 1_200
+    with Worker(fs_broker, out_dir, configure=config(endpoint, "h"), concurrency=2) as w:
+        send_observe(fs_broker, n, delay=0.004)
+        wait_for_records(out_dir, n // 3, worker=w)
+        victim = records(out_dir)[-1]["pid"]
+        killed_at = time.time()
+        os.kill(victim, signal.SIGKILL)
+        rows = wait_for_records(out_dir, n - 1, timeout=120, worker=w)
+        time.sleep(1.5)
+        assert w.stop() == 0
+    rows = records(out_dir)
+    deliver_sessions(fs_broker, endpoint.url)
+    got = total(received_sessions(endpoint.requests))
+    lost = len(rows) - got
+    # what the victim ran since its last flush (1 s) -- plus the run it was killed in, which
+    # opened a session but wrote no record -- is all that may be lost
+    window = [r for r in rows if r["pid"] == victim and r["ended"] > killed_at - 1.5]
+    assert 0 <= lost <= len(window) + 1, (lost, len(window))
+    others = [r for r in rows if r["pid"] != victim]
+    assert got >= len(others)
+
+
+def test_endpoint_503_then_202_and_401(
+    fs_broker: Broker, out_dir: Path, endpoint: Endpoint, caplog: pytest.LogCaptureFixture
+) -> None:
+    n = 60
+    with Worker(fs_broker, out_dir, configure=config(endpoint, "h")) as w:
+        send_observe(fs_broker, n)
+        wait_for_records(out_dir, n, worker=w)
+        assert w.stop() == 0
+    endpoint.default = 503
+    for _ in range(3):  # BugSnag down for a while: everything stays on the broker
+        assert deliver_sessions(fs_broker, endpoint.url)["retry"] == n
+    endpoint.default = 202
+    assert deliver_sessions(fs_broker, endpoint.url)["delivered"] == n
+    assert deliver_sessions(fs_broker, endpoint.url)["messages"] == 0  # nothing left, nothing twice
+    assert total(received_sessions(endpoint.requests)) == n
+
+    # 401: dropped with one clear log line, never retried
+    seven = {Release("4.0.0", "test", "celery", "h"): {"2026-01-01T00:00:00Z": 7}}
+    publish_counts(fs_broker.producer(), seven, fs_broker.queue)
+    endpoint.default = 401
+    caplog.set_level(logging.ERROR, logger="bugsnag_celery")
+    stats = deliver_sessions(fs_broker, endpoint.url)
+    assert stats["dropped"] == 7 and stats["requests"] == 1
+    assert deliver_sessions(fs_broker, endpoint.url)["messages"] == 0
+    lines = [r.getMessage() for r in caplog.records if "HTTP 401" in r.getMessage()]
+    assert len(lines) == 1 and "API key" in lines[0] and KEY not in lines[0]
+
+
+def test_two_deliveries_at_once_never_send_a_count_twice(redis_broker: Broker, endpoint: Endpoint) -> None:
+    app = redis_broker.producer()
+    release = Release("4.0.0", "test", "celery", "h")
+    for i in range(300):
+        publish_counts(app, {release: {f"2026-01-01T00:{i % 60:02d}:00Z": 1 + i % 3}}, redis_broker.queue)
+    expected = sum(1 + i % 3 for i in range(300))
+    endpoint.delay = 0.05
+    results: list[Any] = []
+    threads = [threading.Thread(target=lambda: results.append(deliver_sessions(redis_broker, endpoint.url)))
+               for _ in range(3)]  # fmt: skip
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(r["delivered"] for r in results) == expected
+    assert total(received_sessions(endpoint.requests)) == expected
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_broker_restarted_during_the_load(tmp_path: Path, out_dir: Path, endpoint: Endpoint) -> None:
+    """Our own redis-server (not the machine's), restarted mid-load: no count lost."""
+    server = shutil.which("redis-server")
+    if server is None:
+        need_service("redis-server binary", -1)
+    port, data = _free_port(), tmp_path / "redis"
+    data.mkdir()
+    cmd = [str(server), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+           "--appendfsync", "always", "--dir", str(data)]  # fmt: skip
+
+    def start() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                return proc
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("redis-server did not start")
+
+    redis_proc = start()
+    broker = Broker("redis-own", f"redis://127.0.0.1:{port}/0", "bsc-restart", {"visibility_timeout": 3600})
+    try:
+        n = 800
+        with Worker(broker, out_dir, configure=config(endpoint, "h"), concurrency=2) as w:
+            send_observe(broker, n, delay=0.005)
+            wait_for_records(out_dir, n // 4, worker=w)
+            redis_proc.terminate()  # SIGTERM: redis writes its append-only file and exits
+            redis_proc.wait(10)
+            time.sleep(3)  # workers keep running tasks they hold; flushes fail and are kept
+            redis_proc = start()
+            time.sleep(5)  # flushes succeed again (Celery's own consumer may or may not resume)
+            assert w.stop() == 0  # the shutdown flush goes to the restarted broker too
+        rows = records(out_dir)
+        deliver_sessions(broker, endpoint.url)
+        assert len(rows) > n // 4
+        assert total(received_sessions(endpoint.requests)) == len(rows)  # every run that happened
+    finally:
+        redis_proc.kill()
+        redis_proc.wait(10)
