@@ -55,3 +55,122 @@ def message_count(app: Any, name: str) -> int:
     with app.connection_for_read() as conn:
         _name, count, _consumers = bound_queue(conn, name).queue_declare()
         return int(count)
+
+
+class Batch:
+    """Messages taken from a queue, to be acknowledged (after a 2xx) or handed back."""
+
+    def __init__(self, bodies: list[Any], ack: Any, requeue: Any, malformed: int = 0) -> None:
+        self.bodies = bodies
+        self._ack, self._requeue = ack, requeue
+        self.malformed = malformed
+
+    def ack(self) -> None:
+        self._ack()
+
+    def requeue(self) -> None:
+        self._requeue()
+
+
+def take_batch(conn: Any, name: str, limit: int) -> Batch:
+    """Take up to *limit* JSON messages from queue *name*, unacknowledged.
+
+    On Redis, kombu's per-message ``basic_get``/``ack`` costs three round trips and a
+    new redis-py pipeline each (about 0.5 ms a message here: 10,000 messages in 5 s).
+    There the whole queue is taken in one atomic ``RENAME`` to an in-flight key that is
+    deleted after the 2xx, pushed back on failure, and adopted by a later run if the
+    process dies in between. Other transports use kombu's ``get``/``ack``.
+    """
+    channel = conn.default_channel
+    bound_queue(conn, name)
+    if conn.transport.driver_type == "redis" and not getattr(channel, "global_keyprefix", ""):
+        return _redis_batch(channel.client, name)
+    return _kombu_batch(conn, name, limit)
+
+
+def _kombu_batch(conn: Any, name: str, limit: int) -> Batch:
+    bound = bound_queue(conn, name)
+    messages: list[Any] = []
+    bodies: list[Any] = []
+    malformed = 0
+    while len(messages) < limit:
+        message = bound.get(no_ack=False, accept=["json"])
+        if message is None:
+            break
+        messages.append(message)
+        try:
+            bodies.append(message.decode())
+        except Exception:
+            malformed += 1
+
+    def ack() -> None:
+        for message in messages:
+            message.ack()
+
+    def requeue() -> None:
+        for message in messages:
+            message.requeue()
+
+    return Batch(bodies, ack, requeue, malformed)
+
+
+#: An in-flight batch older than this was taken by a delivery that died: adopt it.
+ORPHAN_AFTER = 600.0
+
+
+def _redis_batch(client: Any, name: str) -> Batch:
+    import base64
+    import json
+    import time
+    import uuid
+
+    from redis.exceptions import ResponseError
+
+    now = time.time()
+    for key in client.scan_iter(match=f"{name}.inflight.*", count=100):
+        text = key.decode() if isinstance(key, bytes) else str(key)
+        try:
+            taken_at = float(text[len(name) + len(".inflight.") :].split(".", 1)[0])
+        except ValueError:
+            continue
+        if now - taken_at > ORPHAN_AFTER:
+            claim = f"{name}.orphan.{uuid.uuid4().hex}"
+            try:
+                client.rename(text, claim)  # atomic: one adopter wins
+            except ResponseError:
+                continue
+            items = client.lrange(claim, 0, -1)
+            pipe = client.pipeline(transaction=True)
+            if items:
+                pipe.rpush(name, *items)
+            pipe.delete(claim)
+            pipe.execute()
+    mine = f"{name}.inflight.{int(now)}.{uuid.uuid4().hex}"
+    try:
+        client.rename(name, mine)
+    except ResponseError:  # no such key: the queue is empty
+        return Batch([], lambda: None, lambda: None)
+    items = client.lrange(mine, 0, -1)
+    bodies: list[Any] = []
+    malformed = 0
+    for item in items:
+        try:
+            envelope = json.loads(item)
+            body = envelope["body"]
+            if envelope.get("properties", {}).get("body_encoding") == "base64":
+                body = base64.b64decode(body)
+            bodies.append(json.loads(body))
+        except Exception:
+            malformed += 1
+
+    def ack() -> None:
+        client.delete(mine)
+
+    def requeue() -> None:
+        pipe = client.pipeline(transaction=True)
+        if items:
+            pipe.rpush(name, *items)
+        pipe.delete(mine)
+        pipe.execute()
+
+    return Batch(bodies, ack, requeue, malformed)

@@ -38,7 +38,7 @@ import celery
 from . import counts
 from .counts import PendingCounts, Release
 from .delivery import DELIVERED, PERMANENT, Payload, log_permanent, notifier_info, post
-from .queues import DEFAULT_PREFIX, bound_queue, message_count, publish
+from .queues import DEFAULT_PREFIX, bound_queue, message_count, publish, take_batch
 
 __all__ = [
     "DELIVER_TASK",
@@ -188,23 +188,20 @@ def deliver_session_counts(
     stats = {"messages": 0, "sessions": 0, "delivered": 0, "dropped": 0, "retry": 0, "requests": 0}
     stages = None if enabled_release_stages is None else set(enabled_release_stages)
     with app.connection_for_read() as conn:
-        bound = bound_queue(conn, f"{prefix}.sessions")
-        taken: list[Any] = []
+        batch = take_batch(conn, f"{prefix}.sessions", limit)
         merged: PendingCounts = {}
-        while len(taken) < limit:
-            message = bound.get(no_ack=False, accept=["json"])
-            if message is None:
-                break
-            taken.append(message)
+        for body in batch.bodies:
             try:
-                for release, buckets in _from_rows(message.decode()["groups"]).items():
+                for release, buckets in _from_rows(body["groups"]).items():
                     into = merged.setdefault(release, {})
                     for minute, n in buckets.items():
                         into[minute] = into.get(minute, 0) + n
             except Exception:
-                logger.error("bugsnag_celery: dropping a malformed session-count message")
-        stats["messages"] = len(taken)
-        if not taken:
+                batch.malformed += 1
+        if batch.malformed:
+            logger.error("bugsnag_celery: dropping %d malformed session-count message(s)", batch.malformed)
+        stats["messages"] = len(batch.bodies) + batch.malformed
+        if not stats["messages"]:
             return stats
         retry: PendingCounts = {}
         warned = False
@@ -236,11 +233,9 @@ def deliver_session_counts(
                 retry[release] = buckets
                 stats["retry"] += total
         if retry and not publish_counts(app, retry, prefix):
-            for message in taken:  # the broker is gone: let it hand everything out again
-                message.requeue()
+            batch.requeue()  # the broker is gone: let it hand everything out again
             return stats
-        for message in taken:
-            message.ack()
+        batch.ack()
     return stats
 
 

@@ -279,3 +279,53 @@ def test_broker_restarted_during_the_load(tmp_path: Path, out_dir: Path, endpoin
     finally:
         redis_proc.kill()
         redis_proc.wait(10)
+
+
+def test_a_delivery_that_died_mid_way_is_adopted_later(redis_broker: Broker, endpoint: Endpoint) -> None:
+    """Redis fast path: an in-flight batch whose delivery process died goes out on a later run."""
+    import redis
+
+    app = redis_broker.producer()
+    release = Release("4.0.0", "test", "celery", "h")
+    publish_counts(app, {release: {"2026-01-01T00:00:00Z": 5}}, redis_broker.queue)
+    name = f"{redis_broker.queue}.sessions"
+    client = redis.Redis(host="127.0.0.1", port=6379, db=11)
+    stale = f"{name}.inflight.{int(time.time()) - 3600}.dead"
+    client.rename(name, stale)  # as if a delivery took the batch and was SIGKILLed
+    fresh = f"{name}.inflight.{int(time.time())}.busy"
+    publish_counts(app, {release: {"2026-01-01T00:01:00Z": 2}}, redis_broker.queue)
+    client.rename(name, fresh)  # a delivery still at work: must not be touched
+    stats = deliver_sessions(redis_broker, endpoint.url)
+    assert stats["delivered"] == 5
+    assert client.exists(fresh) and not client.exists(stale)
+    client.delete(fresh)
+    client.close()
+
+
+def test_celery_bugsnag_status_and_flush_commands(
+    fs_broker: Broker, out_dir: Path, endpoint: Endpoint
+) -> None:
+    from workers import APPS
+
+    cfg = config(endpoint, "h")
+    with Worker(fs_broker, out_dir, configure=cfg) as w:
+        send_observe(fs_broker, 10)
+        wait_for_records(out_dir, 10, worker=w)
+        assert w.stop() == 0
+    env = {**w.env, "PYTHONPATH": str(APPS)}
+
+    def celery(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [os.path.join(os.path.dirname(__import__("sys").executable), "celery"), "-A", "session_app",
+               "bugsnag", *args]  # fmt: skip
+        return subprocess.run(cmd, env=env, cwd=out_dir, capture_output=True, text=True, timeout=60)
+
+    status = celery("status", "--json")
+    assert status.returncode == 0, status.stderr
+    report = __import__("json").loads(status.stdout)
+    assert report["pending_session_messages"] in (1, 2) and report["spooled_events"] == 0  # one per child
+    flushed = celery("flush")
+    assert flushed.returncode == 0, flushed.stderr
+    assert "sessions: 10 delivered in 1 request(s)" in flushed.stdout
+    after = celery("status")
+    assert "pending session messages: 0" in after.stdout and "last delivery: 20" in after.stdout
+    assert total(received_sessions(endpoint.requests)) == 10
