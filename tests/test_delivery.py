@@ -329,3 +329,23 @@ def test_celery_bugsnag_status_and_flush_commands(
     after = celery("status")
     assert "pending session messages: 0" in after.stdout and "last delivery: 20" in after.stdout
     assert total(received_sessions(endpoint.requests)) == 10
+
+
+def test_counts_leave_an_idle_process_within_2s_and_never_one_message_per_task(
+    fs_broker: Broker, out_dir: Path, endpoint: Endpoint
+) -> None:
+    from bugsnag_celery.session_delivery import pending_session_messages
+
+    n = 300
+    with Worker(fs_broker, out_dir, pool="solo", concurrency=1, configure=config(endpoint, "h")) as w:
+        start = time.monotonic()
+        send_observe(fs_broker, n)
+        wait_for_records(out_dir, n, worker=w)
+        busy = time.monotonic() - start
+        time.sleep(2.0)  # the worker now sits idle, and is NOT shut down
+        messages = pending_session_messages(fs_broker.producer(), fs_broker.queue)
+        stats = deliver_sessions(fs_broker, endpoint.url)
+        assert stats["delivered"] == n  # everything already out of the idle process
+        assert 1 <= messages <= int(busy) + 3  # one per flush interval at most, not one per task
+        assert w.stop() == 0
+    assert deliver_sessions(fs_broker, endpoint.url)["messages"] == 0

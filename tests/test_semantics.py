@@ -18,6 +18,8 @@ import bugsnag_celery
 from bugsnag_celery import counts, sessions
 
 KEY = "0123456789abcdef0123456789abcdef"
+# Nothing may leave the machine, whatever a test makes fail: a closed local port.
+LOCAL = {"notify_endpoint": "http://127.0.0.1:9/notify", "sessions_endpoint": "http://127.0.0.1:9/sessions"}
 
 
 def pending_total() -> int:
@@ -37,7 +39,7 @@ def no_flusher() -> Iterator[None]:
 @pytest.fixture
 def app() -> Iterator[Celery]:
     app = Celery(f"t{uuid.uuid4().hex[:6]}", broker="memory://", set_as_current=False)
-    bugsnag_celery.configure(app, api_key=KEY, app_version="2.0", hostname="h1")
+    bugsnag_celery.configure(app, api_key=KEY, app_version="2.0", hostname="h1", **LOCAL)
     bugsnag_celery.take_pending_counts()
     sessions._current.set(None)
     yield app
@@ -169,7 +171,7 @@ def test_task_always_eager_and_nested_runs(app: Celery) -> None:
 
 
 def test_track_eager_false(app: Celery) -> None:
-    bugsnag_celery.configure(app, api_key=KEY, track_eager=False)
+    bugsnag_celery.configure(app, api_key=KEY, track_eager=False, **LOCAL)
     seen: list[Any] = []
 
     @app.task
@@ -236,7 +238,7 @@ def test_no_session_hides_the_callers_session(app: Celery) -> None:
 
 
 def test_exclude_tasks_names_and_patterns(app: Celery) -> None:
-    bugsnag_celery.configure(app, api_key=KEY, exclude_tasks=["proj.exact", r"proj\.cleanup\..*"])
+    bugsnag_celery.configure(app, **LOCAL, api_key=KEY, exclude_tasks=["proj.exact", r"proj\.cleanup\..*"])
     seen: dict[str, Any] = {}
 
     def make(name: str) -> Any:
@@ -263,7 +265,7 @@ def test_internal_tasks_never_count(app: Celery) -> None:
 
 
 def test_auto_track_off_leaves_sessions_to_the_user(app: Celery) -> None:
-    bugsnag_celery.configure(app, api_key=KEY, auto_track_sessions=False)
+    bugsnag_celery.configure(app, api_key=KEY, auto_track_sessions=False, **LOCAL)
     seen: list[Any] = []
 
     @app.task
@@ -300,7 +302,7 @@ def test_custom_call_base_class(app: Celery) -> None:
 def test_configure_twice_counts_once_and_unconfigure_undoes(app: Celery) -> None:
     from celery import signals
 
-    bugsnag_celery.configure(app, api_key=KEY, app_version="2.0", hostname="h1")
+    bugsnag_celery.configure(app, api_key=KEY, app_version="2.0", hostname="h1", **LOCAL)
     uid = "bugsnag_celery.worker_init"
     assert sum(1 for (key, _), _r in signals.worker_init.receivers if key == uid) == 1
 
@@ -317,7 +319,7 @@ def test_configure_twice_counts_once_and_unconfigure_undoes(app: Celery) -> None
     job.apply()
     assert pending_total() == 0
     assert "run" not in job.__dict__  # the wrapper is gone, the class's run is back
-    bugsnag_celery.configure(app, api_key=KEY)  # the fixture unconfigures again
+    bugsnag_celery.configure(app, api_key=KEY, **LOCAL)  # the fixture unconfigures again
     job.apply()
     assert pending_total() == 1
 

@@ -57,6 +57,20 @@ def test_benchmark_smoke_mode() -> None:
     assert "added per task: median" in out.stdout
 
 
+def test_delivery_benchmark_smoke_mode() -> None:
+    from workers import need_service
+
+    need_service("Redis", 6379)
+    need_service("RabbitMQ", 5672)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "delivery.py"), "--quick"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    for line in ("network: 5,000 task runs", "drain:   redis", "drain:   amqp", "memory:  worker RSS"):
+        assert line in out.stdout, out.stdout
+
+
 def test_ruff_is_clean() -> None:
     for args in (["check", "."], ["format", "--check", "."]):
         out = subprocess.run([sys.executable, "-m", "ruff", *args], cwd=ROOT, capture_output=True, text=True)

@@ -27,6 +27,15 @@ CONFIG = {
 }
 
 
+def local(endpoint: Endpoint, **config: Any) -> dict[str, Any]:
+    """Point events and sessions at the test's endpoint: nothing may leave the machine."""
+    return {
+        **config,
+        "notify_endpoint": f"{endpoint.url}/notify",
+        "sessions_endpoint": f"{endpoint.url}/sessions",
+    }
+
+
 def send_mix(broker: Broker) -> tuple[int, int]:
     """Send a mixed workload; return (task runs expected, sessions expected)."""
     app = broker.producer()
@@ -77,7 +86,9 @@ def delivered(broker: Broker, endpoint: Endpoint) -> dict[tuple[Any, ...], dict[
 
 
 def run_mix(broker: Broker, out: Path, pool: str, concurrency: int, endpoint: Endpoint) -> None:
-    with Worker(broker, out, pool=pool, concurrency=concurrency, configure=CONFIG) as worker:
+    with Worker(
+        broker, out, pool=pool, concurrency=concurrency, configure=local(endpoint, **CONFIG)
+    ) as worker:
         runs, sessions = send_mix(broker)
         rows = wait_for_records(out, runs, worker=worker)
         assert worker.stop() == 0, worker.log()
@@ -106,7 +117,9 @@ def test_exact_counts_other_pools(
 def test_one_child_per_task(fs_broker: Broker, out_dir: Path, endpoint: Endpoint) -> None:
     """--max-tasks-per-child=1: every child counts one session and exits through os._exit."""
     n = 12
-    with Worker(fs_broker, out_dir, configure=CONFIG, extra_args=("--max-tasks-per-child=1",)) as worker:
+    with Worker(
+        fs_broker, out_dir, configure=local(endpoint, **CONFIG), extra_args=("--max-tasks-per-child=1",)
+    ) as worker:
         app = fs_broker.producer()
         for i in range(n):
             app.send_task("session_app.observe", (f"t{i}",))
@@ -133,7 +146,7 @@ def test_no_leak_between_concurrent_tasks(
             out_dir,
             pool=pool,
             concurrency=n,
-            configure=CONFIG,
+            configure=local(endpoint, **CONFIG),
             extra_args=("--prefetch-multiplier=1",),
         ) as worker:
             app = broker.producer()
@@ -159,7 +172,9 @@ def test_no_leak_between_concurrent_tasks(
 
 def test_seed_semantics_inside_a_worker(fs_broker: Broker, out_dir: Path, endpoint: Endpoint) -> None:
     """The seed's calls inside a real task run; the next task in the process sees none of it."""
-    with Worker(fs_broker, out_dir, pool="solo", concurrency=1, configure=CONFIG) as worker:
+    with Worker(
+        fs_broker, out_dir, pool="solo", concurrency=1, configure=local(endpoint, **CONFIG)
+    ) as worker:
         app = fs_broker.producer()
         app.send_task("session_app.manual_calls")
         wait_for_records(out_dir, 1, worker=worker)
@@ -183,7 +198,7 @@ def test_seed_semantics_inside_a_worker(fs_broker: Broker, out_dir: Path, endpoi
 def test_missing_api_key_warns_once_and_tasks_run(
     fs_broker: Broker, out_dir: Path, endpoint: Endpoint
 ) -> None:
-    config = {k: v for k, v in CONFIG.items() if k != "api_key"}
+    config = local(endpoint, **{k: v for k, v in CONFIG.items() if k != "api_key"})
     with Worker(fs_broker, out_dir, configure=config) as worker:
         app = fs_broker.producer()
         for i in range(4):

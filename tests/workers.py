@@ -167,7 +167,15 @@ class Worker:
             **broker.env(),
             "BSC_OUT": str(out),
             # bugsnag-celery's own queues get this test's prefix: nothing shared with others
-            "BSC_CONFIGURE": json.dumps({"queue_prefix": broker.queue, **(configure or {})}),
+            # ... and nothing may leave the machine: endpoints default to a closed local port
+            "BSC_CONFIGURE": json.dumps(
+                {
+                    "queue_prefix": broker.queue,
+                    "notify_endpoint": "http://127.0.0.1:9/notify",
+                    "sessions_endpoint": "http://127.0.0.1:9/sessions",
+                    **(configure or {}),
+                }
+            ),
             "PYTHONPATH": os.pathsep.join([str(APPS), os.environ.get("PYTHONPATH", "")]),
             **(env or {}),
         }

@@ -1,0 +1,277 @@
+"""Session delivery at scale: network cost, worker memory, and drain speed.
+
+    .venv/bin/python benchmarks/delivery.py            # full size (several minutes; Redis, RabbitMQ)
+    .venv/bin/python benchmarks/delivery.py --quick    # smoke mode (part of the tests)
+
+1. network: 1,000,000 ``task.apply()`` runs in one process and one release group, with the
+   flusher moving counts to Redis every second, then one delivery to a local endpoint:
+   broker messages, session requests, bytes, minute buckets. Target: one session request
+   per minute bucket at most, not one per task (or per message).
+2. memory: a real ``celery worker -P prefork -c 2`` on Redis; RSS of the main process plus
+   children after a 10,000-task warm-up and again after 200,000 more tasks. Target: <= 2 MB.
+3. drain: 10,000 pending count messages on Redis and on RabbitMQ, drained and delivered by
+   one delivery run. Target: < 2 s.
+
+Redis (127.0.0.1:6379, database 12) and RabbitMQ (127.0.0.1:5672) are the services the
+README names; queues get a unique prefix and are deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, ClassVar
+
+REDIS = "redis://127.0.0.1:6379/12"
+RABBIT = "amqp://guest:guest@127.0.0.1:5672//"
+KEY = "0" * 31 + "1"
+
+
+class Endpoint(BaseHTTPRequestHandler):
+    requests = 0
+    bytes = 0
+    buckets: ClassVar[set[str]] = set()
+    sessions = 0
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        type(self).requests += 1
+        type(self).bytes += len(body)
+        data = json.loads(body)
+        for row in data.get("sessionCounts", []):
+            type(self).buckets.add(row["startedAt"])
+            type(self).sessions += row["sessionsStarted"]
+        self.send_response(202)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    @classmethod
+    def reset(cls) -> None:
+        cls.requests = cls.bytes = cls.sessions = 0
+        cls.buckets = set()
+
+
+def serve() -> str:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Endpoint)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def cleanup(url: str, prefix: str) -> None:
+    """Delete this run's queues (and, on Redis, kombu's binding keys for them): nothing else."""
+    from kombu import Connection
+
+    with Connection(url) as conn:
+        channel = conn.default_channel
+        if url.startswith("redis"):
+            for key in channel.client.scan_iter(match=f"*{prefix}*"):
+                channel.client.delete(key)
+            return
+        for suffix in ("sessions", "events", "status"):
+            try:
+                channel.queue_delete(f"{prefix}.{suffix}")
+                channel.exchange_delete(f"{prefix}.{suffix}")
+            except Exception:
+                pass
+
+
+def network(runs: int, endpoint: str) -> bool:
+    import logging
+
+    from celery import Celery
+
+    import bugsnag_celery
+    from bugsnag_celery.queues import message_count
+    from bugsnag_celery.session_delivery import deliver_session_counts
+
+    logging.disable(logging.WARNING)
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    app = Celery("net", broker=REDIS, backend=None)
+    app.conf.task_store_eager_result = False
+    bugsnag_celery.configure(
+        app, api_key=KEY, app_version="bench", queue_prefix=prefix,
+        notify_endpoint=f"{endpoint}/notify", sessions_endpoint=f"{endpoint}/sessions",
+    )  # fmt: skip
+
+    @app.task
+    def noop() -> None:
+        return None
+
+    Endpoint.reset()
+    try:
+        start = time.monotonic()
+        for _ in range(runs):
+            noop.apply()
+        elapsed = time.monotonic() - start
+        bugsnag_celery.flush_events()
+        from bugsnag_celery import integration
+
+        integration._flusher.flush_once()
+        messages = message_count(app, f"{prefix}.sessions")
+        stats = deliver_session_counts(app, api_key=KEY, endpoint=f"{endpoint}/sessions",
+                                       enabled_release_stages=None, prefix=prefix)  # fmt: skip
+    finally:
+        cleanup(REDIS, prefix)
+        bugsnag_celery.unconfigure(app)
+    print(f"network: {runs:,} task runs in {elapsed:.1f} s -> {messages} broker message(s)"
+          f" (flush interval 1 s: at most {int(elapsed) + 2}),")  # fmt: skip
+    print(f"         {Endpoint.requests} session request(s), {Endpoint.bytes:,} bytes,"
+          f" {len(Endpoint.buckets)} minute bucket(s), {Endpoint.sessions:,} sessions delivered")  # fmt: skip
+    ok = (
+        Endpoint.sessions == runs
+        and Endpoint.requests <= len(Endpoint.buckets)
+        and messages <= int(elapsed) + 2
+    )
+    verdict = "MET" if ok else "MISSED"
+    print(f"         target: every session delivered, <= 1 request per minute bucket -> {verdict}")
+    return ok and stats["delivered"] == runs
+
+
+WORKER_APP = textwrap.dedent("""
+    import os
+    from celery import Celery
+    import bugsnag_celery
+    app = Celery("memapp", broker=os.environ["BENCH_BROKER"])
+    app.conf.update(task_default_queue=os.environ["BENCH_QUEUE"], worker_enable_remote_control=False,
+                    task_ignore_result=True, worker_prefetch_multiplier=64)
+    if os.environ.get("BENCH_INSTRUMENT") == "1":
+        endpoint = os.environ["BENCH_ENDPOINT"]
+        bugsnag_celery.configure(app, api_key="0" * 31 + "1", app_version="bench",
+                                 queue_prefix=os.environ["BENCH_QUEUE"], notify_endpoint=endpoint + "/notify",
+                                 sessions_endpoint=endpoint + "/sessions")
+    @app.task(name="mem.noop")
+    def noop():
+        return None
+""")
+
+
+def rss_tree(pid: int) -> int:
+    """RSS in bytes of *pid* and its children."""
+    total = 0
+    pids = [pid]
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            pids += [int(p) for p in fh.read().split()]
+    except OSError:
+        pass
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/status") as fh:
+                for line in fh:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return total
+
+
+def memory(tasks: int, warmup: int, endpoint: str) -> bool:
+    from celery import Celery
+    from kombu import Connection
+
+    queue = f"bench-mem-{uuid.uuid4().hex[:8]}"
+    folder = tempfile.mkdtemp()
+    with open(os.path.join(folder, "memapp.py"), "w") as fh:
+        fh.write(WORKER_APP)
+    env = {**os.environ, "PYTHONPATH": folder, "BENCH_BROKER": REDIS, "BENCH_QUEUE": queue,
+           "BENCH_ENDPOINT": endpoint, "BENCH_INSTRUMENT": "1"}  # fmt: skip
+    log = open(os.path.join(folder, "worker.log"), "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "memapp", "worker", "-P", "prefork", "-c", "2", "-Q", queue,
+         "--without-mingle", "--without-gossip", "--without-heartbeat", "-l", "WARNING"],
+        env=env, cwd=folder, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    producer = Celery("p", broker=REDIS)
+    producer.conf.task_default_queue = queue
+
+    def send_and_wait(n: int) -> None:
+        with producer.connection_for_write() as conn:
+            for _ in range(n):
+                producer.send_task("mem.noop", connection=conn)
+        with Connection(REDIS) as conn:
+            while conn.default_channel.client.llen(queue) > 0:
+                time.sleep(0.2)
+        time.sleep(3)  # the last prefetched tasks run; flushers go quiet
+
+    try:
+        time.sleep(3)
+        send_and_wait(warmup)
+        before = rss_tree(proc.pid)
+        send_and_wait(tasks)
+        after = rss_tree(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(60)
+        cleanup(REDIS, queue)
+    growth = (after - before) / 1e6
+    ok = growth <= 2.0
+    print(f"memory:  worker RSS (main + 2 children) {before / 1e6:.1f} MB after {warmup:,} tasks,"
+          f" {after / 1e6:.1f} MB after {tasks:,} more: growth {growth:+.2f} MB"
+          f" -> target <= 2 MB {'MET' if ok else 'MISSED'}")  # fmt: skip
+    return ok
+
+
+def drain(messages: int, endpoint: str) -> bool:
+    from celery import Celery
+
+    from bugsnag_celery.counts import Release
+    from bugsnag_celery.queues import publish
+    from bugsnag_celery.session_delivery import deliver_session_counts
+
+    ok = True
+    release = list(Release("bench", "production", "celery", "h"))
+    for url in (REDIS, RABBIT):
+        prefix = f"bench-drain-{uuid.uuid4().hex[:8]}"
+        app = Celery("drain", broker=url)
+        bodies = [{"v": 1, "pid": i, "groups": [{"release": release, "counts": {
+            f"2026-01-01T00:{i % 60:02d}:00Z": 1}}]} for i in range(messages)]  # fmt: skip
+        try:
+            publish(app, f"{prefix}.sessions", bodies)
+            Endpoint.reset()
+            start = time.perf_counter()
+            stats = deliver_session_counts(app, api_key=KEY, endpoint=f"{endpoint}/sessions",
+                                           enabled_release_stages=None, prefix=prefix)  # fmt: skip
+            took = time.perf_counter() - start
+        finally:
+            cleanup(url, prefix)
+        good = took < 2.0 and stats["delivered"] == messages and Endpoint.sessions == messages
+        ok = ok and good
+        print(f"drain:   {url.split(':')[0]:6s} {messages:,} messages drained and delivered in {took:.2f} s"
+              f" ({Endpoint.requests} request) -> target < 2 s {'MET' if good else 'MISSED'}")  # fmt: skip
+    return ok
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="smoke mode: small numbers, no verdict")
+    parser.add_argument("--only", choices=["network", "memory", "drain"])
+    args = parser.parse_args()
+    endpoint = serve()
+    q = args.quick
+    results = []
+    if args.only in (None, "network"):
+        results.append(network(5_000 if q else 1_000_000, endpoint))
+    if args.only in (None, "drain"):
+        results.append(drain(200 if q else 10_000, endpoint))
+    if args.only in (None, "memory"):
+        results.append(memory(2_000 if q else 200_000, 500 if q else 10_000, endpoint))
+    return 0 if q or all(results) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
