@@ -12,26 +12,15 @@ import os
 import time
 from typing import Any
 
-from celery import Celery
-
 import bugsnag_celery
-from bugsnag_celery.demo import broker_options
+from bugsnag_celery.demo import demo_app
 
 DEMO_DIR = os.environ.get("BUGSNAG_CELERY_DEMO_DIR", os.path.abspath("bugsnag-celery-demo"))
 BROKER = os.environ.get("BUGSNAG_CELERY_DEMO_BROKER", "filesystem://")
 QUEUE = os.environ.get("BUGSNAG_CELERY_DEMO_QUEUE", "bugsnag-celery-demo")
 
 
-app = Celery("bugsnag_celery_demo", broker=BROKER, backend=f"file://{os.path.join(DEMO_DIR, 'results')}")
-app.conf.update(
-    broker_transport_options=broker_options(BROKER, DEMO_DIR),
-    task_default_queue=QUEUE,
-    task_default_exchange=QUEUE,
-    task_default_routing_key=QUEUE,
-    worker_enable_remote_control=False,
-    broker_connection_retry_on_startup=True,
-)
-os.makedirs(os.path.join(DEMO_DIR, "results"), exist_ok=True)
+app = demo_app("bugsnag_celery_demo", BROKER, DEMO_DIR, QUEUE)
 bugsnag_celery.configure(
     app,
     api_key=os.environ.get("BUGSNAG_API_KEY") or "0123456789abcdef0123456789abcdef",

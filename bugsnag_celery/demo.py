@@ -24,6 +24,21 @@ from typing import Any
 from celery import Celery
 
 
+def demo_app(name: str, broker: str, folder: str, queue: str) -> Celery:
+    """The demo's Celery app, the same for the worker and for the producer."""
+    app = Celery(name, broker=broker, backend=f"file://{os.path.join(folder, 'results')}")
+    app.conf.update(
+        broker_transport_options=broker_options(broker, folder),
+        task_default_queue=queue,
+        task_default_exchange=queue,
+        task_default_routing_key=queue,
+        worker_enable_remote_control=False,
+        broker_connection_retry_on_startup=True,
+    )
+    os.makedirs(os.path.join(folder, "results"), exist_ok=True)
+    return app
+
+
 def broker_options(broker: str, folder: str) -> dict[str, Any]:
     """Transport options of the embedded (filesystem) broker; nothing for real brokers."""
     if not broker.startswith("filesystem"):
@@ -143,13 +158,7 @@ def run(broker: str = "filesystem://", scale: int = 1) -> int:
     try:
         _wait_ready(proc, folder)
         _say("  worker ready (prefork, 2 children, embedded beat delivering every 2 s)")
-        producer = Celery("demo-producer", broker=broker, backend=f"file://{os.path.join(folder, 'results')}")
-        producer.conf.update(
-            broker_transport_options=broker_options(broker, folder),
-            task_default_queue=queue,
-            task_default_exchange=queue,
-            task_default_routing_key=queue,
-        )
+        producer = demo_app("demo-producer", broker, folder, queue)
         plan = [  # name, how many, runs (sessions) each, counted?, crashes?
             ("work", 40 * scale, 1, True, False),
             ("flaky", 5 * scale, 1, True, True),
