@@ -39,7 +39,7 @@ _API_KEY = re.compile(r"[0-9a-fA-F]{32}")
 class Options:
     """The resolved, validated options of one configured Celery app."""
 
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)  # never in a repr or a log line
     release_stage: str = "production"
     app_version: str | None = None
     app_type: str = "celery"

@@ -48,8 +48,8 @@ class Payload:
     """
 
     endpoint: str
-    api_key: str
-    payload_version: str  # "4.0" events, "1.0" sessions
+    api_key: str = field(repr=False)  # never in a repr, a log line or a traceback's locals
+    payload_version: str = "4.0"  # "4.0" events, "1.0" sessions
     body: bytes = b""
     kind: str = "event"
     attempts: int = 0
@@ -57,6 +57,13 @@ class Payload:
     # Called with the outcome once the payload is delivered, dropped or spooled (tests, flush).
     on_done: Callable[[Outcome], None] | None = field(default=None, repr=False)
     parts: list[Payload] = field(default_factory=list, repr=False)
+    # Set when it is delivered, dropped or spooled; or when a shutdown flush took it over
+    # from the sender thread (which then leaves it alone).
+    finished: bool = field(default=False, repr=False)
+    taken_over: bool = field(default=False, repr=False)
+
+    def originals(self) -> list[Payload]:
+        return self.parts or [self]
 
     def mergeable_with(self, other: Payload) -> bool:
         return (
@@ -205,6 +212,7 @@ class Sender:
         self._start_lock = threading.Lock()
         self._stopping = threading.Event()
         self._in_flight: Payload | None = None
+        self._current: list[Payload] = []  # what the thread has taken from the queue
 
     # ------------------------------------------------------------------ producer side
 
@@ -257,9 +265,12 @@ class Sender:
                         self._queue.task_done()
                         break
                     batch.append(nxt)
+                self._current = batch
                 merged = [p for p in batch if not p.mergeable_with(batch[0])] if len(batch) > 1 else []
                 same = [p for p in batch if p not in merged]
                 for payload in encoded(same) + encoded(merged):
+                    if any(p.taken_over for p in payload.originals()):
+                        continue  # a shutdown flush spooled it already
                     self._in_flight = payload
                     self._deliver(payload)
                     self._in_flight = None
@@ -267,6 +278,7 @@ class Sender:
                 logger.exception("bugsnag_celery: sender failed on a payload")
             finally:
                 self._in_flight = None
+                self._current = []
                 for _ in range(taken):
                     self._queue.task_done()
 
@@ -275,6 +287,8 @@ class Sender:
         while True:
             payload.attempts += 1
             outcome, reason = post(payload, self.timeout)
+            if any(p.taken_over for p in payload.originals()):
+                return  # a shutdown flush spooled it while the request hung
             if outcome == DELIVERED:
                 self._done(payload, DELIVERED)
                 return
@@ -291,8 +305,9 @@ class Sender:
                 )
                 self._give_up([payload], reason)
                 return
-            if self._stopping.wait(delay):  # shutting down: stop waiting, spool
-                continue
+            if self._stopping.wait(delay):  # shutting down: no more waiting, spool it now
+                self._give_up([payload], "process shutting down")
+                return
             delay = min(delay * 2, self.max_backoff)
 
     def _give_up(self, payloads: list[Payload], reason: str) -> None:
@@ -312,7 +327,8 @@ class Sender:
 
     @staticmethod
     def _done(payload: Payload, outcome: Outcome) -> None:
-        for part in payload.parts or [payload]:
+        for part in payload.originals():
+            part.finished = True
             if part.on_done is not None:
                 try:
                     part.on_done(outcome)
@@ -347,14 +363,16 @@ class Sender:
             if item is not None:
                 leftovers.append(item)
             self._queue.task_done()
-        stuck = self._in_flight
-        if stuck is not None:
-            # give the thread a moment to spool it itself
-            end = time.monotonic() + 0.5
-            while self._in_flight is stuck and time.monotonic() < end:
-                time.sleep(0.01)
-            if self._in_flight is stuck:
-                leftovers.append(stuck)
+        # What the thread took but has not finished (in flight, possibly hanging on a
+        # slow endpoint, or waiting behind it): give it a moment, then take it over. A
+        # request that still succeeds later makes a duplicate; better than a lost crash.
+        end = time.monotonic() + 0.5
+        while any(not p.finished for p in self._current) and time.monotonic() < end:
+            time.sleep(0.01)
+        for payload in list(self._current):
+            if not payload.finished and not payload.taken_over:
+                payload.taken_over = True
+                leftovers.append(payload)
         if leftovers:
             self._give_up(leftovers, "process shutting down")
         self._stopping.clear()

@@ -20,6 +20,7 @@ import logging
 import sys
 import threading
 from collections.abc import Callable
+from functools import partial
 from time import time as _now
 from typing import Any, TypeVar
 
@@ -217,15 +218,21 @@ def _instrument(task: Task, app: Any = None) -> None:
         mode = _mode_for(task, state)
         if _trace.task_has_custom(task, "__call__"):
             # The tracer calls ``task(...)``: wrap the class's __call__ so the session
-            # covers the custom __call__ too (one class per task in Celery).
+            # covers the custom __call__ too. A task class can be the base of another
+            # registered task, so the wrapper dispatches on ``self`` and always calls the
+            # original (never another of our wrappers) for instances that are not ``task``.
             owner: Any = type(task)
             original = owner.__dict__.get("__call__", _MISSING)
             unbound = owner.__call__
-            inner = _session_runner(task, state, lambda *a, **k: unbound(task, *a, **k), mode)
+            unbound = getattr(unbound, "_bugsnag_original", unbound)
+            inner = _session_runner(task, state, partial(unbound, task), mode)
 
             def call_in_session(self: Any, *args: Any, **kwargs: Any) -> Any:
-                return inner(*args, **kwargs)
+                if self is task:
+                    return inner(*args, **kwargs)
+                return unbound(self, *args, **kwargs)
 
+            call_in_session._bugsnag_original = unbound  # type: ignore[attr-defined]
             owner.__call__ = call_in_session
             state.wrapped.append((task, owner, "__call__", original))
         else:
@@ -384,7 +391,7 @@ def _on_process_shutdown(**_: Any) -> None:
     # Prefork children leave through os._exit right after this: atexit never runs.
     flush_events()
     try:
-        _flusher.flush_once()
+        _flusher.flush_once(wait=5.0)
     except Exception:
         logger.exception("bugsnag_celery: moving session counts at shutdown failed")
 

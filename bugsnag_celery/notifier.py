@@ -176,29 +176,37 @@ def task_metadata(task: Any, request: Any, options: Options) -> dict[str, Any]:
         "eager": bool(getattr(request, "is_eager", False)),
     }
     if options.send_task_args:
+        keys = options.redacted_keys
         args, kwargs = getattr(request, "args", None), getattr(request, "kwargs", None)
         argsrepr, kwargsrepr = getattr(request, "argsrepr", None), getattr(request, "kwargsrepr", None)
-        meta["args"] = (
-            argsrepr[:1024] if _set_by_caller(argsrepr, args) else redact(args, options.redacted_keys)
-        )
+        meta["args"] = argsrepr[:1024] if _set_by_caller(argsrepr, args, keys) else redact(args, keys)
         meta["kwargs"] = (
-            kwargsrepr[:1024] if _set_by_caller(kwargsrepr, kwargs) else redact(kwargs, options.redacted_keys)
+            kwargsrepr[:1024] if _set_by_caller(kwargsrepr, kwargs, keys) else redact(kwargs, keys)
         )
     return {k: v for k, v in meta.items() if v is not None}
 
 
-def _set_by_caller(text: Any, value: Any) -> TypeGuard[str]:
+def _set_by_caller(text: Any, value: Any, keys: tuple[str, ...]) -> TypeGuard[str]:
     """Did the caller pass ``argsrepr``/``kwargsrepr`` to hide the arguments?
 
-    Celery fills both in by default with ``saferepr(args, 1024)``: that default is not a
-    wish to hide anything, and it is not redacted, so the real (redacted) values are sent.
+    Celery fills both in by default with ``saferepr(args)`` of the *sender's* values: that
+    default is no wish to hide anything, and it is not redacted, so then the real values
+    are sent, redacted. The worker sees the arguments after JSON (tuples became lists), so
+    the comparison ignores the kind of brackets. And whatever looks like it holds a key we
+    redact is never sent as text: a leak is worse than a missing custom repr.
     """
     if not isinstance(text, str):
         return False
     from celery.utils.saferepr import saferepr
 
-    candidates = [value] if not isinstance(value, (list, tuple)) else [tuple(value), list(value)]
-    return not any(text == saferepr(candidate, 1024) for candidate in candidates)
+    lowered = text.lower().replace("-", "").replace("_", "")
+    if any(key.lower().replace("-", "").replace("_", "") in lowered for key in keys):
+        return False
+    shape = str.maketrans("()", "[]")
+    seen = text.translate(shape).replace(",]", "]")
+    return all(
+        seen != saferepr(value, maxsize).translate(shape).replace(",]", "]") for maxsize in (1024, 4096)
+    )
 
 
 def _text(value: Any) -> str | None:

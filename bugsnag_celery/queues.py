@@ -27,10 +27,23 @@ def durable_queue(name: str) -> Queue:
     return Queue(name, exchange, routing_key=name, durable=True)
 
 
+#: A broker that accepts connections and never answers must not hang a flush or a shutdown.
+SOCKET_TIMEOUTS = {"socket_timeout": 5.0, "socket_connect_timeout": 5.0}
+
+
+def connection(app: Any, write: bool = True) -> Any:
+    """A connection to the app's broker with bounded socket waits (Redis ignores none by default)."""
+    options = dict(app.conf.broker_transport_options or {})
+    for key, value in SOCKET_TIMEOUTS.items():
+        options.setdefault(key, value)
+    factory = app.connection_for_write if write else app.connection_for_read
+    return factory(connect_timeout=5, transport_options=options)
+
+
 def publish(app: Any, name: str, bodies: list[Any]) -> None:
     """Publish JSON *bodies* to queue *name*, persistently. Raises if the broker refuses."""
     queue = durable_queue(name)
-    with app.connection_for_write() as conn:
+    with connection(app) as conn:
         producer = conn.Producer(serializer="json")
         for body in bodies:
             producer.publish(
@@ -52,7 +65,7 @@ def bound_queue(conn: Any, name: str) -> Any:
 
 
 def message_count(app: Any, name: str) -> int:
-    with app.connection_for_read() as conn:
+    with connection(app, write=False) as conn:
         _name, count, _consumers = bound_queue(conn, name).queue_declare()
         return int(count)
 
@@ -114,8 +127,9 @@ def _kombu_batch(conn: Any, name: str, limit: int) -> Batch:
     return Batch(bodies, ack, requeue, malformed)
 
 
-#: An in-flight batch older than this was taken by a delivery that died: adopt it.
-ORPHAN_AFTER = 600.0
+#: An in-flight batch older than this was taken by a delivery that died: adopt it. Far
+#: longer than any delivery run takes (each request has its own timeout).
+ORPHAN_AFTER = 3600.0
 
 
 def _redis_batch(client: Any, name: str) -> Batch:
@@ -124,31 +138,55 @@ def _redis_batch(client: Any, name: str) -> Batch:
     import time
     import uuid
 
-    from redis.exceptions import ResponseError
+    from redis.exceptions import ResponseError, WatchError
+
+    registry = f"{name}.inflight"  # a set of in-flight keys: no keyspace SCAN per run
+
+    def take(source: str) -> str | None:
+        """Atomically move *source* to a new in-flight key of ours; None if it is gone."""
+        key = f"{name}.inflight.{time.time():.0f}.{uuid.uuid4().hex}"
+        pipe = client.pipeline(transaction=True)
+        pipe.sadd(registry, key)
+        pipe.rename(source, key)
+        try:
+            pipe.execute()
+        except ResponseError:  # no such key: nothing to take (or another run took it)
+            client.srem(registry, key)
+            return None
+        return key
+
+    def give_back(key: str, items: list[Any]) -> None:
+        """Push *items* back to the queue -- only if *key* is still ours, atomically."""
+        with client.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(key)
+                if not pipe.exists(key):
+                    return  # adopted by another run: it is theirs now
+                pipe.multi()
+                if items:
+                    pipe.rpush(name, *items)
+                pipe.delete(key)
+                pipe.srem(registry, key)
+                pipe.execute()
+            except WatchError:
+                return
 
     now = time.time()
-    for key in client.scan_iter(match=f"{name}.inflight.*", count=100):
-        text = key.decode() if isinstance(key, bytes) else str(key)
+    for member in client.smembers(registry):
+        key = member.decode() if isinstance(member, bytes) else str(member)
         try:
-            taken_at = float(text[len(name) + len(".inflight.") :].split(".", 1)[0])
+            taken_at = float(key[len(registry) + 1 :].split(".", 1)[0])
         except ValueError:
             continue
-        if now - taken_at > ORPHAN_AFTER:
-            claim = f"{name}.orphan.{uuid.uuid4().hex}"
-            try:
-                client.rename(text, claim)  # atomic: one adopter wins
-            except ResponseError:
-                continue
-            items = client.lrange(claim, 0, -1)
-            pipe = client.pipeline(transaction=True)
-            if items:
-                pipe.rpush(name, *items)
-            pipe.delete(claim)
-            pipe.execute()
-    mine = f"{name}.inflight.{int(now)}.{uuid.uuid4().hex}"
-    try:
-        client.rename(name, mine)
-    except ResponseError:  # no such key: the queue is empty
+        if not client.exists(key):
+            client.srem(registry, key)
+        elif now - taken_at > ORPHAN_AFTER:
+            claimed = take(key)  # the delivery that took it died: one adopter wins
+            if claimed is not None:
+                give_back(claimed, client.lrange(claimed, 0, -1))
+
+    mine = take(name)
+    if mine is None:  # the queue is empty
         return Batch([], lambda: None, lambda: None)
     items = client.lrange(mine, 0, -1)
     bodies: list[Any] = []
@@ -164,13 +202,9 @@ def _redis_batch(client: Any, name: str) -> Batch:
             malformed += 1
 
     def ack() -> None:
-        client.delete(mine)
-
-    def requeue() -> None:
         pipe = client.pipeline(transaction=True)
-        if items:
-            pipe.rpush(name, *items)
         pipe.delete(mine)
+        pipe.srem(registry, mine)
         pipe.execute()
 
-    return Batch(bodies, ack, requeue, malformed)
+    return Batch(bodies, ack, lambda: give_back(mine, items), malformed)

@@ -38,7 +38,7 @@ import celery
 from . import counts
 from .counts import PendingCounts, Release
 from .delivery import DELIVERED, PERMANENT, Payload, log_permanent, notifier_info, post
-from .queues import DEFAULT_PREFIX, bound_queue, message_count, publish, take_batch
+from .queues import DEFAULT_PREFIX, bound_queue, connection, message_count, publish, take_batch
 
 __all__ = [
     "DELIVER_TASK",
@@ -95,21 +95,27 @@ class Flusher:
     def __init__(self, targets: Any, interval: Any) -> None:
         self.targets = targets
         self.interval = interval
-        self._pid = 0
+        #: Off only in tests that inspect the in-process counts themselves.
+        self.enabled = True
+        self._after_fork()
+        os.register_at_fork(after_in_child=self._after_fork)
+
+    def _after_fork(self) -> None:
+        # A lock held by the parent's flusher thread at fork time would stay held forever
+        # in the child: every piece of state starts anew there.
+        self._pid = os.getpid()
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
         self._lock = threading.Lock()
-        #: Off only in tests that inspect the in-process counts themselves.
-        self.enabled = True
+        self._start_lock = threading.Lock()
 
     def start(self) -> None:
-        if self._pid == os.getpid() and self._thread is not None and self._thread.is_alive():
-            return
-        self._pid = os.getpid()
-        self._wake = threading.Event()  # nothing inherited across fork
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="bugsnag-celery-flusher", daemon=True)
-        self._thread.start()
+        with self._start_lock:  # two threads counting their first session at once
+            if self._pid == os.getpid() and self._thread is not None and self._thread.is_alive():
+                return
+            self._pid = os.getpid()
+            self._thread = threading.Thread(target=self._run, name="bugsnag-celery-flusher", daemon=True)
+            self._thread.start()
 
     def _run(self) -> None:
         while True:
@@ -122,32 +128,44 @@ class Flusher:
             except Exception:
                 logger.exception("bugsnag_celery: moving session counts failed")
 
-    def flush_once(self) -> int:
-        """Take every count and hand it to its broker; put back what the broker refused."""
+    def flush_once(self, wait: float | None = None) -> int:
+        """Take every count and hand it to its broker; put back what the broker refused.
+
+        *wait* bounds how long to wait for a flush already under way (a shutdown must not
+        hang behind a publish to a broker that stopped answering).
+        """
+        if not self._lock.acquire(timeout=-1 if wait is None else wait):
+            logger.warning("bugsnag_celery: a flush is still under way; session counts not moved now")
+            return 0
+        try:
+            return self._flush_locked()
+        finally:
+            self._lock.release()
+
+    def _flush_locked(self) -> int:
         moved = 0
-        with self._lock:  # the thread and a shutdown flush never publish the same counts twice
-            handled: set[Release] = set()
-            for app, releases, sends, prefix in self.targets():
-                taken = counts.take_pending_counts(releases)
-                handled.update(releases)
-                if not taken:
-                    continue
-                if not sends:
-                    continue  # outside enabled_release_stages / no API key: never sent
-                if publish_counts(app, taken, prefix):
-                    moved += sum(n for b in taken.values() for n in b.values())
-                else:
-                    counts.restore_pending_counts(taken)
-            # Counts of releases no configured app owns (sessions started by hand before
-            # configure, or after unconfigure) go with the last app.
-            strays = [r for r in counts.releases_with_counts() if r not in handled]
-            orphans = counts.take_pending_counts(strays) if strays else {}
-            if orphans:
-                targets = list(self.targets())
-                if targets and targets[-1][2] and publish_counts(targets[-1][0], orphans, targets[-1][3]):
-                    moved += sum(n for b in orphans.values() for n in b.values())
-                elif targets:
-                    counts.restore_pending_counts(orphans)
+        handled: set[Release] = set()
+        for app, releases, sends, prefix in self.targets():
+            taken = counts.take_pending_counts(releases)
+            handled.update(releases)
+            if not taken:
+                continue
+            if not sends:
+                continue  # outside enabled_release_stages / no API key: never sent
+            if publish_counts(app, taken, prefix):
+                moved += sum(n for b in taken.values() for n in b.values())
+            else:
+                counts.restore_pending_counts(taken)
+        # Counts of releases no configured app owns (sessions started by hand before
+        # configure, or after unconfigure) go with the last app.
+        strays = [r for r in counts.releases_with_counts() if r not in handled]
+        orphans = counts.take_pending_counts(strays) if strays else {}
+        if orphans:
+            targets = list(self.targets())
+            if targets and targets[-1][2] and publish_counts(targets[-1][0], orphans, targets[-1][3]):
+                moved += sum(n for b in orphans.values() for n in b.values())
+            else:  # no app to send them with (yet, or any more): they stay here
+                counts.restore_pending_counts(orphans)
         return moved
 
 
@@ -187,7 +205,7 @@ def deliver_session_counts(
     """
     stats = {"messages": 0, "sessions": 0, "delivered": 0, "dropped": 0, "retry": 0, "requests": 0}
     stages = None if enabled_release_stages is None else set(enabled_release_stages)
-    with app.connection_for_read() as conn:
+    with connection(app, write=False) as conn:
         batch = take_batch(conn, f"{prefix}.sessions", limit)
         merged: PendingCounts = {}
         for body in batch.bodies:
@@ -233,7 +251,13 @@ def deliver_session_counts(
                 retry[release] = buckets
                 stats["retry"] += total
         if retry and not publish_counts(app, retry, prefix):
-            batch.requeue()  # the broker is gone: let it hand everything out again
+            if stats["delivered"] or stats["dropped"]:
+                # Part went out: handing the whole batch back would send that part twice.
+                # Keep the rest in this process; its flusher publishes it when it can.
+                batch.ack()
+                counts.restore_pending_counts(retry)
+            else:
+                batch.requeue()  # the broker is gone: let it hand everything out again
             return stats
         batch.ack()
     return stats
@@ -247,7 +271,7 @@ def record_status(app: Any, status: dict[str, Any], prefix: str = DEFAULT_PREFIX
     """Keep the last delivery's outcome on the broker, for ``celery bugsnag status``."""
     name = f"{prefix}.status"
     try:
-        with app.connection_for_write() as conn:
+        with connection(app) as conn:
             bound = bound_queue(conn, name)
             previous = None
             while True:
@@ -264,7 +288,7 @@ def record_status(app: Any, status: dict[str, Any], prefix: str = DEFAULT_PREFIX
 
 
 def read_status(app: Any, prefix: str = DEFAULT_PREFIX) -> dict[str, Any] | None:
-    with app.connection_for_read() as conn:
+    with connection(app, write=False) as conn:
         message = bound_queue(conn, f"{prefix}.status").get(no_ack=False, accept=["json"])
         if message is None:
             return None

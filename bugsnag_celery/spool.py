@@ -14,7 +14,7 @@ import logging
 from typing import Any
 
 from .delivery import DELIVERED, PERMANENT, Payload, log_permanent, post
-from .queues import DEFAULT_PREFIX, bound_queue, message_count, publish
+from .queues import DEFAULT_PREFIX, bound_queue, connection, message_count, publish
 
 __all__ = ["spool_payloads", "drain_spooled_events", "spooled_event_count"]
 
@@ -45,7 +45,7 @@ def drain_spooled_events(
     unwell, the next run tries again.
     """
     stats = {"delivered": 0, "dropped": 0, "requeued": 0}
-    with app.connection_for_read() as conn:
+    with connection(app, write=False) as conn:
         bound = bound_queue(conn, f"{prefix}.events")
         for _ in range(limit):
             message = bound.get(no_ack=False, accept=["json"])

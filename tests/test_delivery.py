@@ -290,11 +290,13 @@ def test_a_delivery_that_died_mid_way_is_adopted_later(redis_broker: Broker, end
     publish_counts(app, {release: {"2026-01-01T00:00:00Z": 5}}, redis_broker.queue)
     name = f"{redis_broker.queue}.sessions"
     client = redis.Redis(host="127.0.0.1", port=6379, db=11)
-    stale = f"{name}.inflight.{int(time.time()) - 3600}.dead"
+    stale = f"{name}.inflight.{int(time.time()) - 7200}.dead"
     client.rename(name, stale)  # as if a delivery took the batch and was SIGKILLed
+    client.sadd(f"{name}.inflight", stale)
     fresh = f"{name}.inflight.{int(time.time())}.busy"
     publish_counts(app, {release: {"2026-01-01T00:01:00Z": 2}}, redis_broker.queue)
     client.rename(name, fresh)  # a delivery still at work: must not be touched
+    client.sadd(f"{name}.inflight", fresh)
     stats = deliver_sessions(redis_broker, endpoint.url)
     assert stats["delivered"] == 5
     assert client.exists(fresh) and not client.exists(stale)

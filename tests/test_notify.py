@@ -242,3 +242,16 @@ def test_a_burst_against_a_slow_endpoint_is_merged_not_queued(make_app: Any, end
     events = delivered(endpoint, 60)
     assert sorted(e["exceptions"][0]["message"] for e in events) == sorted(f"burst {i}" for i in range(60))
     assert len(endpoint.requests) <= 4  # one in flight, the rest merged (at most 50 per request)
+
+
+def test_shutdown_flush_spools_a_failing_payload_exactly_once(endpoint: Endpoint) -> None:
+    spooled: list[Payload] = []
+    endpoint.default = 503
+    sender = Sender(lambda ps: spooled.extend(ps) or True, timeout=5, attempts=10, backoff=5.0)
+    sender.submit(Payload(f"{endpoint.url}/notify", KEY, "4.0", b"{}"))
+    deadline = time.monotonic() + 5
+    while not endpoint.requests and time.monotonic() < deadline:
+        time.sleep(0.01)
+    sender.flush(0.2)  # the payload is backing off (5 s): shutdown spools it now
+    time.sleep(1.0)
+    assert len(spooled) == 1 and len(endpoint.requests) == 1

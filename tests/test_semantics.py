@@ -372,3 +372,39 @@ def test_fork_child_starts_with_no_counts(app: Celery) -> None:
     os.waitpid(pid, 0)
     assert child_saw == 0
     assert pending_total() == 1  # the parent still has its own
+
+
+def test_task_class_that_is_the_base_of_another_task(app: Celery) -> None:
+    """Parent with a custom __call__, Child(Parent): each runs its own body, one session each."""
+
+    class Parent(Task):  # type: ignore[misc]
+        name = "parent"
+
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            return super().__call__(*args, **kwargs)
+
+        def run(self) -> str:
+            return "parent body"
+
+    class Child(Parent):
+        name = "child"
+
+        def run(self) -> str:
+            return "child body"
+
+    app.register_task(Parent())
+    app.register_task(Child())
+    parent, child = app.tasks["parent"], app.tasks["child"]
+    bodies = [parent.apply().get(), child.apply().get(), child.apply().get(), parent.apply().get()]
+    assert bodies == ["parent body", "child body", "child body", "parent body"]
+    assert pending_total() == 4
+
+
+def test_unconfigure_keeps_counts_no_app_can_send_yet(app: Celery) -> None:
+    from bugsnag_celery import integration
+
+    for _ in range(3):
+        bugsnag_celery.start_session()
+    bugsnag_celery.unconfigure(app)
+    assert integration._flusher.flush_once() == 0  # no app to send with: nothing taken away
+    assert pending_total() == 3
