@@ -377,7 +377,7 @@ def test_fork_child_starts_with_no_counts(app: Celery) -> None:
 def test_task_class_that_is_the_base_of_another_task(app: Celery) -> None:
     """Parent with a custom __call__, Child(Parent): each runs its own body, one session each."""
 
-    class Parent(Task):  # type: ignore[misc]
+    class Parent(app.Task):  # type: ignore[misc,name-defined]  # bound to this app, not current_app
         name = "parent"
 
         def __call__(self, *args: Any, **kwargs: Any) -> Any:
