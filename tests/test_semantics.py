@@ -392,9 +392,7 @@ def test_task_class_that_is_the_base_of_another_task(app: Celery) -> None:
         def run(self) -> str:
             return "child body"
 
-    app.register_task(Parent())
-    app.register_task(Child())
-    parent, child = app.tasks["parent"], app.tasks["child"]
+    parent, child = app.register_task(Parent()), app.register_task(Child())
     bodies = [parent.apply().get(), child.apply().get(), child.apply().get(), parent.apply().get()]
     assert bodies == ["parent body", "child body", "child body", "parent body"]
     assert pending_total() == 4
