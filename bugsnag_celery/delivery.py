@@ -22,7 +22,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
 import requests
@@ -122,8 +121,9 @@ def encoded(payloads: list[Payload]) -> list[Payload]:
 
 def sent_at() -> str:
     """``Bugsnag-Sent-At``: UTC, milliseconds, ``Z``."""
-    now = datetime.now(timezone.utc)
-    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+    from .sessions import format_timestamp
+
+    return format_timestamp(time.time())
 
 
 def headers_for(payload: Payload) -> dict[str, str]:

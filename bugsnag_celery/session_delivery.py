@@ -29,7 +29,6 @@ import logging
 import os
 import platform
 import threading
-import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -298,6 +297,6 @@ def read_status(app: Any, prefix: str = DEFAULT_PREFIX) -> dict[str, Any] | None
 
 
 def now_iso() -> str:
-    from .sessions import format_timestamp
+    from .delivery import sent_at
 
-    return format_timestamp(time.time())
+    return sent_at()
