@@ -255,3 +255,31 @@ def test_shutdown_flush_spools_a_failing_payload_exactly_once(endpoint: Endpoint
     sender.flush(0.2)  # the payload is backing off (5 s): shutdown spools it now
     time.sleep(1.0)
     assert len(spooled) == 1 and len(endpoint.requests) == 1
+
+
+def test_beat_entry_and_delivery_task_come_and_go_with_configure(make_app: Any) -> None:
+    from bugsnag_celery.session_delivery import DELIVER_TASK
+
+    app = make_app(session_delivery_interval=45)
+    entry = app.conf.beat_schedule[DELIVER_TASK]
+    assert entry == {"task": DELIVER_TASK, "schedule": 45.0, "options": {"expires": 45.0}}
+    assert app.tasks[DELIVER_TASK].name == DELIVER_TASK
+    bugsnag_celery.unconfigure(app)
+    assert DELIVER_TASK not in app.conf.beat_schedule
+
+
+def test_outside_enabled_release_stages_no_session_leaves_the_process(make_app: Any) -> None:
+    from bugsnag_celery import integration
+    from bugsnag_celery.session_delivery import pending_session_messages
+
+    app = make_app(release_stage="staging", enabled_release_stages=["production"], queue_prefix="stages")
+
+    @app.task
+    def job() -> None:
+        pass
+
+    for _ in range(5):
+        job.apply()
+    integration._flusher.flush_once()
+    assert pending_session_messages(app, "stages") == 0
+    assert bugsnag_celery.take_pending_counts() == {}  # discarded, not piling up
