@@ -11,6 +11,8 @@
    children after a 10,000-task warm-up and again after 200,000 more tasks. Target: <= 2 MB.
 3. drain: 10,000 pending count messages on Redis and on RabbitMQ, drained and delivered by
    one delivery run. Target: < 2 s.
+4. recycle: 5,000 tasks on ``-c 8 --max-tasks-per-child=1`` (a child process per task, each
+   leaving through ``os._exit``): sessions delivered must equal tasks, exactly.
 
 Redis (127.0.0.1:6379, database 12) and RabbitMQ (127.0.0.1:5672) are the services the
 README names; queues get a unique prefix and are deleted afterwards.
@@ -152,8 +154,13 @@ WORKER_APP = textwrap.dedent("""
         bugsnag_celery.configure(app, api_key="0" * 31 + "1", app_version="bench",
                                  queue_prefix=os.environ["BENCH_QUEUE"], notify_endpoint=endpoint + "/notify",
                                  sessions_endpoint=endpoint + "/sessions")
+    RUNS = os.environ.get("BENCH_RUNS")
     @app.task(name="mem.noop")
     def noop():
+        if RUNS:  # the recycle figure counts the runs themselves
+            fd = os.open(RUNS, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+            os.write(fd, b"1")
+            os.close(fd)
         return None
 """)
 
@@ -178,39 +185,46 @@ def rss_tree(pid: int) -> int:
     return total
 
 
-def memory(tasks: int, warmup: int, endpoint: str) -> bool:
-    from celery import Celery
-    from kombu import Connection
-
-    queue = f"bench-mem-{uuid.uuid4().hex[:8]}"
+def start_worker(queue: str, endpoint: str, *args: str, runs: str = "") -> subprocess.Popen[bytes]:
+    """``celery worker`` (prefork) on Redis running the benchmark app, instrumented."""
     folder = tempfile.mkdtemp()
     with open(os.path.join(folder, "memapp.py"), "w") as fh:
         fh.write(WORKER_APP)
     env = {**os.environ, "PYTHONPATH": folder, "BENCH_BROKER": REDIS, "BENCH_QUEUE": queue,
-           "BENCH_ENDPOINT": endpoint, "BENCH_INSTRUMENT": "1"}  # fmt: skip
+           "BENCH_ENDPOINT": endpoint, "BENCH_INSTRUMENT": "1", "BENCH_RUNS": runs}  # fmt: skip
     log = open(os.path.join(folder, "worker.log"), "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "memapp", "worker", "-P", "prefork", "-c", "2", "-Q", queue,
-         "--without-mingle", "--without-gossip", "--without-heartbeat", "-l", "WARNING"],
+    return subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "memapp", "worker", "-P", "prefork", "-Q", queue,
+         "--without-mingle", "--without-gossip", "--without-heartbeat", "-l", "WARNING", *args],
         env=env, cwd=folder, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
+
+
+def send_and_drain(queue: str, n: int) -> None:
+    """Send *n* no-op tasks and wait until the worker has taken them all and gone quiet."""
+    from celery import Celery
+    from kombu import Connection
+
     producer = Celery("p", broker=REDIS)
     producer.conf.task_default_queue = queue
+    with producer.connection_for_write() as conn:
+        for _ in range(n):
+            producer.send_task("mem.noop", connection=conn)
+    with Connection(REDIS) as conn:
+        while conn.default_channel.client.llen(queue) > 0:
+            time.sleep(0.2)
+    time.sleep(3)  # the last prefetched tasks run; flushers go quiet
 
-    def send_and_wait(n: int) -> None:
-        with producer.connection_for_write() as conn:
-            for _ in range(n):
-                producer.send_task("mem.noop", connection=conn)
-        with Connection(REDIS) as conn:
-            while conn.default_channel.client.llen(queue) > 0:
-                time.sleep(0.2)
-        time.sleep(3)  # the last prefetched tasks run; flushers go quiet
+
+def memory(tasks: int, warmup: int, endpoint: str) -> bool:
+    queue = f"bench-mem-{uuid.uuid4().hex[:8]}"
+    proc = start_worker(queue, endpoint, "-c", "2")
 
     try:
         time.sleep(3)
-        send_and_wait(warmup)
+        send_and_drain(queue, warmup)
         before = rss_tree(proc.pid)
-        send_and_wait(tasks)
+        send_and_drain(queue, tasks)
         after = rss_tree(proc.pid)
     finally:
         proc.terminate()
@@ -221,6 +235,47 @@ def memory(tasks: int, warmup: int, endpoint: str) -> bool:
     print(f"memory:  worker RSS (main + 2 children) {before / 1e6:.1f} MB after {warmup:,} tasks,"
           f" {after / 1e6:.1f} MB after {tasks:,} more: growth {growth:+.2f} MB"
           f" -> target <= 2 MB {'MET' if ok else 'MISSED'}")  # fmt: skip
+    return ok
+
+
+def recycle(tasks: int, endpoint: str) -> bool:
+    """A child per task (--max-tasks-per-child=1): every child's counts leave before os._exit."""
+    from celery import Celery
+
+    from bugsnag_celery.session_delivery import deliver_session_counts
+
+    queue = f"bench-recycle-{uuid.uuid4().hex[:8]}"
+    runs_file = os.path.join(tempfile.mkdtemp(), "runs")
+    proc = start_worker(queue, endpoint, "-c", "8", "--max-tasks-per-child=1", runs=runs_file)
+    start = time.monotonic()
+
+    def runs() -> int:
+        try:
+            return os.path.getsize(runs_file)  # one byte per run
+        except OSError:
+            return 0
+
+    try:
+        time.sleep(3)
+        send_and_drain(queue, tasks)
+        deadline = time.monotonic() + 60 + tasks  # Celery recycles a few children a second
+        while runs() < tasks and time.monotonic() < deadline:
+            time.sleep(0.5)  # prefetched tasks are still running, a child each
+        proc.terminate()  # warm shutdown: the last children flush too
+        proc.wait(120)
+        Endpoint.reset()
+        app = Celery("r", broker=REDIS)
+        stats = deliver_session_counts(app, api_key=KEY, endpoint=f"{endpoint}/sessions",
+                                       enabled_release_stages=None, prefix=queue)  # fmt: skip
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        cleanup(REDIS, queue)
+    ran = runs()
+    ok = Endpoint.sessions == ran == stats["delivered"] and ran >= tasks
+    print(f"recycle: {ran:,} task runs, a child process each (-c 8 --max-tasks-per-child=1),"
+          f" {time.monotonic() - start:.0f} s: {Endpoint.sessions:,} sessions delivered"
+          f" -> target exactly {ran:,} {'MET' if ok else 'MISSED'}")  # fmt: skip
     return ok
 
 
@@ -259,7 +314,7 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="smoke mode: small numbers, no verdict")
-    parser.add_argument("--only", choices=["network", "memory", "drain"])
+    parser.add_argument("--only", choices=["network", "memory", "drain", "recycle"])
     args = parser.parse_args()
     endpoint = serve()
     q = args.quick
@@ -270,6 +325,8 @@ def main() -> int:
         results.append(drain(200 if q else 10_000, endpoint))
     if args.only in (None, "memory"):
         results.append(memory(2_000 if q else 200_000, 500 if q else 10_000, endpoint))
+    if args.only in (None, "recycle"):
+        results.append(recycle(40 if q else 5_000, endpoint))
     return 0 if q or all(results) else 1
 
 

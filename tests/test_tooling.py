@@ -67,7 +67,8 @@ def test_delivery_benchmark_smoke_mode() -> None:
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
-    for line in ("network: 5,000 task runs", "drain:   redis", "drain:   amqp", "memory:  worker RSS"):
+    for line in ("network: 5,000 task runs", "drain:   redis", "drain:   amqp", "memory:  worker RSS",
+                 "recycle: 40 task runs"):  # fmt: skip
         assert line in out.stdout, out.stdout
 
 
