@@ -5,28 +5,17 @@ Configured like ``session_app`` from the environment (broker, queue, ``BSC_CONFI
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
 from typing import Any
 
-from celery import Celery
 from celery.exceptions import Ignore, Reject
+from env_app import make_app
 
 import bugsnag_celery
 
-QUEUE = os.environ.get("BSC_QUEUE", "celery")
-app = Celery("events_app", broker=os.environ["BSC_BROKER_URL"])
-app.conf.update(
-    broker_transport_options=json.loads(os.environ.get("BSC_TRANSPORT_OPTIONS", "{}")),
-    task_default_queue=QUEUE,
-    task_default_exchange=QUEUE,
-    task_default_routing_key=QUEUE,
-    worker_enable_remote_control=False,
-    broker_connection_retry_on_startup=True,
-)
-bugsnag_celery.configure(app, **json.loads(os.environ.get("BSC_CONFIGURE", "{}")))
+app = make_app("events_app")
 
 
 class PaymentDeclined(ValueError):

@@ -16,27 +16,15 @@ import threading
 import time
 from typing import Any
 
-from celery import Celery
 from celery.exceptions import Ignore
+from env_app import make_app
 
 import bugsnag_celery
 
 OUT = os.environ["BSC_OUT"]
-QUEUE = os.environ.get("BSC_QUEUE", "celery")
-
-app = Celery("session_app", broker=os.environ["BSC_BROKER_URL"])
-app.conf.update(
-    broker_transport_options=json.loads(os.environ.get("BSC_TRANSPORT_OPTIONS", "{}")),
-    task_default_queue=QUEUE,
-    task_default_exchange=QUEUE,
-    task_default_routing_key=QUEUE,
-    worker_enable_remote_control=False,  # no pidbox keys/queues left on the shared broker
-    worker_send_task_events=False,
-    broker_connection_retry_on_startup=True,
-    task_acks_late=False,
-    worker_prefetch_multiplier=4,
+app = make_app(
+    "session_app", worker_send_task_events=False, task_acks_late=False, worker_prefetch_multiplier=4
 )
-bugsnag_celery.configure(app, **json.loads(os.environ.get("BSC_CONFIGURE", "{}")))
 
 if os.environ.get("BSC_CLOCK_SPREAD"):
     # Spread session start times over several minutes without waiting for them: every

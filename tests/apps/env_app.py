@@ -1,0 +1,31 @@
+"""The Celery app of the test worker modules, configured from the environment the tests set.
+
+``BSC_BROKER_URL``, ``BSC_TRANSPORT_OPTIONS`` (JSON), ``BSC_QUEUE`` and ``BSC_CONFIGURE``
+(JSON keyword arguments for ``bugsnag_celery.configure``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from celery import Celery
+
+import bugsnag_celery
+
+
+def make_app(name: str, **conf: Any) -> Celery:
+    queue = os.environ.get("BSC_QUEUE", "celery")
+    app = Celery(name, broker=os.environ["BSC_BROKER_URL"])
+    app.conf.update(
+        broker_transport_options=json.loads(os.environ.get("BSC_TRANSPORT_OPTIONS", "{}")),
+        task_default_queue=queue,
+        task_default_exchange=queue,
+        task_default_routing_key=queue,
+        worker_enable_remote_control=False,  # no pidbox keys/queues left on the shared broker
+        broker_connection_retry_on_startup=True,
+        **conf,
+    )
+    bugsnag_celery.configure(app, **json.loads(os.environ.get("BSC_CONFIGURE", "{}")))
+    return app
