@@ -26,6 +26,15 @@ from typing import Any
 
 import requests
 
+# requests imports these lazily on a session's first request (to read ~/.netrc). Our
+# sender thread in a worker's main process makes that first request while billiard may
+# be forking a replacement pool child: a fork taken while another thread holds a
+# module's import lock leaves that lock held forever in the child, whose own first POST
+# then hangs on the import (seen: a deliver_sessions run stuck after a child was
+# SIGKILLed). Importing them here, before any fork, removes the race.
+import netrc  # noqa: F401  # isort: skip
+import shlex  # noqa: F401  # isort: skip
+
 __all__ = ["Payload", "Sender", "post", "Outcome", "sent_at"]
 
 logger = logging.getLogger("bugsnag_celery")

@@ -283,3 +283,31 @@ def test_outside_enabled_release_stages_no_session_leaves_the_process(make_app: 
     integration._flusher.flush_once()
     assert pending_session_messages(app, "stages") == 0
     assert bugsnag_celery.take_pending_counts() == {}  # discarded, not piling up
+
+
+def test_the_first_post_imports_nothing(endpoint: Endpoint) -> None:
+    """No module is imported lazily on a process's first POST.
+
+    The sender thread of a worker's main process makes its first POST (a WorkerLostError
+    event) just as billiard forks a replacement child. A fork taken while that thread
+    holds a module's import lock leaves the lock held in the child, and the child's own
+    first POST hangs for ever on the same import (requests imported ``netrc`` and
+    ``shlex`` lazily; a demo run hung that way). Checked in a fresh interpreter.
+    """
+    import subprocess
+    import sys
+
+    script = f"""
+import sys
+import bugsnag_celery, bugsnag_celery.integration
+from bugsnag_celery.delivery import Payload, post
+before = set(sys.modules)
+payload = Payload(kind="events", endpoint={endpoint.url + "/notify"!r}, api_key={KEY!r},
+                  payload_version="4.0", body=b"{{}}")
+outcome, _ = post(payload, 5.0)
+assert outcome == "delivered", outcome
+print(sorted(set(sys.modules) - before))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", f"imported lazily on the first POST: {out.stdout}"
