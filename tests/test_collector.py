@@ -142,3 +142,93 @@ def test_collector_command(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_routes_second_port_and_integrity(tmp_path: Path) -> None:
+    """``POST /`` takes events on the main port (notify.bugsnag.com) and sessions on the
+    sessions port (sessions.bugsnag.com, an on-premise 49003); a wrong Bugsnag-Integrity
+    is refused; an unknown path is a 404."""
+    import hashlib
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = Collector(port=0, db=str(tmp_path / "c.sqlite"), sessions_port=port).start()
+    try:
+        assert server.sessions_url == f"http://127.0.0.1:{port}"
+        event_body = {"apiKey": KEY, "payloadVersion": "4.0", "notifier": NOTIFIER, "events": [EVENT]}
+        counts = [{"startedAt": "2026-01-01T00:00:00Z", "sessionsStarted": 2}]
+        session_body = {"notifier": NOTIFIER, "app": {"version": "1", "releaseStage": "p"}, "device": {},
+                        "sessionCounts": counts}  # fmt: skip
+        assert post(f"{server.url}/", event_body, headers()) == 200
+        assert post(f"{server.sessions_url}/", session_body, headers("1.0")) == 202
+        assert post(f"{server.sessions_url}/", event_body, headers()) == 400  # an event is not a session
+        raw = json.dumps(event_body).encode()
+        good = headers(**{"Bugsnag-Integrity": f"sha1 {hashlib.sha1(raw).hexdigest()}"})
+        assert post(f"{server.url}/notify", raw, good) == 200
+        assert post(f"{server.url}/notify", raw, headers(**{"Bugsnag-Integrity": "sha1 00"})) == 400
+        assert post(f"{server.url}/elsewhere", event_body, headers()) == 404
+        assert requests.get(f"{server.url}/nothing", timeout=10).status_code == 404
+        assert server.releases() == [{"appVersion": "1", "releaseStage": "p", "sessions": 2,
+                                      "crashedSessions": 1, "stability": 50.0}]  # fmt: skip
+        assert len(server.events()) == 2
+    finally:
+        server.close()
+
+
+def test_event_api_filters_and_payloads(collector: Collector) -> None:
+    other = {**EVENT, "context": "other", "exceptions": [{"errorClass": "OSError", "message": "m"}],
+             "unhandled": False, "session": None}  # fmt: skip
+    body = {"apiKey": KEY, "payloadVersion": "4.0", "notifier": NOTIFIER, "events": [EVENT, other, EVENT]}
+    assert post(f"{collector.url}/notify", body, headers()) == 200
+    api = f"{collector.url}/api/events"
+    assert [e["id"] for e in requests.get(f"{api}?task=t", timeout=10).json()] == [1, 3]
+    assert [e["context"] for e in requests.get(f"{api}?errorClass=OSError", timeout=10).json()] == ["other"]
+    assert requests.get(f"{api}/2", timeout=10).json() == other  # exactly as received
+    assert requests.get(f"{api}/99", timeout=10).status_code == 404
+    (top, second) = collector.top_errors("1", "p")
+    assert (top["errorClass"], top["events"], top["crashedSessions"]) == ("KeyError", 2, 1)
+    assert top["eventIds"] == [1, 3]
+    assert (second["errorClass"], second["unhandled"], second["crashedSessions"]) == ("OSError", 0, 0)
+
+
+def test_per_minute_figures(collector: Collector) -> None:
+    """Sessions per minute from the counts, crashes per minute from the crashed sessions'
+    start times; a session with two unhandled events is one crashed session."""
+    counts = [{"startedAt": "2026-01-01T00:00:00Z", "sessionsStarted": 4},
+              {"startedAt": "2026-01-01T00:02:00Z", "sessionsStarted": 6}]  # fmt: skip
+    session_body = {"notifier": NOTIFIER, "app": {"version": "1", "releaseStage": "p"}, "device": {},
+                    "sessionCounts": counts}  # fmt: skip
+    assert post(f"{collector.url}/sessions", session_body, headers("1.0")) == 202
+    late = {**EVENT, "session": {"id": "s2", "startedAt": "2026-01-01T00:02:31.5Z"}}
+    body = {"apiKey": KEY, "payloadVersion": "4.0", "notifier": NOTIFIER, "events": [EVENT, late, late]}
+    assert post(f"{collector.url}/notify", body, headers()) == 200
+    assert collector.minutes("1", "p") == [
+        {"minute": "2026-01-01T00:00", "sessions": 4, "crashedSessions": 1},
+        {"minute": "2026-01-01T00:02", "sessions": 6, "crashedSessions": 1},
+    ]
+    assert collector.releases()[0]["stability"] == 80.0
+
+
+def test_a_database_of_the_first_version_is_migrated(tmp_path: Path) -> None:
+    """A SQLite file written before events kept their session's start time still opens,
+    and what it holds still counts."""
+    import sqlite3
+
+    db = str(tmp_path / "old.sqlite")
+    with sqlite3.connect(db) as conn:
+        conn.executescript(
+            "create table events (id integer primary key, app_version text, release_stage text, context text,"
+            " error_class text, message text, unhandled integer, severity text, session_id text,"
+            " payload text, received real);"
+            "insert into events (app_version, release_stage, context, error_class, message, unhandled,"
+            " severity, session_id, payload, received)"
+            " values ('1', 'p', 't', 'E', 'm', 1, 'error', 's', '{}', 0);"
+        )
+    server = Collector(port=0, db=db)
+    try:
+        assert [e["errorClass"] for e in server.events()] == ["E"]
+        assert server.top_errors("1", "p")[0]["crashedSessions"] == 1
+    finally:
+        server.server.server_close()
