@@ -31,6 +31,8 @@ QUEUE = os.environ.get("BUGSNAG_CELERY_DEMO_QUEUE", "bugsnag-celery-demo")
 COLLECTOR = os.environ.get("BUGSNAG_CELERY_DEMO_COLLECTOR", "http://127.0.0.1:9339").rstrip("/")
 
 
+# Beat keeps its schedule file here; with a real broker nothing else would create it.
+os.makedirs(DEMO_DIR, exist_ok=True)
 app = demo_app("bugsnag_celery_demo", BROKER, DEMO_DIR, QUEUE)
 bugsnag_celery.configure(
     app,
