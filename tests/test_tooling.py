@@ -93,6 +93,26 @@ def test_benchmark_smoke_mode() -> None:
     assert "added per task: median" in out.stdout
 
 
+def test_comparison_benchmark_smoke_mode() -> None:
+    """benchmarks/compare.py --quick: every variant through all five measures (tiny numbers).
+
+    The README's test command installs the peers (the ``bench`` group), so none may be left
+    out here; ``--quick`` prints no verdict and writes no results file.
+    """
+    need_service("Redis", 6379)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--quick"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "not installed" not in out.stdout, out.stdout
+    for variant in ("plain", "bugsnag_celery", "bugsnag_python", "sentry", "otel"):
+        for unit in ("us/task", "tasks/s", " MB: ", " requests "):
+            assert re.search(rf"\n  {variant} +[^\n]*{unit}", out.stdout), (variant, unit, out.stdout)
+    assert "target: network: 1,000 sessions delivered in 1 session request(s)" in out.stdout
+    assert "smoke mode" in out.stdout
+
+
 def test_delivery_benchmark_smoke_mode() -> None:
     from workers import need_service
 

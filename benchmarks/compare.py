@@ -1,0 +1,517 @@
+"""bugsnag-celery side by side with plain Celery and with the peers, in one run.
+
+    .venv/bin/pip install -q -e '.[bench]'                 # the peers (optional)
+    .venv/bin/python benchmarks/compare.py                 # full run, writes benchmarks/RESULTS.md
+    .venv/bin/python benchmarks/compare.py --quick         # smoke mode (part of the tests)
+
+1. success path: ``task.apply()`` of a no-op task, 20,000 runs per batch (``overhead.py``);
+2. failure path: a raising task, the endpoint answering after 50 ms (``overhead.py``);
+3. worker throughput: N (default 20,000) queued no-op tasks drained by
+   ``celery worker -P prefork -c 2`` on Redis, tasks per second;
+4. memory: worker RSS (main process + children) after a 10,000-task warm-up and after
+   200,000 more tasks;
+5. network: requests and bytes sent to the local endpoint per 1,000,000 ``task.apply()``
+   runs (bugsnag-celery: through its broker queue and one delivery run; the peers: what
+   they send on their own, then flushed). bugsnag-celery runs the full million; peers run
+   ``--network-peer-runs`` and are scaled to a million (said in the output).
+
+Every variant runs in its own process (a fresh interpreter or a fresh worker), variants
+alternate with the order reversed every round, and the median and spread are printed, as
+ratios to the uninstrumented run. Redis database 12 on 127.0.0.1:6379 is used with queue
+names of the run's own, deleted afterwards. Nothing leaves the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, ClassVar
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import overhead  # noqa: E402
+from variants import OURS, PEERS, PLAIN, available, instrument, shutdown, versions  # noqa: E402
+
+REDIS = "redis://127.0.0.1:6379/12"
+LABELS = {PLAIN: "plain Celery", OURS: "bugsnag-celery", "bugsnag_python": "bugsnag-python",
+          "sentry": "sentry-sdk", "otel": "OpenTelemetry"}  # fmt: skip
+
+
+class Counting(BaseHTTPRequestHandler):
+    """Answers at once; counts requests and bytes per path, and session buckets."""
+
+    lock = threading.Lock()
+    requests: ClassVar[dict[str, int]] = {}
+    bytes: ClassVar[dict[str, int]] = {}
+    buckets: ClassVar[set[tuple[str, str]]] = set()
+    sessions = 0
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        path = self.path.rstrip("/") or "/"
+        with self.lock:
+            self.requests[path] = self.requests.get(path, 0) + 1
+            self.bytes[path] = (
+                self.bytes.get(path, 0)
+                + len(body)
+                + sum(len(k) + len(v) + 4 for k, v in self.headers.items())
+            )
+            if path.endswith("sessions"):
+                try:
+                    data = json.loads(body)
+                    release = json.dumps(data.get("app"), sort_keys=True)
+                    for row in data.get("sessionCounts", []):
+                        type(self).buckets.add((release, row["startedAt"]))
+                        type(self).sessions += row["sessionsStarted"]
+                except (ValueError, KeyError, TypeError):
+                    pass
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    @classmethod
+    def reset(cls) -> None:
+        with cls.lock:
+            cls.requests, cls.bytes, cls.buckets, cls.sessions = {}, {}, set(), 0
+
+
+def serve(handler: type[BaseHTTPRequestHandler]) -> str:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def redis_client() -> Any:
+    from kombu import Connection
+
+    conn = Connection(REDIS)
+    return conn, conn.default_channel.client
+
+
+def delete_own_keys(name: str) -> None:
+    """Every key of database 12 that holds the run's unique queue name, and nothing else."""
+    conn, client = redis_client()
+    try:
+        for key in list(client.scan_iter(match=f"*{name}*", count=1000)):
+            client.delete(key)
+    finally:
+        conn.release()
+
+
+# -- 3 and 4: real workers ------------------------------------------------------------------
+
+
+def start_worker(variant: str, queue: str, endpoint: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(HERE), "BENCH_BROKER": REDIS, "BENCH_QUEUE": queue,
+           "BENCH_ENDPOINT": endpoint, "BENCH_VARIANT": variant}  # fmt: skip
+    log = open(os.path.join(tempfile.gettempdir(), f"{queue}.log"), "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "bench_app", "worker", "-P", "prefork", "-c", "2", "-Q", queue,
+         "--without-mingle", "--without-gossip", "--without-heartbeat", "-l", "WARNING"],
+        env=env, cwd=str(HERE), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    log.close()
+    return proc
+
+
+def stop_worker(proc: subprocess.Popen[bytes]) -> None:
+    import signal
+
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except OSError:
+        pass
+    proc.wait()
+
+
+def fill(queue: str, n: int) -> None:
+    from celery import Celery
+
+    producer = Celery("bench-producer", broker=REDIS)
+    producer.conf.task_default_queue = queue
+    with producer.connection_for_write() as conn:
+        for _ in range(n):
+            producer.send_task("bench.noop", connection=conn)
+
+
+def drained(client: Any, queue: str) -> bool:
+    return client.llen(queue) == 0 and not client.hlen("unacked")
+
+
+def throughput_once(variant: str, n: int, endpoint: str) -> float:
+    """Tasks per second for *n* queued no-op tasks, from the first taken to the last acked."""
+    queue = f"bench-tp-{uuid.uuid4().hex[:8]}"
+    conn, client = redis_client()
+    fill(queue, n)
+    proc = start_worker(variant, queue, endpoint)
+    try:
+        deadline = time.monotonic() + 120
+        while client.llen(queue) >= n:  # the worker starts: its first fetch starts the clock
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"{variant}: the worker did not start (see {queue}.log in the temp folder)"
+                )
+            time.sleep(0.002)
+        start = time.monotonic()
+        while not drained(client, queue):
+            if proc.poll() is not None:
+                raise RuntimeError(f"{variant}: the worker died")
+            time.sleep(0.002)
+        return n / (time.monotonic() - start)
+    finally:
+        stop_worker(proc)
+        conn.release()
+        delete_own_keys(queue)
+
+
+def throughput(variants: list[str], n: int, rounds: int, endpoint: str) -> dict[str, list[float]]:
+    results: dict[str, list[float]] = {v: [] for v in variants}
+    print(
+        f"\nthroughput: {n:,} queued no-op tasks, celery worker -P prefork -c 2 on Redis, x {rounds} rounds"
+    )
+    for i in range(rounds):
+        order = variants if i % 2 == 0 else list(reversed(variants))
+        got = {v: throughput_once(v, n, endpoint) for v in order}
+        for v in variants:
+            results[v].append(got[v])
+        print(
+            f"  round {i + 1}: " + ", ".join(f"{v} {got[v]:,.0f}" for v in variants) + " (tasks/s)",
+            flush=True,
+        )
+    return results
+
+
+def rss_tree(pid: int) -> int:
+    pids, total = [pid], 0
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            pids += [int(p) for p in fh.read().split()]
+    except OSError:
+        pass
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/status") as fh:
+                total += sum(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmRSS:"))
+        except OSError:
+            pass
+    return total
+
+
+def run_tasks(client: Any, queue: str, n: int, proc: subprocess.Popen[bytes]) -> None:
+    fill(queue, n)
+    while not drained(client, queue):
+        if proc.poll() is not None:
+            raise RuntimeError("the worker died")
+        time.sleep(0.05)
+    time.sleep(2)  # background threads (flushers, span processors, session timers) go quiet
+
+
+def memory(variant: str, tasks: int, warmup: int, endpoint: str) -> tuple[float, float]:
+    """(RSS MB after the warm-up, RSS MB after *tasks* more)."""
+    queue = f"bench-mem-{uuid.uuid4().hex[:8]}"
+    conn, client = redis_client()
+    proc = start_worker(variant, queue, endpoint)
+    try:
+        run_tasks(client, queue, warmup, proc)
+        before = rss_tree(proc.pid)
+        left = tasks
+        while left > 0:  # in slices: the queue never holds 200,000 messages
+            run_tasks(client, queue, min(left, 20_000), proc)
+            left -= 20_000
+        after = rss_tree(proc.pid)
+    finally:
+        stop_worker(proc)
+        conn.release()
+        delete_own_keys(queue)
+    return before / 1e6, after / 1e6
+
+
+# -- 5: network -----------------------------------------------------------------------------
+
+
+def network_child(variant: str, runs: int, endpoint: str) -> dict[str, Any]:
+    """In a fresh process: *runs* ``task.apply()`` calls, then everything sent or flushed."""
+    import logging
+
+    from celery import Celery
+
+    logging.disable(logging.WARNING)
+    prefix = f"bench-net-{uuid.uuid4().hex[:8]}"
+    os.environ["BENCH_QUEUE_PREFIX"] = prefix
+    app = Celery("net", broker=REDIS if variant == OURS else "memory://", backend=None, set_as_current=True)
+    app.conf.task_store_eager_result = False
+    instrument(variant, app, endpoint)
+
+    @app.task
+    def noop() -> None:
+        return None
+
+    start = time.monotonic()
+    for _ in range(runs):
+        noop.apply()
+    elapsed = time.monotonic() - start
+    messages = 0
+    try:
+        if variant == OURS:
+            import bugsnag_celery
+            from bugsnag_celery import integration
+            from bugsnag_celery.queues import message_count
+
+            integration._flusher.flush_once()
+            messages = message_count(app, f"{prefix}.sessions")
+            status = bugsnag_celery.deliver(app)
+            assert status["sessions"]["delivered"] == runs, status
+        else:
+            shutdown(variant)
+    finally:
+        if variant == OURS:
+            delete_own_keys(prefix)
+    return {"elapsed": elapsed, "broker_messages": messages}
+
+
+def network(variant: str, runs: int, endpoint: str) -> dict[str, Any]:
+    Counting.reset()
+    out = subprocess.run(
+        [sys.executable, __file__, "--network-child", variant, "--runs", str(runs), "--endpoint", endpoint],
+        capture_output=True, text=True, timeout=3600,
+    )  # fmt: skip
+    if out.returncode != 0:
+        raise RuntimeError(f"network {variant}: {out.stderr[-2000:]}")
+    child = json.loads(out.stdout.strip().splitlines()[-1])
+    time.sleep(0.5)  # the last request's handler thread finishes counting
+    with Counting.lock:
+        return {**child, "runs": runs, "requests": dict(Counting.requests), "bytes": dict(Counting.bytes),
+                "buckets": len(Counting.buckets), "sessions": Counting.sessions}  # fmt: skip
+
+
+# -- the run --------------------------------------------------------------------------------
+
+
+def stats(vals: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(vals), "min": min(vals), "max": max(vals)}
+
+
+def machine() -> dict[str, str]:
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            model = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), "")
+    except OSError:
+        pass
+    mem = ""
+    try:
+        with open("/proc/meminfo") as fh:
+            mem = f"{int(fh.readline().split()[1]) / 1024 / 1024:.0f} GiB"
+    except OSError:
+        pass
+    return {"os": f"{platform.system()} {platform.release()} {platform.machine()}", "cpu": model,
+            "cores": str(os.cpu_count()), "memory": mem, "python": platform.python_version()}  # fmt: skip
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="smoke mode: tiny numbers, no verdict, no file")
+    parser.add_argument("--variants", nargs="+", help="a subset of: plain bugsnag_celery " + " ".join(PEERS))
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="alternating rounds (success/failure/throughput)"
+    )
+    parser.add_argument("--tasks", type=int, default=20_000, help="queued tasks per throughput run")
+    parser.add_argument("--throughput-rounds", type=int, default=3, help="alternating worker rounds")
+    parser.add_argument("--memory-tasks", type=int, default=200_000)
+    parser.add_argument("--network-runs", type=int, default=1_000_000, help="task runs for bugsnag-celery")
+    parser.add_argument("--network-peer-runs", type=int, default=200_000, help="task runs for each peer")
+    parser.add_argument(
+        "--only", nargs="+", choices=["success", "failure", "throughput", "memory", "network"]
+    )
+    parser.add_argument("--output", default=str(HERE / "RESULTS.md"))
+    parser.add_argument("--network-child", help=argparse.SUPPRESS)
+    parser.add_argument("--runs", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--endpoint", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.network_child:
+        print(json.dumps(network_child(args.network_child, args.runs, args.endpoint)))
+        return 0
+
+    if args.quick:
+        args.rounds, args.throughput_rounds, args.tasks, args.memory_tasks = 1, 1, 200, 1_000
+        args.network_runs = args.network_peer_runs = 1_000
+    parts = args.only or ["success", "failure", "throughput", "memory", "network"]
+    variants, missing = available(args.variants)
+    started = datetime.datetime.now(datetime.timezone.utc)
+    print(f"bugsnag-celery benchmarks, {started:%Y-%m-%d %H:%M} UTC; variants: {', '.join(variants)}")
+    if missing:
+        print(f"(not installed, left out: {', '.join(missing)}; pip install -e '.[bench]')")
+    results: dict[str, Any] = {"variants": variants, "missing": missing}
+    checks: list[tuple[str, bool]] = []
+
+    slow_server, slow = overhead.serve()
+    for scenario in ("success", "failure"):
+        if scenario not in parts:
+            continue
+        runs, batches, _ = overhead.SCENARIOS[scenario]
+        if args.quick:
+            runs, batches = (50, 1) if scenario == "success" else (3, 1)
+        summary = overhead.summarize(
+            overhead.run_scenario(
+                scenario, variants, runs, batches, args.rounds, slow, 0.2 if args.quick else 2.5
+            )
+        )
+        overhead.print_summary(scenario, summary)
+        results[scenario] = summary
+        checks += overhead.verdicts(scenario, summary)
+    slow_server.shutdown()
+
+    fast = serve(Counting)
+    if "throughput" in parts:
+        tp = throughput(variants, args.tasks, args.throughput_rounds, fast)
+        base = statistics.median(tp[PLAIN])
+        results["throughput"] = {
+            v: {**stats(vals), "ratio": statistics.median(vals) / base} for v, vals in tp.items()
+        }
+        for v, s in results["throughput"].items():
+            print(f"  {v:15s} median {s['median']:8,.0f} tasks/s (min {s['min']:,.0f}, max {s['max']:,.0f})"
+                  f"  x{s['ratio']:.3f} of plain")  # fmt: skip
+        ratio = results["throughput"][OURS]["ratio"]
+        checks.append((f"throughput: at least 0.98 of plain (x{ratio:.3f})", ratio >= 0.98))
+    if "memory" in parts:
+        print(
+            f"\nmemory: worker RSS (main + 2 children) after a warm-up and after {args.memory_tasks:,} more"
+        )
+        results["memory"] = {}
+        for v in variants:
+            before, after = memory(v, args.memory_tasks, 200 if args.quick else 10_000, fast)
+            results["memory"][v] = {"before": before, "after": after, "growth": after - before}
+            print(f"  {v:15s} {before:7.1f} MB -> {after:7.1f} MB: {after - before:+.2f} MB", flush=True)
+        growth = results["memory"][OURS]["growth"]
+        checks.append((f"memory: at most 2 MB growth per 200,000 tasks ({growth:+.2f} MB)", growth <= 2.0))
+    if "network" in parts:
+        print("\nnetwork: requests and bytes to the local endpoint, per 1,000,000 task runs")
+        results["network"] = {}
+        for v in variants:
+            runs = args.network_runs if v in (OURS, PLAIN) else args.network_peer_runs
+            got = network(v, runs, fast)
+            scale = 1_000_000 / runs
+            got["per_million"] = {
+                "requests": sum(got["requests"].values()) * scale,
+                "bytes": sum(got["bytes"].values()) * scale,
+                "session_requests": got["requests"].get("/sessions", 0) * scale,
+            }
+            results["network"][v] = got
+            note = "" if scale == 1 else f" (ran {runs:,}, scaled x{scale:g})"
+            pm = got["per_million"]
+            print(
+                f"  {v:15s} {pm['requests']:>12,.0f} requests {pm['bytes']:>15,.0f} bytes, "
+                f"{pm['session_requests']:,.0f} session requests{note}; paths {got['requests']}",
+                flush=True,
+            )
+        ours = results["network"][OURS]
+        session_requests = ours["requests"].get("/sessions", 0)
+        ok = ours["sessions"] == ours["runs"] and 1 <= session_requests <= ours["buckets"]
+        text = (
+            f"network: {ours['runs']:,} sessions delivered in {session_requests} session request(s)"
+            f" for {ours['buckets']} minute bucket(s) of 1 release group"
+            f" ({ours['broker_messages']} broker messages)"
+        )
+        checks.append((text, ok))
+
+    print()
+    for text, met in checks:
+        print(f"target: {text} -> {'MET' if met else 'MISSED'}")
+    if args.quick:
+        print("(smoke mode: no verdict, no results file)")
+        return 0
+    write_results(Path(args.output), started, results, checks, sys.argv[1:])
+    print(f"\nwritten: {args.output}")
+    return 0 if all(met for _, met in checks) else 1
+
+
+def write_results(path: Path, started: datetime.datetime, results: dict[str, Any],
+                  checks: list[tuple[str, bool]], argv: list[str]) -> None:  # fmt: skip
+    variants: list[str] = results["variants"]
+    m = machine()
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Written by `benchmarks/compare.py {' '.join(argv)}` on {started:%Y-%m-%d} ({started:%H:%M} UTC).",
+        f"Machine: {m['os']}, {m['cpu']}, {m['cores']} cores, {m['memory']}; Python {m['python']}.",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()) + ".",
+        "",
+        "Ratios are to plain Celery (median of alternating rounds, each variant in its own process).",
+        "",
+        "| measure | " + " | ".join(LABELS[v] for v in variants) + " |",
+        "| --- |" + " --- |" * len(variants),
+    ]
+
+    def row(name: str, cells: list[str]) -> None:
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+
+    for scenario, title in (("success", "success path, us/task"), ("failure", "failure path, us/task")):
+        if scenario in results:
+            s = results[scenario]
+            row(
+                title,
+                [f"{s[v]['median']:,.2f} (x{s[v]['ratio']:.2f}, {s[v]['added']:+,.2f})" for v in variants],
+            )
+    if "throughput" in results:
+        t = results["throughput"]
+        row("worker throughput, tasks/s", [f"{t[v]['median']:,.0f} (x{t[v]['ratio']:.3f})" for v in variants])
+    if "memory" in results:
+        mm = results["memory"]
+        row("worker RSS growth per 200,000 tasks", [f"{mm[v]['growth']:+.2f} MB" for v in variants])
+    if "network" in results:
+        n = results["network"]
+        row("requests per 1,000,000 tasks", [f"{n[v]['per_million']['requests']:,.0f}" for v in variants])
+        row("bytes per 1,000,000 tasks", [f"{n[v]['per_million']['bytes']:,.0f}" for v in variants])
+    lines += ["", "Spread (min to max over the rounds):", ""]
+    for scenario in ("success", "failure"):
+        if scenario in results:
+            s = results[scenario]
+            lines.append(f"- {scenario}: " + "; ".join(
+                f"{LABELS[v]} {s[v]['min']:,.2f}-{s[v]['max']:,.2f} us (added {s[v]['added_min']:+,.2f} to "
+                f"{s[v]['added_max']:+,.2f})" for v in variants) + ".")  # fmt: skip
+    if "throughput" in results:
+        t = results["throughput"]
+        spread = "; ".join(f"{LABELS[v]} {t[v]['min']:,.0f}-{t[v]['max']:,.0f} tasks/s" for v in variants)
+        lines.append(f"- throughput: {spread}.")
+    if "network" in results:
+        scaled = {LABELS[v]: results["network"][v]["runs"] for v in variants}
+        scaled = {k: r for k, r in scaled.items() if r != 1_000_000}
+        if scaled:
+            lines.append("- network: " + ", ".join(f"{k} ran {r:,} tasks" for k, r in scaled.items())
+                         + ", scaled to a million.")  # fmt: skip
+    lines += ["", "Targets (bugsnag-celery, same run):", ""]
+    lines += [f"- {'MET' if met else 'MISSED'}: {text}" for text, met in checks]
+    if results["missing"]:
+        lines += ["", f"Not installed, left out: {', '.join(results['missing'])}."]
+    lines.append("")
+    path.write_text("\n".join(lines))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
