@@ -253,8 +253,8 @@ def _report(truth: Truth, got: Figures) -> bool:
     stability = round(100.0 * (1 - got.crashed / got.sessions), 2) if got.sessions else 0.0
     _say(f"\nrelease {APP_VERSION} / {RELEASE_STAGE}: the known truth next to what the collector received")
     _say(f"  {'':18s}{'truth':>10s}{'received':>10s}")
-    _say(f"  {'tasks sent':18s}{truth.tasks:>10d}{'':>10s}")
-    _say(f"  {'task runs':18s}{truth.runs:>10d}{'':>10s}")
+    _say(f"  {'tasks sent':18s}{truth.tasks:>10d}")
+    _say(f"  {'task runs':18s}{truth.runs:>10d}")
     _say(f"  {'sessions':18s}{truth.sessions:>10d}{got.sessions:>10d}")
     _say(f"  {'crashed':18s}{truth.crashed:>10d}{got.crashed:>10d}")
     _say(f"  {'events':18s}{truth.events:>10d}{got.events:>10d}")
