@@ -84,11 +84,11 @@ def filled(tmp_path: Path) -> Iterator[Collector]:
                              sessions_endpoint=f"{collector.url}/sessions")  # fmt: skip
     try:
 
-        @app.task(name="billing.charge")
+        @app.task(name="billing.charge", shared=False)
         def charge() -> None:
             pass
 
-        @app.task(name="billing.refund")
+        @app.task(name="billing.refund", shared=False)
         def refund() -> None:
             raise ValueError(HOSTILE)
 
