@@ -42,9 +42,9 @@ from typing import Any, ClassVar
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import overhead  # noqa: E402
+from delivery import REDIS, fill, rss_tree  # noqa: E402
 from variants import OURS, PEERS, PLAIN, available, instrument, shutdown, versions  # noqa: E402
 
-REDIS = "redis://127.0.0.1:6379/12"
 LABELS = {PLAIN: "plain Celery", OURS: "bugsnag-celery", "bugsnag_python": "bugsnag-python",
           "sentry": "sentry-sdk", "otel": "OpenTelemetry"}  # fmt: skip
 
@@ -148,16 +148,6 @@ def stop_worker(proc: subprocess.Popen[bytes]) -> None:
     proc.wait()
 
 
-def fill(queue: str, n: int) -> None:
-    from celery import Celery
-
-    producer = Celery("bench-producer", broker=REDIS)
-    producer.conf.task_default_queue = queue
-    with producer.connection_for_write() as conn:
-        for _ in range(n):
-            producer.send_task("bench.noop", connection=conn)
-
-
 def drained(client: Any, queue: str) -> bool:
     return client.llen(queue) == 0 and not client.hlen("unacked")
 
@@ -166,7 +156,7 @@ def throughput_once(variant: str, n: int, endpoint: str) -> float:
     """Tasks per second for *n* queued no-op tasks, from the first taken to the last acked."""
     queue = f"bench-tp-{uuid.uuid4().hex[:8]}"
     conn, client = redis_client()
-    fill(queue, n)
+    fill(queue, n, "bench.noop")
     proc = start_worker(variant, queue, endpoint)
     try:
         deadline = time.monotonic() + 120
@@ -205,24 +195,8 @@ def throughput(variants: list[str], n: int, rounds: int, endpoint: str) -> dict[
     return results
 
 
-def rss_tree(pid: int) -> int:
-    pids, total = [pid], 0
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as fh:
-            pids += [int(p) for p in fh.read().split()]
-    except OSError:
-        pass
-    for p in pids:
-        try:
-            with open(f"/proc/{p}/status") as fh:
-                total += sum(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmRSS:"))
-        except OSError:
-            pass
-    return total
-
-
 def run_tasks(client: Any, queue: str, n: int, proc: subprocess.Popen[bytes]) -> None:
-    fill(queue, n)
+    fill(queue, n, "bench.noop")
     while not drained(client, queue):
         if proc.poll() is not None:
             raise RuntimeError("the worker died")

@@ -200,16 +200,22 @@ def start_worker(queue: str, endpoint: str, *args: str, runs: str = "") -> subpr
     )  # fmt: skip
 
 
-def send_and_drain(queue: str, n: int) -> None:
-    """Send *n* no-op tasks and wait until the worker has taken them all and gone quiet."""
+def fill(queue: str, n: int, task: str = "mem.noop") -> None:
+    """Send *n* no-op tasks to *queue* on Redis, over one connection."""
     from celery import Celery
-    from kombu import Connection
 
     producer = Celery("p", broker=REDIS)
     producer.conf.task_default_queue = queue
     with producer.connection_for_write() as conn:
         for _ in range(n):
-            producer.send_task("mem.noop", connection=conn)
+            producer.send_task(task, connection=conn)
+
+
+def send_and_drain(queue: str, n: int) -> None:
+    """Send *n* no-op tasks and wait until the worker has taken them all and gone quiet."""
+    from kombu import Connection
+
+    fill(queue, n)
     with Connection(REDIS) as conn:
         while conn.default_channel.client.llen(queue) > 0:
             time.sleep(0.2)
