@@ -23,10 +23,10 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
@@ -43,6 +43,8 @@ __all__ = ["TEST_API_KEY", "CollectorFixture", "bugsnag_collector"]
 TEST_API_KEY = "feedfacecafebeeffeedfacecafebeef"
 
 logger = logging.getLogger("bugsnag_celery")
+
+T = TypeVar("T")
 
 _POLL = 0.1  # seconds between two looks at the collector while waiting
 
@@ -239,19 +241,10 @@ class CollectorFixture:
         return value is the real total, never capped at *n*: ``== n`` catches extras.
         Raises ``AssertionError`` saying what was expected and what arrived.
         """
-        deadline = time.monotonic() + timeout
-        while True:
-            self._deliver(deadline)
-            got = self.sessions(app_version, release_stage)
-            if got >= n:
-                return got
-            if time.monotonic() >= deadline:
-                which = _describe(app_version=app_version, release_stage=release_stage)
-                raise AssertionError(
-                    f"bugsnag_collector: expected at least {n} session(s){which} within {timeout:g} s,"
-                    f" received {got}.\n{self._diagnosis()}"
-                )
-            time.sleep(_POLL)
+        which = _describe(app_version=app_version, release_stage=release_stage)
+        return self._wait(
+            lambda: self.sessions(app_version, release_stage), int, n, timeout, f"session(s){which}"
+        )
 
     def wait_for_events(
         self, n: int, timeout: float = 10.0, *, task: str | None = None, error_class: str | None = None
@@ -261,17 +254,22 @@ class CollectorFixture:
         Events are sent by a background thread; this flushes it (and delivers events
         spooled on the broker) for apps configured through :meth:`configure`.
         """
+        which = _describe(task=task, error_class=error_class)
+        return self._wait(lambda: self.events(task=task, error_class=error_class), len, n, timeout,
+                          f"event(s){which}")  # fmt: skip
+
+    def _wait(self, read: Callable[[], T], size: Callable[[T], int], n: int, timeout: float, what: str) -> T:
+        """Deliver and read until ``size(read()) >= n``; the last reading, or AssertionError."""
         deadline = time.monotonic() + timeout
         while True:
             self._deliver(deadline)
-            found = self.events(task=task, error_class=error_class)
-            if len(found) >= n:
-                return found
+            got = read()
+            if size(got) >= n:
+                return got
             if time.monotonic() >= deadline:
-                which = _describe(task=task, error_class=error_class)
                 raise AssertionError(
-                    f"bugsnag_collector: expected at least {n} event(s){which} within {timeout:g} s,"
-                    f" received {len(found)}.\n{self._diagnosis()}"
+                    f"bugsnag_collector: expected at least {n} {what} within {timeout:g} s,"
+                    f" received {size(got)}.\n{self._diagnosis()}"
                 )
             time.sleep(_POLL)
 

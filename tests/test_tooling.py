@@ -84,12 +84,18 @@ def test_demo_on_a_real_broker(name: str) -> None:
         assert left == [], left
 
 
-def test_benchmark_smoke_mode() -> None:
+def run_benchmark(script: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """``benchmarks/<script> --quick``, which must exit 0."""
     out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "overhead.py"), "--quick"],
-        capture_output=True, text=True, timeout=180,
+        [sys.executable, str(ROOT / "benchmarks" / script), "--quick"], capture_output=True, text=True,
+        timeout=timeout,
     )  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
+    return out
+
+
+def test_benchmark_smoke_mode() -> None:
+    out = run_benchmark("overhead.py", 180)
     assert "added per task: median" in out.stdout
 
 
@@ -100,11 +106,7 @@ def test_comparison_benchmark_smoke_mode() -> None:
     out here; ``--quick`` prints no verdict and writes no results file.
     """
     need_service("Redis", 6379)
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--quick"],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stdout + out.stderr
+    out = run_benchmark("compare.py", 600)
     assert "not installed" not in out.stdout, out.stdout
     for variant in ("plain", "bugsnag_celery", "bugsnag_python", "sentry", "otel"):
         for unit in ("us/task", "tasks/s", " MB: ", " requests "):
@@ -114,15 +116,9 @@ def test_comparison_benchmark_smoke_mode() -> None:
 
 
 def test_delivery_benchmark_smoke_mode() -> None:
-    from workers import need_service
-
     need_service("Redis", 6379)
     need_service("RabbitMQ", 5672)
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "delivery.py"), "--quick"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stdout + out.stderr
+    out = run_benchmark("delivery.py", 300)
     for line in ("network: 5,000 task runs", "drain:   redis", "drain:   amqp", "memory:  worker RSS",
                  "recycle: 40 task runs"):  # fmt: skip
         assert line in out.stdout, out.stdout
