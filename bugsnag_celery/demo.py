@@ -27,6 +27,8 @@ from typing import Any
 import requests
 from celery import Celery
 
+from .fs_transport import TRANSPORT
+
 APP_VERSION = "1.0.0-demo"
 RELEASE_STAGE = "demo"
 DEFAULT_QUEUE = "bugsnag-celery-demo"
@@ -36,6 +38,7 @@ def demo_app(name: str, broker: str, folder: str, queue: str) -> Celery:
     """The demo's Celery app, the same for the worker, beat and the producer."""
     app = Celery(name, broker=broker, backend=result_backend(broker, folder))
     app.conf.update(
+        broker_transport=TRANSPORT if broker.startswith("filesystem") else None,
         broker_transport_options=broker_options(broker, folder),
         task_default_queue=queue,
         task_default_exchange=queue,

@@ -69,6 +69,10 @@ class Broker:
         """A fresh app on the same broker (never the worker's module: stale imports)."""
         app = Celery(f"producer-{uuid.uuid4().hex[:6]}", broker=self.url, set_as_current=False)
         app.conf.broker_transport_options = self.transport_options
+        if self.url.startswith("filesystem"):
+            from bugsnag_celery.fs_transport import TRANSPORT
+
+            app.conf.broker_transport = TRANSPORT
         app.conf.task_default_queue = self.queue
         app.conf.task_default_exchange = self.queue
         app.conf.task_default_routing_key = self.queue

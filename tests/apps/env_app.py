@@ -13,12 +13,15 @@ from typing import Any
 from celery import Celery
 
 import bugsnag_celery
+from bugsnag_celery.fs_transport import TRANSPORT
 
 
 def make_app(name: str, **conf: Any) -> Celery:
     queue = os.environ.get("BSC_QUEUE", "celery")
     app = Celery(name, broker=os.environ["BSC_BROKER_URL"])
     app.conf.update(
+        # Messages that appear whole (kombu's own filesystem transport can be read half written).
+        broker_transport=TRANSPORT if os.environ["BSC_BROKER_URL"].startswith("filesystem") else None,
         broker_transport_options=json.loads(os.environ.get("BSC_TRANSPORT_OPTIONS", "{}")),
         task_default_queue=queue,
         task_default_exchange=queue,
