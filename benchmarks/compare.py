@@ -99,10 +99,10 @@ def serve(handler: type[BaseHTTPRequestHandler]) -> str:
 
 
 def redis_client() -> Any:
-    from kombu import Connection
+    from kombu.connection import Connection
 
     conn = Connection(REDIS)
-    return conn, conn.default_channel.client
+    return conn, conn.default_channel.client  # type: ignore[attr-defined]
 
 
 def delete_own_keys(name: str) -> None:
@@ -252,10 +252,10 @@ def network_child(variant: str, runs: int, endpoint: str) -> dict[str, Any]:
     try:
         if variant == OURS:
             import bugsnag_celery
-            from bugsnag_celery import integration
-            from bugsnag_celery.queues import message_count
+            from bugsnag_celery import registry
+            from bugsnag_celery.transport.queues import message_count
 
-            integration._flusher.flush_once()
+            registry.flusher.flush_once()
             messages = message_count(app, f"{prefix}.sessions")
             status = bugsnag_celery.deliver(app)
             assert status["sessions"]["delivered"] == runs, status

@@ -74,7 +74,7 @@ def serve() -> str:
 
 def cleanup(url: str, prefix: str) -> None:
     """Delete this run's queues (and, on Redis, kombu's binding keys for them): nothing else."""
-    from kombu import Connection
+    from kombu.connection import Connection
 
     with Connection(url) as conn:
         channel = conn.default_channel
@@ -96,8 +96,8 @@ def network(runs: int, endpoint: str) -> bool:
     from celery import Celery
 
     import bugsnag_celery
-    from bugsnag_celery.queues import message_count
-    from bugsnag_celery.session_delivery import deliver_session_counts
+    from bugsnag_celery.delivery.sessions import deliver_session_counts
+    from bugsnag_celery.transport.queues import message_count
 
     logging.disable(logging.WARNING)
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
@@ -119,9 +119,9 @@ def network(runs: int, endpoint: str) -> bool:
             noop.apply()
         elapsed = time.monotonic() - start
         bugsnag_celery.flush_events()
-        from bugsnag_celery import integration
+        from bugsnag_celery import registry
 
-        integration._flusher.flush_once()
+        registry.flusher.flush_once()
         messages = message_count(app, f"{prefix}.sessions")
         stats = deliver_session_counts(app, api_key=KEY, endpoint=f"{endpoint}/sessions",
                                        enabled_release_stages=None, prefix=prefix)  # fmt: skip
@@ -213,7 +213,7 @@ def fill(queue: str, n: int, task: str = "mem.noop") -> None:
 
 def send_and_drain(queue: str, n: int) -> None:
     """Send *n* no-op tasks and wait until the worker has taken them all and gone quiet."""
-    from kombu import Connection
+    from kombu.connection import Connection
 
     fill(queue, n)
     with Connection(REDIS) as conn:
@@ -248,7 +248,7 @@ def recycle(tasks: int, endpoint: str) -> bool:
     """A child per task (--max-tasks-per-child=1): every child's counts leave before os._exit."""
     from celery import Celery
 
-    from bugsnag_celery.session_delivery import deliver_session_counts
+    from bugsnag_celery.delivery.sessions import deliver_session_counts
 
     queue = f"bench-recycle-{uuid.uuid4().hex[:8]}"
     runs_file = os.path.join(tempfile.mkdtemp(), "runs")
@@ -288,9 +288,9 @@ def recycle(tasks: int, endpoint: str) -> bool:
 def drain(messages: int, endpoint: str) -> bool:
     from celery import Celery
 
-    from bugsnag_celery.counts import Release
-    from bugsnag_celery.queues import publish
-    from bugsnag_celery.session_delivery import deliver_session_counts
+    from bugsnag_celery import Release
+    from bugsnag_celery.delivery.sessions import deliver_session_counts
+    from bugsnag_celery.transport.queues import publish
 
     ok = True
     release = list(Release("bench", "production", "celery", "h"))

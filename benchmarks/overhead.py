@@ -84,14 +84,14 @@ def measure(
         best = min(best, (time.perf_counter() - start) / runs * 1e6)
     result: dict[str, Any] = {"us_per_task": best}
     if variant == OURS:
-        from bugsnag_celery import integration
-        from bugsnag_celery.queues import take_batch
+        from bugsnag_celery import registry
+        from bugsnag_celery.transport.queues import queue_names, take_batch
 
         # Every run was counted, nothing skipped: what the flusher moved to the (in-memory)
         # broker while we measured -- its cost is part of the figure -- plus what is left.
-        integration._flusher.flush_once()
+        registry.flusher.flush_once()
         with app.connection_for_read() as conn:
-            moved = take_batch(conn, "bugsnag_celery.sessions", 10_000_000).bodies
+            moved = take_batch(conn, queue_names().sessions, 10_000_000).bodies
         counted = sum(n for body in moved for group in body["groups"] for n in group["counts"].values())
         assert counted == warmup + batches * runs, counted
     return result

@@ -6,22 +6,22 @@ One call in the module that defines the Celery app::
     bugsnag_celery.configure(app, api_key="...")
 
 Every task run is then a BugSnag session. See the README for the options.
+
+The names below are the public API; the modules behind them are the package's own and
+may move. Data flows hooks -> sessions -> reporting -> payload -> transport -> delivery
+(the README's layout table); the tools (collector, demo, pytest plugin, CLIs) live in
+``bugsnag_celery.tools`` and are never imported from here.
 """
 
+from .about import __version__
 from .config import Options
-from .counts import PendingCounts, Release, restore_pending_counts, take_pending_counts
-from .integration import (
-    configure,
-    deliver,
-    flush,
-    flush_events,
-    is_configured,
-    no_session,
-    options_for,
-    unconfigure,
-)
-from .notifier import notify
-from .sessions import (
+from .hooks.beat import deliver, flush
+from .hooks.modes import no_session
+from .hooks.notify import notify
+from .hooks.signals import flush_events
+from .hooks.wiring import configure, is_configured, options_for, unconfigure
+from .sessions.counts import PendingCounts, Release, restore_pending_counts, take_pending_counts
+from .sessions.current import (
     get_current_session,
     pause_session,
     resume_session,
@@ -29,8 +29,6 @@ from .sessions import (
     start_session,
     task_session_id,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "configure",

@@ -20,11 +20,30 @@ import socket
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, NamedTuple
 
-from .events import DEFAULT_REDACTED_KEYS
+__all__ = [
+    "Options",
+    "Endpoints",
+    "resolve_options",
+    "DEFAULT_NOTIFY_ENDPOINT",
+    "DEFAULT_SESSIONS_ENDPOINT",
+    "DEFAULT_REDACTED_KEYS",
+]
 
-__all__ = ["Options", "resolve_options", "DEFAULT_NOTIFY_ENDPOINT", "DEFAULT_SESSIONS_ENDPOINT"]
+#: Keys (case-insensitive substrings) whose values never leave the process.
+DEFAULT_REDACTED_KEYS: tuple[str, ...] = (
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "api_key",
+    "apikey",
+    "authorization",
+    "cookie",
+    "session",
+    "credit_card",
+)
 
 DEFAULT_NOTIFY_ENDPOINT = "https://notify.bugsnag.com/"
 DEFAULT_SESSIONS_ENDPOINT = "https://sessions.bugsnag.com/"
@@ -33,6 +52,13 @@ SMARTBEAR_NOTIFY_ENDPOINT = "https://notify.bugsnag.smartbear.com/"
 SMARTBEAR_SESSIONS_ENDPOINT = "https://sessions.bugsnag.smartbear.com/"
 
 _API_KEY = re.compile(r"[0-9a-fA-F]{32}")
+
+
+class Endpoints(NamedTuple):
+    """Where events and session counts go; ``sessions`` is None when they must not be sent."""
+
+    notify: str
+    sessions: str | None
 
 
 @dataclass(frozen=True)
@@ -78,8 +104,8 @@ class Options:
         return excluded
 
     @property
-    def endpoints(self) -> tuple[str, str | None]:
-        """``(notify, sessions)`` endpoints; sessions is None when it must not be sent.
+    def endpoints(self) -> Endpoints:
+        """Both endpoints, by name; ``sessions`` is None when it must not be sent.
 
         As in bugsnag-python: when the events endpoint is overridden (an on-premise
         install) but the sessions endpoint is not, sessions are not sent to the public
@@ -88,10 +114,10 @@ class Options:
         smartbear = bool(self.api_key) and str(self.api_key).startswith("00000")
         notify = self.notify_endpoint or (SMARTBEAR_NOTIFY_ENDPOINT if smartbear else DEFAULT_NOTIFY_ENDPOINT)
         if self.sessions_endpoint:
-            return notify, self.sessions_endpoint
+            return Endpoints(notify, self.sessions_endpoint)
         if self.notify_endpoint:
-            return notify, None
-        return notify, SMARTBEAR_SESSIONS_ENDPOINT if smartbear else DEFAULT_SESSIONS_ENDPOINT
+            return Endpoints(notify, None)
+        return Endpoints(notify, SMARTBEAR_SESSIONS_ENDPOINT if smartbear else DEFAULT_SESSIONS_ENDPOINT)
 
 
 OPTION_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Options))

@@ -13,7 +13,7 @@ import requests
 from celery import Celery
 
 import bugsnag_celery
-from bugsnag_celery.collector import Collector
+from bugsnag_celery.tools.collector import Collector
 
 KEY = "a35a2a72bd230ac0aa0f52715bbdc6aa"
 NOTIFIER = {"name": "n", "version": "1", "url": "u"}

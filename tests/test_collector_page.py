@@ -28,7 +28,7 @@ import requests
 from celery import Celery
 
 import bugsnag_celery
-from bugsnag_celery.collector import Collector
+from bugsnag_celery.tools.collector import Collector
 
 KEY = "a35a2a72bd230ac0aa0f52715bbdc6aa"
 HOSTILE = "<script>document.title='pwned'</script><b>bold</b>"

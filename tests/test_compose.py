@@ -177,7 +177,7 @@ def test_stop_grace_periods_and_restart_policy() -> None:
 
 
 def test_environment_variables_are_read_by_the_package() -> None:
-    source = "\n".join(p.read_text() for p in (ROOT / "bugsnag_celery").glob("*.py"))
+    source = "\n".join(p.read_text() for p in (ROOT / "bugsnag_celery").rglob("*.py"))
     names = {k for svc in services().values() for k in environment(svc)}
     names |= set(re.findall(r"\bBUGSNAG_[A-Z0-9_]+", COMPOSE.read_text()))
     ours = {n for n in names if n.startswith("BUGSNAG_")}
@@ -234,7 +234,7 @@ def test_values_agree_across_services() -> None:
     # the worker's readiness file is in its own folder, which is fresh on every start
     folder = env["BUGSNAG_CELERY_DEMO_DIR"]
     assert health_command(worker)[-1] == f"{folder}/worker.ready"
-    assert "worker.ready" in (ROOT / "bugsnag_celery" / "_demo_app.py").read_text()
+    assert "worker.ready" in (ROOT / "bugsnag_celery" / "tools" / "demo" / "app.py").read_text()
     for svc in (worker, beat):
         assert folder in mounts(svc)
 
@@ -298,7 +298,7 @@ def test_build_context_has_what_the_install_needs() -> None:
     for package in hatch["build"]["targets"]["wheel"]["packages"]:
         needed += [str(p.relative_to(ROOT)) for p in (ROOT / package).rglob("*") if p.is_file()
                    and "__pycache__" not in p.parts]  # fmt: skip
-    assert "bugsnag_celery/_demo_app.py" in needed
+    assert "bugsnag_celery/tools/demo/app.py" in needed
     for path in needed:
         assert (ROOT / path).exists() and not _ignored(path, patterns), f"{path} is not in the build context"
     for path in (".venv/bin/python", ".git/HEAD", "tests/workers.py", "bugsnag_celery/__pycache__/x.pyc"):

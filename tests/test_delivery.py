@@ -28,8 +28,8 @@ from workers import (
     wait_for_records,
 )
 
-from bugsnag_celery.counts import Release
-from bugsnag_celery.session_delivery import publish_counts
+from bugsnag_celery import Release
+from bugsnag_celery.delivery.flusher import publish_counts
 
 KEY = "c0ffee00c0ffee00c0ffee00c0ffee00"
 
@@ -336,7 +336,7 @@ def test_celery_bugsnag_status_and_flush_commands(
 def test_counts_leave_an_idle_process_within_2s_and_never_one_message_per_task(
     fs_broker: Broker, out_dir: Path, endpoint: Endpoint
 ) -> None:
-    from bugsnag_celery.session_delivery import pending_session_messages
+    from bugsnag_celery.delivery.sessions import pending_session_messages
 
     n = 300
     with Worker(fs_broker, out_dir, pool="solo", concurrency=1, configure=config(endpoint, "h")) as w:

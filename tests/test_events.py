@@ -1,4 +1,4 @@
-"""Tests of bugsnag_celery.events: exceptions as BugSnag sees them, safe data, the JSON body."""
+"""Tests of bugsnag_celery.payload: exceptions as BugSnag sees them, safe data, the JSON body."""
 
 from __future__ import annotations
 
@@ -19,16 +19,11 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from bugsnag_celery.events import (
-    DEFAULT_REDACTED_KEYS,
-    MAX_PAYLOAD_BYTES,
-    PayloadTooLarge,
-    encode_payload,
-    error_class,
-    exception_entries,
-    redact,
-    safe_repr,
-)
+from bugsnag_celery.config import DEFAULT_REDACTED_KEYS
+from bugsnag_celery.payload.encoding import MAX_PAYLOAD_BYTES, PayloadTooLarge, encode_payload
+from bugsnag_celery.payload.exceptions import error_class, exception_entries
+from bugsnag_celery.payload.redaction import redact
+from bugsnag_celery.payload.text import safe_repr
 
 HERE = Path(__file__).resolve()
 ROOT = str(HERE.parent.parent)  # /work/main: this file is in the project

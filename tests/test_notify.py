@@ -6,7 +6,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -14,8 +14,9 @@ from celery import Celery, Task
 from endpoint import Endpoint
 
 import bugsnag_celery
-from bugsnag_celery import sessions
-from bugsnag_celery.delivery import Payload, Sender
+from bugsnag_celery.sessions import current as sessions
+from bugsnag_celery.transport.http import Payload
+from bugsnag_celery.transport.sender import Sender
 
 KEY = "0123456789abcdef0123456789abcdef"
 
@@ -34,7 +35,7 @@ def make_app(endpoint: Endpoint) -> Iterator[Any]:
     yield make
     for app in apps:
         bugsnag_celery.unconfigure(app)
-    sessions._current.set(None)
+    sessions.CURRENT.set(None)
     bugsnag_celery.take_pending_counts()
 
 
@@ -191,11 +192,21 @@ def test_sender_restarts_after_fork_and_delivers_from_the_child(endpoint: Endpoi
     assert len(endpoint.requests) == 2
 
 
+def _keep_in(spooled: list[Payload]) -> Callable[[list[Payload]], bool]:
+    """A spool stand-in: keeps what it is handed and reports success."""
+
+    def spool(payloads: list[Payload]) -> bool:
+        spooled.extend(payloads)
+        return True
+
+    return spool
+
+
 def test_sender_retries_with_backoff_then_spools(endpoint: Endpoint) -> None:
     spooled: list[Payload] = []
     outcomes: list[str] = []
     endpoint.default = 503
-    sender = Sender(lambda ps: spooled.extend(ps) or True, timeout=5, attempts=3, backoff=0.1)
+    sender = Sender(_keep_in(spooled), timeout=5, attempts=3, backoff=0.1)
     start = time.monotonic()
     sender.submit(Payload(f"{endpoint.url}/notify", KEY, "4.0", b"{}", on_done=outcomes.append))
     while not outcomes and time.monotonic() - start < 10:
@@ -206,7 +217,7 @@ def test_sender_retries_with_backoff_then_spools(endpoint: Endpoint) -> None:
 
 
 def test_dead_broker_loses_nothing_silently(endpoint: Endpoint, caplog: pytest.LogCaptureFixture) -> None:
-    from bugsnag_celery.spool import spool_payloads
+    from bugsnag_celery.delivery.spool import spool_payloads
 
     app = Celery("dead", broker="redis://127.0.0.1:1/0", set_as_current=False)
     payload = Payload(f"{endpoint.url}/notify", KEY, "4.0", b"{}")
@@ -247,7 +258,7 @@ def test_a_burst_against_a_slow_endpoint_is_merged_not_queued(make_app: Any, end
 def test_shutdown_flush_spools_a_failing_payload_exactly_once(endpoint: Endpoint) -> None:
     spooled: list[Payload] = []
     endpoint.default = 503
-    sender = Sender(lambda ps: spooled.extend(ps) or True, timeout=5, attempts=10, backoff=5.0)
+    sender = Sender(_keep_in(spooled), timeout=5, attempts=10, backoff=5.0)
     sender.submit(Payload(f"{endpoint.url}/notify", KEY, "4.0", b"{}"))
     deadline = time.monotonic() + 5
     while not endpoint.requests and time.monotonic() < deadline:
@@ -258,7 +269,7 @@ def test_shutdown_flush_spools_a_failing_payload_exactly_once(endpoint: Endpoint
 
 
 def test_beat_entry_and_delivery_task_come_and_go_with_configure(make_app: Any) -> None:
-    from bugsnag_celery.session_delivery import DELIVER_TASK
+    from bugsnag_celery.hooks.beat import DELIVER_TASK
 
     app = make_app(session_delivery_interval=45)
     entry = app.conf.beat_schedule[DELIVER_TASK]
@@ -269,8 +280,8 @@ def test_beat_entry_and_delivery_task_come_and_go_with_configure(make_app: Any) 
 
 
 def test_outside_enabled_release_stages_no_session_leaves_the_process(make_app: Any) -> None:
-    from bugsnag_celery import integration
-    from bugsnag_celery.session_delivery import pending_session_messages
+    from bugsnag_celery import registry
+    from bugsnag_celery.delivery.sessions import pending_session_messages
 
     app = make_app(release_stage="staging", enabled_release_stages=["production"], queue_prefix="stages")
 
@@ -280,7 +291,7 @@ def test_outside_enabled_release_stages_no_session_leaves_the_process(make_app: 
 
     for _ in range(5):
         job.apply()
-    integration._flusher.flush_once()
+    registry.flusher.flush_once()
     assert pending_session_messages(app, "stages") == 0
     assert bugsnag_celery.take_pending_counts() == {}  # discarded, not piling up
 
@@ -299,8 +310,8 @@ def test_the_first_post_imports_nothing(endpoint: Endpoint) -> None:
 
     script = f"""
 import sys
-import bugsnag_celery, bugsnag_celery.integration
-from bugsnag_celery.delivery import Payload, post
+import bugsnag_celery, bugsnag_celery.registry
+from bugsnag_celery.transport.http import Payload, post
 before = set(sys.modules)
 payload = Payload(kind="events", endpoint={endpoint.url + "/notify"!r}, api_key={KEY!r},
                   payload_version="4.0", body=b"{{}}")

@@ -17,8 +17,8 @@ from celery import Celery
 from workers import Broker, Worker, need_service
 
 import bugsnag_celery
-from bugsnag_celery.pytest_plugin import CollectorFixture
-from bugsnag_celery.session_delivery import DELIVER_TASK
+from bugsnag_celery.hooks.beat import DELIVER_TASK
+from bugsnag_celery.testing import CollectorFixture
 
 pytest_plugins = ["pytester"]
 
@@ -26,7 +26,7 @@ pytest_plugins = ["pytester"]
 README_EXAMPLE = """\
 from celery import Celery
 
-from bugsnag_celery.pytest_plugin import CollectorFixture
+from bugsnag_celery.testing import CollectorFixture
 
 app = Celery("shop", broker="memory://")  # in your project: import your app instead
 
@@ -107,7 +107,7 @@ import time
 from celery import Celery
 
 import bugsnag_celery
-from bugsnag_celery.session_delivery import pending_session_messages
+from bugsnag_celery.delivery.sessions import pending_session_messages
 
 USER_KEY = "0123456789abcdef0123456789abcdef"
 ORPHAN = bugsnag_celery.Release("orphan", "production", "celery", "h")
@@ -300,7 +300,7 @@ def test_teardown_removes_the_tests_own_queues_from_the_broker(
             client.close()
     else:
         from amqp.exceptions import NotFound
-        from kombu import Connection
+        from kombu.connection import Connection
 
         with Connection(url) as conn:
             for name in names:

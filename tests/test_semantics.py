@@ -15,7 +15,8 @@ import pytest
 from celery import Celery, Task
 
 import bugsnag_celery
-from bugsnag_celery import counts, sessions
+from bugsnag_celery.sessions import counts
+from bugsnag_celery.sessions import current as sessions
 
 KEY = "0123456789abcdef0123456789abcdef"
 # Nothing may leave the machine, whatever a test makes fail: a closed local port.
@@ -29,11 +30,11 @@ def pending_total() -> int:
 @pytest.fixture(autouse=True)
 def no_flusher() -> Iterator[None]:
     """These tests read the in-process counts: keep the flusher from moving them away."""
-    from bugsnag_celery import integration
+    from bugsnag_celery import registry
 
-    integration._flusher.enabled = False
+    registry.flusher.enabled = False
     yield
-    integration._flusher.enabled = True
+    registry.flusher.enabled = True
 
 
 @pytest.fixture
@@ -41,10 +42,10 @@ def app() -> Iterator[Celery]:
     app = Celery(f"t{uuid.uuid4().hex[:6]}", broker="memory://", set_as_current=False)
     bugsnag_celery.configure(app, api_key=KEY, app_version="2.0", hostname="h1", **LOCAL)
     bugsnag_celery.take_pending_counts()
-    sessions._current.set(None)
+    sessions.CURRENT.set(None)
     yield app
     bugsnag_celery.unconfigure(app)
-    sessions._current.set(None)
+    sessions.CURRENT.set(None)
     bugsnag_celery.take_pending_counts()
 
 
@@ -377,7 +378,7 @@ def test_fork_child_starts_with_no_counts(app: Celery) -> None:
 def test_task_class_that_is_the_base_of_another_task(app: Celery) -> None:
     """Parent with a custom __call__, Child(Parent): each runs its own body, one session each."""
 
-    class Parent(app.Task):  # type: ignore[misc,name-defined]  # bound to this app, not current_app
+    class Parent(app.Task):  # type: ignore[misc]  # bound to this app, not current_app
         name = "parent"
 
         def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -399,10 +400,10 @@ def test_task_class_that_is_the_base_of_another_task(app: Celery) -> None:
 
 
 def test_unconfigure_keeps_counts_no_app_can_send_yet(app: Celery) -> None:
-    from bugsnag_celery import integration
+    from bugsnag_celery import registry
 
     for _ in range(3):
         bugsnag_celery.start_session()
     bugsnag_celery.unconfigure(app)
-    assert integration._flusher.flush_once() == 0  # no app to send with: nothing taken away
+    assert registry.flusher.flush_once() == 0  # no app to send with: nothing taken away
     assert pending_total() == 3

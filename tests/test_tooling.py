@@ -131,7 +131,14 @@ def test_ruff_is_clean() -> None:
 
 
 def test_mypy_strict_is_clean() -> None:
+    """Strict over the package, the tests and the benchmarks (pyproject's ``files``)."""
+    mypy_section = (ROOT / "pyproject.toml").read_text().split("[tool.mypy]")[1].split("\n[")[0]
+    assert "strict = true" in mypy_section
+    dirs = ["bugsnag_celery", "tests", "benchmarks"]
+    assert f"files = {dirs}".replace("'", '"') in mypy_section
     out = subprocess.run(
         [sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True, text=True, timeout=300
     )
     assert out.returncode == 0, out.stdout + out.stderr
+    checked = len([p for d in dirs for p in (ROOT / d).rglob("*.py")])
+    assert f"in {checked} source files" in out.stdout, out.stdout

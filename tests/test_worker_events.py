@@ -197,7 +197,7 @@ def test_hanging_endpoint_does_not_hold_the_task(
 def test_endpoint_down_at_shutdown_spools_then_delivers_once(
     fs_broker: Broker, out_dir: Path, endpoint: Endpoint
 ) -> None:
-    from bugsnag_celery.spool import drain_spooled_events
+    from bugsnag_celery.delivery.spool import drain_spooled_events
 
     endpoint.default = 503
     with worker(fs_broker, out_dir, endpoint) as w:

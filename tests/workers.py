@@ -70,7 +70,7 @@ class Broker:
         app = Celery(f"producer-{uuid.uuid4().hex[:6]}", broker=self.url, set_as_current=False)
         app.conf.broker_transport_options = self.transport_options
         if self.url.startswith("filesystem"):
-            from bugsnag_celery.fs_transport import TRANSPORT
+            from bugsnag_celery.tools.fs_transport import TRANSPORT
 
             app.conf.broker_transport = TRANSPORT
         app.conf.task_default_queue = self.queue
@@ -118,7 +118,7 @@ def rabbitmq_broker() -> Broker:
     url = "amqp://guest:guest@127.0.0.1:5672//"
 
     def cleanup() -> None:
-        from kombu import Connection
+        from kombu.connection import Connection
 
         with Connection(url) as conn:
             channel = conn.default_channel
@@ -272,7 +272,7 @@ def deliver_sessions(
     broker: Broker, endpoint_url: str, api_key: str = "c0ffee00c0ffee00c0ffee00c0ffee00"
 ) -> Any:
     """Run the delivery (what the beat task does) from the test process."""
-    from bugsnag_celery.session_delivery import deliver_session_counts
+    from bugsnag_celery.delivery.sessions import deliver_session_counts
 
     return deliver_session_counts(
         broker.producer(), api_key=api_key, endpoint=f"{endpoint_url}/sessions", enabled_release_stages=None,

@@ -13,7 +13,7 @@ from typing import Any
 from celery import Celery
 
 import bugsnag_celery
-from bugsnag_celery.fs_transport import TRANSPORT
+from bugsnag_celery.tools.fs_transport import TRANSPORT
 
 
 def make_app(name: str, **conf: Any) -> Celery:

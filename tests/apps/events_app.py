@@ -37,8 +37,9 @@ def unpicklable(amount: int) -> None:
 
 @app.task(name="events.chained")
 def chained() -> None:
+    empty: dict[str, int] = {}
     try:
-        {}["missing"]
+        empty["missing"]
     except KeyError as exc:
         raise RuntimeError("lookup failed") from exc
 

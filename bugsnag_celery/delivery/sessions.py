@@ -1,0 +1,105 @@
+"""Session counts, from the broker to BugSnag: the second half of their way (see ``flusher.py``).
+
+One delivery run merges every message on the sessions queue per release group and
+minute, and posts one v1.0 session payload per release group: the network cost is one
+request per group and run, whatever the number of task runs or processes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from ..payload.sessions import counts_from_message, counts_message, session_payload
+from ..sessions import counts
+from ..sessions.counts import PendingCounts
+from ..transport.http import DELIVERED, PERMANENT, Payload, log_permanent, post
+from ..transport.queues import DEFAULT_PREFIX, message_count, queue_names
+from .drain import Sent, drain
+
+__all__ = ["deliver_session_counts", "pending_session_messages"]
+
+logger = logging.getLogger("bugsnag_celery")
+
+
+def deliver_session_counts(
+    app: Any,
+    *,
+    api_key: str | None,
+    endpoint: str | None,
+    enabled_release_stages: Iterable[str] | None,
+    timeout: float = 10.0,
+    limit: int = 100_000,
+    prefix: str = DEFAULT_PREFIX,
+) -> dict[str, int]:
+    """Drain the sessions queue, post one payload per release group, ack after a 2xx.
+
+    Groups that fail with a retryable error go back to the queue as one new message.
+    Permanent 4xx: dropped with one log line.
+    """
+    stats = {"messages": 0, "sessions": 0, "delivered": 0, "dropped": 0, "retry": 0, "requests": 0}
+    stages = None if enabled_release_stages is None else set(enabled_release_stages)
+
+    def send(bodies: list[Any]) -> Sent:
+        merged: PendingCounts = {}
+        malformed = 0
+        for body in bodies:
+            try:
+                for release, buckets in counts_from_message(body).items():
+                    into = merged.setdefault(release, {})
+                    for minute, n in buckets.items():
+                        into[minute] = into.get(minute, 0) + n
+            except Exception:
+                malformed += 1
+        if malformed:
+            logger.error("bugsnag_celery: dropping %d malformed session-count message(s)", malformed)
+        retry: PendingCounts = {}
+        warned = False
+        for release, buckets in merged.items():
+            total = sum(buckets.values())
+            stats["sessions"] += total
+            if stages is not None and release.release_stage not in stages:
+                stats["dropped"] += total
+                continue
+            if not api_key or endpoint is None:
+                if not warned:
+                    warned = True
+                    why = (
+                        "no API key" if not api_key else "notify_endpoint is set but sessions_endpoint is not"
+                    )
+                    logger.warning("bugsnag_celery: session counts dropped (%s)", why)
+                stats["dropped"] += total
+                continue
+            body = json.dumps(session_payload(release, buckets), separators=(",", ":")).encode()
+            payload = Payload(endpoint, api_key, "1.0", body, kind="session")
+            outcome, reason = post(payload, timeout)
+            stats["requests"] += 1
+            if outcome == DELIVERED:
+                stats["delivered"] += total
+            elif outcome == PERMANENT:
+                log_permanent(payload, reason)
+                stats["dropped"] += total
+            else:
+                logger.warning("bugsnag_celery: session delivery failed (%s); kept for the next run", reason)
+                retry[release] = buckets
+                stats["retry"] += total
+        left = bool(stats["delivered"] or stats["dropped"])
+        return Sent([counts_message(retry)] if retry else [], left)
+
+    def keep_in_memory(bodies: list[Any]) -> bool:
+        # Part went out: handing the whole batch back would send that part twice. This
+        # process's flusher publishes the rest when the broker is back.
+        for body in bodies:
+            counts.restore_pending_counts(counts_from_message(body))
+        return True
+
+    drained = drain(app, queue_names(prefix).sessions, send, limit=limit, keep=keep_in_memory)
+    stats["messages"] = drained.messages
+    return stats
+
+
+def pending_session_messages(app: Any, prefix: str = DEFAULT_PREFIX) -> int:
+    """Messages of session counts waiting on the broker for a delivery run."""
+    return message_count(app, queue_names(prefix).sessions)

@@ -1,0 +1,63 @@
+"""The periodic delivery: the beat entry, the task it runs, and ``deliver``/``flush``.
+
+Session counts and spooled events wait on the app's broker; one worker runs the
+delivery task every ``session_delivery_interval`` (beat schedules it, with ``expires``
+so a backlog of runs after an outage does not run back to back).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery, Task
+
+from .. import registry
+from ..config import Options
+from ..delivery.run import deliver_all
+from .signals import flush_events
+
+__all__ = ["DELIVER_TASK", "deliver", "flush", "register_delivery", "unregister_delivery"]
+
+#: The name of the delivery task and of its beat entry.
+DELIVER_TASK = "bugsnag_celery.deliver_sessions"
+
+
+def deliver(app: Celery) -> dict[str, Any]:
+    """One delivery run: every session count on the broker, then every spooled event.
+
+    What the periodic task ``bugsnag_celery.deliver_sessions`` does; safe to run in
+    several processes at once (the broker hands each message to one of them).
+    """
+    state = registry.state_for(app)
+    if state is None:
+        raise RuntimeError("bugsnag_celery.deliver: the app is not configured")
+    return deliver_all(app, state.options)
+
+
+def flush(app: Celery, timeout: float = 10.0) -> dict[str, Any]:
+    """Synchronously: move this process's counts and events out, then deliver everything."""
+    flush_events(timeout)
+    registry.flusher.flush_once()
+    return deliver(app)
+
+
+def _deliver_task(self: Task) -> dict[str, Any]:
+    return deliver(self.app)
+
+
+def register_delivery(app: Celery, options: Options) -> None:
+    app.task(name=DELIVER_TASK, bind=True, shared=False, ignore_result=True)(_deliver_task)
+    schedule = dict(app.conf.beat_schedule or {})
+    schedule[DELIVER_TASK] = {
+        "task": DELIVER_TASK,
+        "schedule": options.session_delivery_interval,
+        # a backlog of delivery runs (beat running while no worker does) is pointless
+        "options": {"expires": options.session_delivery_interval},
+    }
+    app.conf.beat_schedule = schedule
+
+
+def unregister_delivery(app: Celery) -> None:
+    schedule = dict(app.conf.beat_schedule or {})
+    if schedule.pop(DELIVER_TASK, None) is not None:
+        app.conf.beat_schedule = schedule

@@ -1,0 +1,123 @@
+"""Failure reporting: a task's exception becomes an event, in the process that saw it.
+
+Two places see failures. The process that ran the task reports the exception that
+escaped its body (:func:`report_failure`, called by the wrapper while the run's session
+is current and the exception is the original object with its real traceback). The
+worker's main process alone sees a pool child die or hit its hard time limit
+(:func:`report_crash_seen_by_main`, on ``task_failure``): it names the session the child
+opened by its deterministic id.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from typing import Any
+
+from celery import Task
+from celery.exceptions import Ignore, Reject, Retry, TimeLimitExceeded, WorkerLostError
+
+from .. import registry
+from ..clock import now_iso
+from ..registry import AppState
+from ..reporting.reporter import UNHANDLED_REASON
+from ..reporting.task_tab import task_metadata
+from ..sessions.current import CURRENT, task_session_id
+from .modes import TRACK, mode_for
+
+__all__ = ["report_failure", "report_crash_seen_by_main", "Seen"]
+
+logger = logging.getLogger("bugsnag_celery")
+
+
+def report_failure(task: Task, state: AppState, exc: BaseException) -> None:
+    """Report an exception that escaped a task body (in the process that ran it). Never raises."""
+    try:
+        opts = state.options
+        reporter = state.reporter
+        if isinstance(exc, Retry):
+            cause = exc.exc
+            if opts.report_retries and isinstance(cause, BaseException):
+                event = reporter.build_event(
+                    cause, unhandled=False, severity="warning", severity_reason={"type": "handledException"},
+                    context=task.name, session=CURRENT.get(),
+                    metadata={"task": task_metadata(task, task.request_stack.top, opts)},
+                )  # fmt: skip
+                reporter.send(event)
+            return
+        if isinstance(exc, (Ignore, Reject)) or not isinstance(exc, Exception):
+            return  # control flow, or SystemExit/KeyboardInterrupt: not a task failure
+        throws = getattr(task, "throws", ())
+        if throws and isinstance(exc, throws):
+            return  # expected errors, declared by the task
+        event = reporter.build_event(
+            exc, unhandled=True, severity="error", severity_reason=UNHANDLED_REASON, context=task.name,
+            session=CURRENT.get(), metadata={"task": task_metadata(task, task.request_stack.top, opts)},
+        )  # fmt: skip
+        reporter.send(event)
+    except Exception:
+        logger.exception("bugsnag_celery: could not report the failure of %r", getattr(task, "name", task))
+
+
+class Seen:
+    """A bounded set of recent keys: Celery can report a crash twice (hard limits on main)."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self.size = size
+        self._keys: OrderedDict[Any, None] = OrderedDict()
+
+    def add(self, key: Any) -> bool:
+        """True if *key* is new."""
+        if key in self._keys:
+            return False
+        self._keys[key] = None
+        if len(self._keys) > self.size:
+            self._keys.popitem(last=False)
+        return True
+
+
+_main_seen = Seen()
+
+
+def report_crash_seen_by_main(
+    sender: Any = None,
+    task_id: str | None = None,
+    exception: BaseException | None = None,
+    traceback: Any = None,
+    einfo: Any = None,
+    **_: Any,
+) -> None:
+    """Crashes only the worker's main process sees: a killed pool child, a hard time limit.
+
+    Everything else was reported by the process that ran the task (see ``_report_failure``).
+    """
+    if not isinstance(exception, (WorkerLostError, TimeLimitExceeded)):
+        return
+    try:
+        state = registry.state_for(sender.app) if sender is not None else None
+        if state is None or not state.active or not task_id:
+            return
+        request = sender.request
+        retries = (request.retries or 0) if getattr(request, "id", None) == task_id else 0
+        if not _main_seen.add((task_id, retries)):
+            return  # Celery fires task_failure twice for a hard limit on some versions
+        session = None
+        if mode_for(sender, state) == TRACK and not (
+            not state.options.track_eager and getattr(request, "is_eager", False)
+        ):
+            session = {
+                "id": task_session_id(task_id, retries),
+                "startedAt": now_iso(),
+                "events": {"handled": 0, "unhandled": 1},
+            }
+        text = traceback if isinstance(traceback, str) else getattr(einfo, "traceback", None)
+        meta = task_metadata(sender, request, state.options) if getattr(request, "id", None) == task_id else {
+            "id": task_id, "name": sender.name, "retries": retries}  # fmt: skip
+        event = state.reporter.build_event(
+            exception, unhandled=True, severity="error", severity_reason=UNHANDLED_REASON,
+            context=sender.name, session=None, session_override=session, metadata={"task": meta},
+            traceback_text=text if isinstance(text, str) else None,
+        )  # fmt: skip
+        state.reporter.send(event)
+    except Exception:
+        logger.exception("bugsnag_celery: could not report a crash seen by the worker")

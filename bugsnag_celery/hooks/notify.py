@@ -1,0 +1,60 @@
+"""``notify()``: a handled exception reported from any code, attributed to the current session.
+
+Inside a task run it goes with that task's app and carries the ``task`` tab; elsewhere
+it goes with the most recently configured app.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from .. import registry
+from ..reporting.task_tab import task_metadata
+from ..sessions.current import current_session
+
+__all__ = ["notify"]
+
+logger = logging.getLogger("bugsnag_celery")
+
+_VALID_SEVERITIES = ("error", "warning", "info")
+
+
+def severity_of(severity: str | None) -> tuple[str, dict[str, Any]]:
+    if severity is None:
+        return "warning", {"type": "handledException"}
+    if severity not in _VALID_SEVERITIES:
+        raise ValueError(
+            f"bugsnag_celery.notify: severity must be one of {_VALID_SEVERITIES}, not {severity!r}"
+        )
+    return severity, {"type": "userSpecifiedSeverity"}
+
+
+def notify(
+    exception: BaseException,
+    severity: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    context: str | None = None,
+    grouping_hash: str | None = None,
+    user: Mapping[str, Any] | None = None,
+) -> None:
+    """Report a handled exception from any code, attributed to the current session unless paused."""
+    level, reason = severity_of(severity)  # a wrong severity is the caller's bug: say so
+    try:
+        reporter, task, request = registry.current_reporter()
+        if reporter is None:
+            logger.warning("bugsnag_celery.notify: no configured app; event not sent")
+            return
+        meta: dict[str, Any] = dict(metadata or {})
+        if task is not None and request is not None and "task" not in meta:
+            meta["task"] = task_metadata(task, request, reporter.options)
+        if context is None and task is not None:
+            context = task.name
+        event = reporter.build_event(
+            exception, unhandled=False, severity=level, severity_reason=reason, context=context,
+            session=current_session(), metadata=meta, grouping_hash=grouping_hash, user=user,
+        )  # fmt: skip
+        reporter.send(event)
+    except Exception:
+        logger.exception("bugsnag_celery.notify failed")

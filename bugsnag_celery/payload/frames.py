@@ -1,0 +1,203 @@
+"""Stack frames as BugSnag shows them: innermost first, file relative to the project, source around the line.
+
+Frames come from a traceback object (the process that ran the task) or, for a pool child
+that died, from the text of a formatted traceback (the only thing that crosses the
+process boundary). ``inProject`` follows bugsnag-python: under the project root, and not
+in the standard library or an installed package.
+"""
+
+from __future__ import annotations
+
+import functools
+import linecache
+import os
+import re
+import sysconfig
+from collections import deque
+from types import TracebackType
+from typing import Any, NamedTuple
+
+from .text import cut, plain_str, utf8_safe
+
+__all__ = ["MAX_FRAMES", "Root", "make_root", "frames_from_traceback", "frames_from_text"]
+
+MAX_FRAMES = 200
+#: Lines of source sent on either side of the line of a frame (bugsnag-python sends 7 in all).
+CODE_CONTEXT_LINES = 3
+#: A minified or generated file can have a single line of megabytes; nobody reads past this.
+MAX_CODE_LINE_CHARS = 200
+
+
+class Root(NamedTuple):
+    """Where the project is, normalised once per report (``prefix`` ends with a separator)."""
+
+    prefix: str | None
+
+
+def make_root(project_root: str | None) -> Root:
+    try:
+        root = project_root if project_root is not None else os.getcwd()
+        root = os.path.normcase(os.path.abspath(root))
+    except Exception:  # a deleted working directory, a path that is not a str...
+        return Root(None)
+    return Root(root if root.endswith(os.sep) else root + os.sep)
+
+
+@functools.lru_cache(maxsize=1)
+def _library_prefixes() -> tuple[str, ...]:
+    """Directories of the standard library and installed packages (never "in project")."""
+    prefixes: set[str] = set()
+    try:
+        paths = sysconfig.get_paths()
+    except Exception:
+        return ()
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        path = paths.get(key)
+        if path:
+            norm = os.path.normcase(os.path.abspath(path))
+            prefixes.add(norm if norm.endswith(os.sep) else norm + os.sep)
+    return tuple(sorted(prefixes))
+
+
+_LIBRARY_DIRS = frozenset(("site-packages", "dist-packages"))
+
+
+@functools.lru_cache(maxsize=4096)
+def _place(filename: str, root_prefix: str | None) -> tuple[str, bool]:
+    """``(file as reported, inProject)`` for a code object's file name.
+
+    Cached: a worker reports the same few hundred files over and over, and this is
+    string work (``abspath``) per frame.
+    """
+    if not filename or filename.startswith("<"):  # <string>, <frozen importlib._bootstrap>
+        return utf8_safe(filename), False
+    path = os.path.abspath(filename)
+    if root_prefix is None:
+        return utf8_safe(path), False
+    norm = os.path.normcase(path)
+    if not norm.startswith(root_prefix):
+        return utf8_safe(path), False
+    relative = path[len(root_prefix) :]
+    in_project = not any(part in _LIBRARY_DIRS for part in re.split(r"[\\/]", relative))
+    if in_project:
+        # A library directory excludes a file only when the project is not itself inside it
+        # (an application deployed as an installed package is still the project).
+        for prefix in _library_prefixes():
+            if norm.startswith(prefix) and not root_prefix.startswith(prefix):
+                in_project = False
+                break
+    return utf8_safe(relative), in_project
+
+
+def _code_around(filename: str, lineno: int) -> dict[str, str] | None:
+    """``{"41": "...", "42": "...", ...}``: the source around ``lineno``, or None if unreadable."""
+    try:
+        linecache.checkcache(filename)  # a worker outlives edits of its source files
+        lines = linecache.getlines(filename)
+    except Exception:
+        return None
+    if not lines or not 1 <= lineno <= len(lines):
+        return None  # no source, or not the source this code was compiled from
+    first = max(1, lineno - CODE_CONTEXT_LINES)
+    last = min(len(lines), lineno + CODE_CONTEXT_LINES)
+    code: dict[str, str] = {}
+    for number in range(first, last + 1):
+        line = lines[number - 1].rstrip("\r\n")
+        code[str(number)] = utf8_safe(cut(line, MAX_CODE_LINE_CHARS))
+    return code
+
+
+def _frame(filename: str, lineno: int, method: str, root: Root, send_code: bool) -> dict[str, Any]:
+    file, in_project = _place(filename, root.prefix)
+    frame: dict[str, Any] = {
+        "file": file,
+        "lineNumber": lineno,
+        "method": utf8_safe(method),
+        "inProject": in_project,
+    }
+    if send_code:
+        code = _code_around(filename, lineno)
+        if code:
+            frame["code"] = code
+    return frame
+
+
+_UNKNOWN_FRAME: dict[str, Any] = {
+    "file": "<unknown>",
+    "lineNumber": 0,
+    "method": "<unknown>",
+    "inProject": False,
+}
+
+
+def frames_from_traceback(tb: TracebackType, root: Root, send_code: bool) -> list[dict[str, Any]]:
+    """Innermost first, the innermost :data:`MAX_FRAMES` only (the top of a deep recursion
+    is where the error is; its bottom is the same few frames of worker plumbing)."""
+    window: deque[TracebackType] = deque(maxlen=MAX_FRAMES)
+    current: TracebackType | None = tb
+    while current is not None:
+        window.append(current)
+        current = current.tb_next
+    frames: list[dict[str, Any]] = []
+    for entry in reversed(window):
+        try:
+            code = entry.tb_frame.f_code
+            lineno = entry.tb_lineno
+            frames.append(
+                _frame(
+                    plain_str(code.co_filename),
+                    lineno if isinstance(lineno, int) else 0,
+                    plain_str(code.co_name),
+                    root,
+                    send_code,
+                )
+            )
+        except Exception:
+            frames.append(dict(_UNKNOWN_FRAME))
+    return frames
+
+
+_FRAME_LINE = re.compile(r'^\s*File "(?P<file>.+)", line (?P<line>\d+), in (?P<method>.+?)\s*$')
+_TRACEBACK_HEADER = re.compile(
+    r"^(?P<prefix>[ |+]*)(?:Exception Group )?Traceback \(most recent call last\):"
+)
+_CHAIN_SEPARATORS = frozenset(
+    (
+        "The above exception was the direct cause of the following exception:",
+        "During handling of the above exception, another exception occurred:",
+    )
+)
+
+
+def frames_from_text(text: str, root: Root, send_code: bool) -> list[dict[str, Any]]:
+    """Frames of the *raised* exception in a formatted traceback, innermost first.
+
+    Celery's main process only has the text of a traceback for a child that died (the
+    traceback object cannot cross the process boundary). In ``format_exc()`` output the
+    raised exception is the last top-level block (its causes come first), so only the
+    frames between that block's header and its ``ValueError: ...`` line are used.
+    """
+    lines = text.splitlines()
+    start = 0
+    for index, line in enumerate(lines):
+        if line.rstrip() in _CHAIN_SEPARATORS:
+            start = index + 1
+    header = None
+    prefix_len = 0
+    for index in range(start, len(lines)):
+        match = _TRACEBACK_HEADER.match(lines[index])
+        if match:
+            header = index
+            prefix_len = len(match.group("prefix"))
+            break
+    found: deque[tuple[str, int, str]] = deque(maxlen=MAX_FRAMES)
+    body = lines[start:] if header is None else lines[header + 1 :]
+    for line in body:
+        # An exception group's lines carry a "  | " margin as wide as its header's "  + ".
+        content = line[prefix_len:] if prefix_len else line
+        match = _FRAME_LINE.match(content)
+        if match:
+            found.append((match.group("file"), int(match.group("line")), match.group("method")))
+        elif header is not None and content and not content[0].isspace():
+            break  # "ValueError: ..." ends the frames of this block
+    return [_frame(file, lineno, method, root, send_code) for file, lineno, method in reversed(found)]

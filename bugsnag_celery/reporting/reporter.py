@@ -1,0 +1,138 @@
+"""Failure -> event: building a BugSnag v4 event and handing it to the process's sender.
+
+This is the failure path. It runs on the task's thread only for as long as it takes to
+build the event (well under a millisecond for an ordinary traceback); encoding and the
+HTTP request happen on the process's background sender (``transport/sender.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ..about import runtime_versions
+from ..clock import now_iso
+from ..config import Options
+from ..payload.exceptions import exception_entries
+from ..payload.redaction import redact
+from ..sessions.counts import Release
+from ..sessions.current import PAUSED_MARK, Session
+from ..transport.http import Payload
+from ..transport.sender import Sender
+
+__all__ = ["Reporter", "UNHANDLED_REASON"]
+
+logger = logging.getLogger("bugsnag_celery")
+
+UNHANDLED_REASON = {"type": "unhandledExceptionMiddleware", "attributes": {"framework": "Celery"}}
+
+# The hooks layer (the task wrapper) is ours: its frames are never the user's stack. Matched
+# on the path as reported (relative to the project root, or absolute).
+_HOOKS_DIR = "/bugsnag_celery/hooks/"
+
+
+def _is_own_frame(frame: dict[str, Any]) -> bool:
+    path = "/" + str(frame.get("file", "")).replace(os.sep, "/")
+    return _HOOKS_DIR in path
+
+
+class Reporter:
+    """Builds and sends the events of one configured app."""
+
+    def __init__(
+        self, options: Options, release: Release, spool: Callable[[list[Payload]], bool] | None
+    ) -> None:
+        """*spool* keeps what the sender could not deliver (the app's broker queue)."""
+        self.options = options
+        self.release = release
+        self.notify_endpoint = options.endpoints.notify
+        self.sender = Sender(spool, timeout=options.delivery_timeout)
+        self._warned_no_key = False
+
+    # ------------------------------------------------------------------ building
+
+    def build_event(
+        self,
+        exc: BaseException,
+        *,
+        unhandled: bool,
+        severity: str,
+        severity_reason: dict[str, Any],
+        context: str | None,
+        session: Session | None,
+        metadata: Mapping[str, Any] | None = None,
+        grouping_hash: str | None = None,
+        user: Mapping[str, Any] | None = None,
+        traceback_text: str | None = None,
+        session_override: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        opts = self.options
+        entries = exception_entries(
+            exc, project_root=opts.project_root, send_code=opts.send_code, traceback_text=traceback_text
+        )
+        for entry in entries:  # our own wrapper frames are not the user's stack
+            entry["stacktrace"] = [f for f in entry["stacktrace"] if not _is_own_frame(f)]
+        meta: dict[str, Any] = {}
+        for tab, values in (metadata or {}).items():
+            meta[str(tab)] = redact(values, opts.redacted_keys)
+        event: dict[str, Any] = {
+            "exceptions": entries,
+            "unhandled": unhandled,
+            "severity": severity,
+            "severityReason": severity_reason,
+            "context": context,
+            "metaData": meta,
+            "user": redact(dict(user), opts.redacted_keys) if user else {},
+            "app": {"version": self.release.app_version, "releaseStage": self.release.release_stage,
+                    "type": self.release.app_type},
+            "device": {"hostname": self.release.hostname, "time": now_iso(),
+                       "runtimeVersions": runtime_versions()},
+            "breadcrumbs": [],
+            "featureFlags": [],
+        }  # fmt: skip
+        if grouping_hash:
+            event["groupingHash"] = grouping_hash
+        if session_override is not None:
+            event["session"] = session_override
+        elif session is not None and not session.paused and not _raised_while_paused(exc):
+            if unhandled:
+                session.unhandled += 1
+            else:
+                session.handled += 1
+            event["session"] = {
+                "id": session.id,
+                "startedAt": session.started_at,
+                "events": {"handled": session.handled, "unhandled": session.unhandled},
+            }
+        return event
+
+    # ------------------------------------------------------------------ sending
+
+    def send(self, event: dict[str, Any]) -> bool:
+        """Run callbacks, encode, hand over. True if it was handed to the sender."""
+        opts = self.options
+        if not opts.sends:
+            return False
+        if not opts.api_key:
+            if not self._warned_no_key:
+                self._warned_no_key = True
+                logger.warning("bugsnag_celery: no API key configured; events are not sent")
+            return False
+        for callback in opts.before_notify:
+            try:
+                if callback(event) is False:
+                    return False
+            except Exception:
+                logger.exception("bugsnag_celery: before_notify callback %r raised; skipped", callback)
+        # Encoding (and merging with other queued events) happens on the sender thread.
+        self.sender.submit(Payload(self.notify_endpoint, opts.api_key, "4.0", events=[event]))
+        return True
+
+
+def _raised_while_paused(exc: BaseException) -> bool:
+    try:
+        return bool(getattr(exc, PAUSED_MARK, False))
+    except Exception:
+        return False

@@ -1,0 +1,90 @@
+"""The ``task`` metadata tab: what a person debugging a failure wants to know about the run.
+
+Task arguments are sent redacted; a custom ``argsrepr``/``kwargsrepr`` the caller set to
+hide them is sent instead -- unless it looks like it holds a secret.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from typing import TypeGuard
+
+from ..config import Options
+from ..payload.redaction import redact
+from ..payload.text import safe_repr
+
+__all__ = ["task_metadata", "set_worker_pool"]
+
+# Set by the worker_init handler (main process), inherited by prefork children.
+_worker_pool: str | None = None
+
+
+def set_worker_pool(pool: str | None) -> None:
+    """The worker's pool (``prefork``, ``threads``, ``gevent`` ...), for the ``pool`` field."""
+    global _worker_pool
+    _worker_pool = pool
+
+
+def task_metadata(task: Any, request: Any, options: Options) -> dict[str, Any]:
+    """The ``task`` tab: what a person debugging the failure wants to know about the run."""
+    info = getattr(request, "delivery_info", None) or {}
+    meta: dict[str, Any] = {
+        "id": getattr(request, "id", None),
+        "name": getattr(task, "name", None),
+        "retries": getattr(request, "retries", 0) or 0,
+        "queue": info.get("queue") or info.get("routing_key"),
+        "routing_key": info.get("routing_key"),
+        "exchange": info.get("exchange"),
+        "redelivered": info.get("redelivered"),
+        "hostname": getattr(request, "hostname", None),
+        "origin": getattr(request, "origin", None),
+        "root_id": getattr(request, "root_id", None),
+        "parent_id": getattr(request, "parent_id", None),
+        "eta": _text(getattr(request, "eta", None)),
+        "expires": _text(getattr(request, "expires", None)),
+        "time_limit": list(getattr(request, "timelimit", None) or ()) or None,
+        "pool": _worker_pool,
+        "worker_pid": os.getpid(),
+        "eager": bool(getattr(request, "is_eager", False)),
+    }
+    if options.send_task_args:
+        keys = options.redacted_keys
+        args, kwargs = getattr(request, "args", None), getattr(request, "kwargs", None)
+        argsrepr, kwargsrepr = getattr(request, "argsrepr", None), getattr(request, "kwargsrepr", None)
+        meta["args"] = argsrepr[:1024] if _set_by_caller(argsrepr, args, keys) else redact(args, keys)
+        meta["kwargs"] = (
+            kwargsrepr[:1024] if _set_by_caller(kwargsrepr, kwargs, keys) else redact(kwargs, keys)
+        )
+    return {k: v for k, v in meta.items() if v is not None}
+
+
+def _set_by_caller(text: Any, value: Any, keys: tuple[str, ...]) -> TypeGuard[str]:
+    """Did the caller pass ``argsrepr``/``kwargsrepr`` to hide the arguments?
+
+    Celery fills both in by default with ``saferepr(args)`` of the *sender's* values: that
+    default is no wish to hide anything, and it is not redacted, so then the real values
+    are sent, redacted. The worker sees the arguments after JSON (tuples became lists), so
+    the comparison ignores the kind of brackets. And whatever looks like it holds a key we
+    redact is never sent as text: a leak is worse than a missing custom repr.
+    """
+    if not isinstance(text, str):
+        return False
+    from celery.utils.saferepr import saferepr
+
+    lowered = text.lower().replace("-", "").replace("_", "")
+    if any(key.lower().replace("-", "").replace("_", "") in lowered for key in keys):
+        return False
+    shape = str.maketrans("()", "[]")
+    seen = text.translate(shape).replace(",]", "]")
+    return all(
+        seen != saferepr(value, maxsize).translate(shape).replace(",]", "]") for maxsize in (1024, 4096)
+    )
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value if isinstance(value, str) else safe_repr(value, 64)

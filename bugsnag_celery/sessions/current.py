@@ -1,0 +1,206 @@
+"""The current session: BugSnag's session semantics for one process, thread or greenlet.
+
+The contract is BugSnag's "Capturing sessions" page: ``start_session`` replaces the
+current session with a new one, ``pause_session`` stops events being attributed to it,
+``resume_session`` resumes it (or starts one), and ``get_current_session`` describes it.
+
+The current session lives in a :class:`contextvars.ContextVar`, not in a module global
+or a ``threading.local``: every thread has its own context, and so does every greenlet
+(greenlet >= 1.0), so concurrent tasks on the threads or gevent pools never see each
+other's session.
+
+A session is cheap to open because most of what describes it is computed only when
+somebody asks: the id of a task-run session is a UUIDv5 of ``"<task_id>:<retries>"``
+(so the worker's main process can name the session of a child it saw die), derived on
+first use; ``startedAt`` is formatted on first use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from contextvars import ContextVar
+from typing import Any
+
+from ..clock import format_timestamp
+from . import counts
+from .counts import Release
+
+__all__ = [
+    "Session",
+    "start_session",
+    "pause_session",
+    "resume_session",
+    "get_current_session",
+    "session_paused",
+    "task_session_id",
+    "current_session",
+    "CURRENT",
+    "PAUSED_MARK",
+]
+
+#: Namespace of the deterministic task-run session ids (UUIDv5 of "<task_id>:<retries>").
+SESSION_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/bugsnag-celery/sessions")
+
+
+def task_session_id(task_id: str, retries: int) -> str:
+    """The id of the session of attempt *retries* of task *task_id*.
+
+    Deterministic, so that a crash seen only by the worker's main process (a killed
+    pool child, a hard time limit) can be attributed to the session the child opened.
+    """
+    return str(uuid.uuid5(SESSION_NAMESPACE, f"{task_id}:{retries}"))
+
+
+class Session:
+    """One BugSnag session. Mutable: the event counts grow as events are attributed."""
+
+    __slots__ = ("_id", "handled", "paused", "release", "retries", "started", "task_id", "unhandled")
+
+    def __init__(
+        self,
+        release: Release,
+        started: float,
+        task_id: str | None = None,
+        retries: int = 0,
+        session_id: str | None = None,
+    ) -> None:
+        self._id = session_id
+        self.task_id = task_id
+        self.retries = retries
+        self.started = started
+        self.release = release
+        self.paused = False
+        self.handled = 0
+        self.unhandled = 0
+
+    @property
+    def id(self) -> str:
+        if self._id is None:
+            if self.task_id is None:  # pragma: no cover - manual sessions get an id at birth
+                self._id = str(uuid.uuid4())
+            else:
+                self._id = task_session_id(self.task_id, self.retries)
+        return self._id
+
+    @property
+    def started_at(self) -> str:
+        return format_timestamp(self.started)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The public description of the session (a copy: mutating it changes nothing)."""
+        return {
+            "id": self.id,
+            "startedAt": self.started_at,
+            "paused": self.paused,
+            "events": {"handled": self.handled, "unhandled": self.unhandled},
+        }
+
+    def __repr__(self) -> str:
+        state = "paused" if self.paused else "active"
+        return f"<Session {self.id} {state} handled={self.handled} unhandled={self.unhandled}>"
+
+
+#: Set on an exception raised inside ``session_paused()``: never attributed to a session.
+PAUSED_MARK = "_bugsnag_celery_paused"
+
+#: The current session of this thread or greenlet. Package-internal: the task wrapper sets
+#: and resets it around every run (one ``set`` and one ``reset``: the cheapest way to scope
+#: a value to a run that also works on the threads and gevent pools).
+CURRENT: ContextVar[Session | None] = ContextVar("bugsnag_celery_session", default=None)
+
+_default_release: Release | None = None
+
+
+def set_default_release(release: Release | None) -> None:
+    """Release group for sessions started by hand outside any task (set by ``configure``)."""
+    global _default_release
+    _default_release = release
+
+
+def default_release() -> Release:
+    global _default_release
+    if _default_release is None:
+        _default_release = Release(None, "production", "celery", socket.gethostname())
+    return _default_release
+
+
+def current_session() -> Session | None:
+    """The live :class:`Session` object of this context (None when there is none)."""
+    return CURRENT.get()
+
+
+def start_session() -> None:
+    """Start a new session; later handled and unhandled events are attributed to it.
+
+    An active session is replaced. The new session is counted once, in the release
+    group of the session it replaces (inside a task: the task's app), else in the
+    release group of the most recently configured app.
+    """
+    previous = CURRENT.get()
+    release = previous.release if previous is not None else default_release()
+    now = time.time()
+    CURRENT.set(Session(release, now, session_id=str(uuid.uuid4())))
+    counts.count_session(release, now)
+
+
+def pause_session() -> None:
+    """Stop attributing events to the current session until it is resumed or replaced."""
+    session = CURRENT.get()
+    if session is not None:
+        session.paused = True
+
+
+def resume_session() -> bool:
+    """Resume the current session if it is paused.
+
+    Returns True if a paused session was resumed. If there was no session, starts one
+    and returns False; if the session was not paused, changes nothing and returns False.
+    """
+    session = CURRENT.get()
+    if session is None:
+        start_session()
+        return False
+    if session.paused:
+        session.paused = False
+        return True
+    return False
+
+
+def get_current_session() -> dict[str, Any] | None:
+    """``None`` when no session is active, else a snapshot of it.
+
+    ``{"id": str, "startedAt": str, "paused": bool, "events": {"handled": int, "unhandled": int}}``
+    """
+    session = CURRENT.get()
+    return None if session is None else session.snapshot()
+
+
+@contextlib.contextmanager
+def session_paused() -> Iterator[None]:
+    """Pause the current session for the duration of the block.
+
+    Errors raised inside are still reported, but not attributed to the session. On
+    exit the session is resumed only if it was active on entry and is still the
+    current session (a session started inside the block is left as it is).
+    """
+    session = CURRENT.get()
+    was_paused = session is None or session.paused
+    if session is not None:
+        session.paused = True
+    try:
+        yield
+    except BaseException as exc:
+        # The session resumes as the exception leaves the block, before anything reports
+        # it: mark the exception so it is still reported without the session.
+        try:
+            setattr(exc, PAUSED_MARK, True)
+        except Exception:
+            pass
+        raise
+    finally:
+        if not was_paused and session is not None and CURRENT.get() is session:
+            session.paused = False

@@ -1,0 +1,125 @@
+"""One HTTP request to BugSnag, and what its answer means.
+
+Outcomes follow BugSnag's own notifiers: 2xx is delivered; 4xx other than 408/429 is
+permanent (dropped with one log line naming the status; 401 means the API key); 408,
+429, 5xx, timeouts and connection errors are worth retrying (by the sender thread, or by
+a later delivery run).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+
+# requests imports these lazily on a session's first request (to read ~/.netrc). Our
+# sender thread in a worker's main process makes that first request while billiard may
+# be forking a replacement pool child: a fork taken while another thread holds a
+# module's import lock leaves that lock held forever in the child, whose own first POST
+# then hangs on the import (seen: a deliver_sessions run stuck after a child was
+# SIGKILLed). Importing them here, before any fork, removes the race.
+import netrc  # noqa: F401  # isort: skip
+import shlex  # noqa: F401  # isort: skip
+
+from ..clock import now_iso
+
+__all__ = ["Payload", "Outcome", "DELIVERED", "PERMANENT", "RETRY", "post", "headers_for", "log_permanent"]
+
+logger = logging.getLogger("bugsnag_celery")
+
+DELIVERED, PERMANENT, RETRY = "delivered", "permanent", "retry"
+Outcome = str
+
+
+@dataclass
+class Payload:
+    """One request to BugSnag: where, with which key and payload version, and the body.
+
+    An event payload may be handed over as ``events`` (dicts) rather than a body: the
+    sender thread encodes it, off the task's path, and merges the events queued for the
+    same endpoint and key into one request (BugSnag's v4 payload carries a list), so a
+    burst of failures against a slow endpoint does not become a backlog of requests.
+    """
+
+    endpoint: str
+    api_key: str = field(repr=False)  # never in a repr, a log line or a traceback's locals
+    payload_version: str = "4.0"  # "4.0" events, "1.0" sessions
+    body: bytes = b""
+    kind: str = "event"
+    attempts: int = 0
+    events: list[dict[str, Any]] | None = None
+    # Called with the outcome once the payload is delivered, dropped or spooled (tests, flush).
+    on_done: Callable[[Outcome], None] | None = field(default=None, repr=False)
+    parts: list[Payload] = field(default_factory=list, repr=False)
+    # Set when it is delivered, dropped or spooled; or when a shutdown flush took it over
+    # from the sender thread (which then leaves it alone).
+    finished: bool = field(default=False, repr=False)
+    taken_over: bool = field(default=False, repr=False)
+
+    def originals(self) -> list[Payload]:
+        return self.parts or [self]
+
+    def mergeable_with(self, other: Payload) -> bool:
+        return (
+            self.events is not None
+            and other.events is not None
+            and not self.body
+            and not other.body
+            and (self.endpoint, self.api_key) == (other.endpoint, other.api_key)
+        )
+
+
+def headers_for(payload: Payload) -> dict[str, str]:
+    return {
+        "Content-Type": "application/json",
+        "Bugsnag-Api-Key": payload.api_key,
+        "Bugsnag-Payload-Version": payload.payload_version,
+        "Bugsnag-Sent-At": now_iso(),
+    }
+
+
+_http: requests.Session | None = None
+_http_pid = 0
+
+
+def _session() -> requests.Session:
+    global _http, _http_pid
+    if _http is None or _http_pid != os.getpid():  # never share a connection pool across fork
+        _http, _http_pid = requests.Session(), os.getpid()
+    return _http
+
+
+def post(payload: Payload, timeout: float) -> tuple[Outcome, str]:
+    """POST once; classify the result. Never raises."""
+    try:
+        response = _session().post(
+            payload.endpoint,
+            data=payload.body,
+            headers=headers_for(payload),
+            timeout=(min(timeout, 5.0), timeout),
+        )
+    except requests.RequestException as exc:
+        return RETRY, f"{type(exc).__name__}"
+    except Exception as exc:  # an adapter bug must not kill the sender thread
+        return RETRY, f"{type(exc).__name__}"
+    status = response.status_code
+    response.close()
+    if 200 <= status < 300:
+        return DELIVERED, str(status)
+    if status in (408, 429) or status >= 500:
+        return RETRY, f"HTTP {status}"
+    return PERMANENT, f"HTTP {status}"
+
+
+def log_permanent(payload: Payload, reason: str) -> None:
+    hint = " (the API key was refused: check api_key)" if reason == "HTTP 401" else ""
+    logger.error(
+        "bugsnag_celery: BugSnag rejected a %s payload with %s%s; it is dropped, not retried",
+        payload.kind,
+        reason,
+        hint,
+    )
