@@ -1,0 +1,112 @@
+"""This checkout against another version of the package, on the success path, in one process.
+
+Separate-process medians swing by several microseconds on a shared machine, more than a
+change usually moves the figure. Here both versions live in the same process: the other
+checkout's ``bugsnag_celery`` is loaded under another name (its core imports itself
+relatively), and the variants alternate in short batches -- configure, measure, unconfigure
+-- with the order reversed every round, so drift of the machine falls on both alike. The
+figure is each variant's median over the rounds, minus plain Celery's median.
+
+    git worktree add /tmp/before main            # the version to compare with
+    .venv/bin/python benchmarks/ab.py --other /tmp/before
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib
+import logging
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable
+
+from variants import KEY
+
+OTHER_NAME = "bugsnag_celery_other"
+
+
+def load_other(checkout: Path) -> ModuleType:
+    """The other checkout's package, imported as ``bugsnag_celery_other``."""
+    where = Path(tempfile.mkdtemp(prefix="bsc-ab-"))
+    shutil.copytree(checkout / "bugsnag_celery", where / OTHER_NAME)
+    sys.path.insert(0, str(where))
+    return importlib.import_module(OTHER_NAME)
+
+
+def batch(apply: Callable[[], Any], runs: int) -> float:
+    """Microseconds per call over *runs* calls.
+
+    The cyclic garbage collector is held off during the batch (and run before it): a
+    collection lands in whichever variant's batch happens to cross its threshold, a
+    noise of several microseconds per task in a batch of a few thousand.
+    """
+    gc.collect()
+    gc.disable()
+    try:
+        start = time.perf_counter()
+        for _ in range(runs):
+            apply()
+        return (time.perf_counter() - start) / runs * 1e6
+    finally:
+        gc.enable()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--other", type=Path, required=True, help="a checkout of another version")
+    parser.add_argument("--rounds", type=int, default=100)
+    parser.add_argument("--runs", type=int, default=1000, help="task.apply() calls per batch")
+    args = parser.parse_args()
+
+    from celery import Celery
+
+    import bugsnag_celery
+
+    other = load_other(args.other)
+    logging.disable(logging.CRITICAL)
+    app = Celery("ab", broker="memory://", backend=None, set_as_current=True)
+    app.conf.task_store_eager_result = False
+
+    @app.task
+    def noop() -> None:
+        return None
+
+    options = {"api_key": KEY, "app_version": "ab", "notify_endpoint": "http://127.0.0.1:9/notify",
+               "sessions_endpoint": "http://127.0.0.1:9/sessions"}  # fmt: skip
+    packages: dict[str, ModuleType | None] = {"plain": None, "this checkout": bugsnag_celery, "other": other}
+    results: dict[str, list[float]] = {name: [] for name in packages}
+    names = list(packages)
+    for package in packages.values():  # warm every path once: imports, threads
+        if package is not None:
+            package.configure(app, **options)
+        batch(noop.apply, 2000)
+        if package is not None:
+            package.unconfigure(app)
+    for rnd in range(args.rounds):
+        for name in names if rnd % 2 == 0 else reversed(names):
+            package = packages[name]
+            if package is not None:
+                package.configure(app, **options)
+            results[name].append(batch(noop.apply, args.runs))
+            if package is not None:
+                package.unconfigure(app)
+    plain = statistics.median(results["plain"])
+    print(f"success path, {args.rounds} rounds x {args.runs:,} task.apply() per variant, medians:")
+    print(f"  plain Celery      {plain:7.2f} us per task")
+    for name in names[1:]:
+        median = statistics.median(results[name])
+        print(f"  {name:<17} {median:7.2f} us per task  (+{median - plain:.2f} us)")
+    print(f"  other checkout: {args.other} (bugsnag_celery {getattr(other, '__version__', '?')})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
