@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -12,6 +11,7 @@ from typing import Any
 import pytest
 from celery import Celery, Task
 from endpoint import Endpoint
+from forking import in_child
 
 import bugsnag_celery
 from bugsnag_celery.sessions import current as sessions
@@ -27,6 +27,7 @@ def make_app(endpoint: Endpoint) -> Iterator[Any]:
 
     def make(**options: Any) -> Celery:
         app = Celery(f"n{uuid.uuid4().hex[:6]}", broker="memory://", set_as_current=False)
+        app.conf.task_eager_propagates = True  # an eager run's exception reaches the test
         bugsnag_celery.configure(app, api_key=KEY, notify_endpoint=f"{endpoint.url}/notify",
                                  sessions_endpoint=f"{endpoint.url}/sessions", **options)  # fmt: skip
         apps.append(app)
@@ -53,9 +54,11 @@ def test_eager_failure_is_reported_with_its_session(make_app: Any, endpoint: End
     def fails(self: Task) -> None:
         raise LookupError("gone")
 
-    result = fails.apply()
+    task_id = uuid.uuid4().hex
+    with pytest.raises(LookupError, match="gone"):
+        fails.apply(task_id=task_id)
     (event,) = delivered(endpoint, 1)
-    assert event["session"]["id"] == bugsnag_celery.task_session_id(result.id, 0)
+    assert event["session"]["id"] == bugsnag_celery.task_session_id(task_id, 0)
     assert event["metaData"]["task"]["eager"] is True
     assert event["exceptions"][0]["errorClass"] == "LookupError"
 
@@ -113,7 +116,8 @@ def test_outside_enabled_release_stages_nothing_is_sent(make_app: Any, endpoint:
     def fails() -> None:
         raise ValueError("x")
 
-    fails.apply()
+    with pytest.raises(ValueError, match="x"):
+        fails.apply()
     bugsnag_celery.notify(ValueError("y"))
     delivered(endpoint, 0)
 
@@ -127,7 +131,10 @@ def test_retries_are_silent_unless_asked(make_app: Any, endpoint: Endpoint) -> N
             raise KeyError("again")
 
         app.conf.task_always_eager = True
-        flaky.delay()
+        # Eager retries run in a loop only when the first run's exception is kept, not raised
+        app.conf.task_eager_propagates = False
+        result = flaky.delay()
+        assert result.state == "FAILURE" and isinstance(result.result, KeyError)
         events = delivered(endpoint, expected)
         assert events[-1]["unhandled"] is True and events[-1]["metaData"]["task"]["retries"] == 2
         for warning in events[:-1]:
@@ -153,8 +160,11 @@ def test_control_flow_and_declared_errors_are_silent(make_app: Any, endpoint: En
     def rejected() -> None:
         raise Reject("no")
 
-    for task in (declared, ignored, rejected):
-        task.apply()
+    with pytest.raises(KeyError, match="expected"):
+        declared.apply()
+    # Control flow is not an error: Celery records a state, it raises nothing
+    assert ignored.apply().state == "IGNORED"
+    assert rejected.apply().state == "REJECTED"
     delivered(endpoint, 0)
 
 
@@ -169,7 +179,8 @@ def test_the_api_key_never_reaches_logs_or_metadata(
     def leaky(api_key: str) -> None:
         raise ValueError("x")
 
-    leaky.apply(kwargs={"api_key": KEY})
+    with pytest.raises(ValueError, match="x"):
+        leaky.apply(kwargs={"api_key": KEY})
     bugsnag_celery.flush_events(10)
     assert "HTTP 401" in caplog.text and "API key" in caplog.text
     assert KEY not in caplog.text
@@ -181,14 +192,13 @@ def test_sender_restarts_after_fork_and_delivers_from_the_child(endpoint: Endpoi
     sender = Sender(timeout=5)
     sender.submit(Payload(f"{endpoint.url}/notify", KEY, "4.0", b'{"events": []}'))
     sender.flush(5)
-    pid = os.fork()
-    if pid == 0:  # the child inherits a thread object that is not running there
-        try:
-            sender.submit(Payload(f"{endpoint.url}/notify", KEY, "4.0", b'{"events": []}'))
-            sender.flush(5)
-        finally:
-            os._exit(0)
-    os.waitpid(pid, 0)
+
+    def child() -> str:  # the child inherits a thread object that is not running there
+        sender.submit(Payload(f"{endpoint.url}/notify", KEY, "4.0", b'{"events": []}'))
+        sender.flush(5)
+        return "flushed"
+
+    in_child(child)
     assert len(endpoint.requests) == 2
 
 
@@ -238,7 +248,8 @@ def test_arguments_whose_repr_raises(make_app: Any, endpoint: Endpoint) -> None:
 
     loop: list[Any] = []
     loop.append(loop)
-    fails.apply((Hostile(),), {"nested": {"Authorization": "Bearer abc"}, "loop": loop, "raw": b"\xff"})
+    with pytest.raises(ValueError, match="x"):
+        fails.apply((Hostile(),), {"nested": {"Authorization": "Bearer abc"}, "loop": loop, "raw": b"\xff"})
     (event,) = delivered(endpoint, 1)
     task = event["metaData"]["task"]
     assert task["args"][0].startswith("<unrepresentable")

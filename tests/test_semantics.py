@@ -40,6 +40,7 @@ def no_flusher() -> Iterator[None]:
 @pytest.fixture
 def app() -> Iterator[Celery]:
     app = Celery(f"t{uuid.uuid4().hex[:6]}", broker="memory://", set_as_current=False)
+    app.conf.task_eager_propagates = True  # an exception in an eager run fails the test
     bugsnag_celery.configure(app, api_key=KEY, app_version="2.0", hostname="h1", **LOCAL)
     bugsnag_celery.take_pending_counts()
     sessions.CURRENT.set(None)
@@ -257,11 +258,14 @@ def test_exclude_tasks_names_and_patterns(app: Celery) -> None:
 
 
 def test_internal_tasks_never_count(app: Celery) -> None:
+    seen: list[Any] = []
+
     @app.task(name="bugsnag_celery.internal_probe")
     def internal() -> None:
-        assert bugsnag_celery.get_current_session() is None
+        seen.append(bugsnag_celery.get_current_session())
 
-    internal.apply()
+    internal.apply(throw=True)
+    assert seen == [None]  # asserted out here: apply() would keep an AssertionError as its result
     assert pending_total() == 0
 
 
@@ -359,18 +363,10 @@ def test_counts_survive_threads_exactly(app: Celery) -> None:
 
 
 def test_fork_child_starts_with_no_counts(app: Celery) -> None:
-    import os
+    from forking import in_child
 
     bugsnag_celery.start_session()
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: the parent's pending count must not be here
-        os.close(read)
-        os.write(write, str(pending_total()).encode())
-        os._exit(0)
-    os.close(write)
-    child_saw = int(os.read(read, 100))
-    os.waitpid(pid, 0)
+    child_saw = int(in_child(lambda: str(pending_total())))  # the parent's count must not be there
     assert child_saw == 0
     assert pending_total() == 1  # the parent still has its own
 
@@ -407,3 +403,31 @@ def test_unconfigure_keeps_counts_no_app_can_send_yet(app: Celery) -> None:
     bugsnag_celery.unconfigure(app)
     assert registry.flusher.flush_once() == 0  # no app to send with: nothing taken away
     assert pending_total() == 3
+
+
+def test_a_broker_down_for_over_a_day_merges_the_oldest_buckets_never_drops_one(app: Celery) -> None:
+    """README: past a day of minute buckets per release group, the oldest are merged, never dropped.
+
+    Through the real path: an app whose broker is down, a day and 100 minutes of counts in
+    the process, and a flush that fails and puts them back.
+    """
+    from bugsnag_celery import registry
+    from bugsnag_celery.clock import minute_iso as iso
+
+    down = Celery(f"d{uuid.uuid4().hex[:6]}", broker="redis://127.0.0.1:1/15", set_as_current=False)
+    bugsnag_celery.configure(down, api_key=KEY, app_version="down", hostname="h1", **LOCAL)
+    try:
+        release = bugsnag_celery.Release("down", "production", "celery", "h1")
+        first = 29_000_000  # a minute in 2025
+        minutes = counts.MAX_BUCKETS + 100
+        counts.restore_pending_counts({release: {iso(first + i): 1 for i in range(minutes)}})
+        assert registry.flusher.flush_once() == 0  # the broker is down: nothing moved, all kept
+        kept = bugsnag_celery.take_pending_counts()[release]
+    finally:
+        bugsnag_celery.unconfigure(down)
+    assert len(kept) == counts.MAX_BUCKETS
+    assert sum(kept.values()) == minutes  # never dropped
+    oldest = sorted(kept)
+    # the 100 oldest went into the oldest minute kept; every later minute holds its own count
+    assert oldest[0] == iso(first + 100) and kept[oldest[0]] == 101
+    assert oldest[-1] == iso(first + minutes - 1) and set(kept[m] for m in oldest[1:]) == {1}
