@@ -134,7 +134,11 @@ def test_counts_without_delivering(bugsnag_collector):
     bugsnag_collector.configure(bare)
     for _ in range(3):
         ok.apply()
-    time.sleep(1)  # the flusher thread has moved those to the broker, undelivered
+    # the flusher thread moves those to the broker (every 0.2 s here; 30 s is the margin)
+    deadline = time.monotonic() + 30
+    while pending_session_messages(app, bugsnag_collector.queue_prefix) < 1:
+        assert time.monotonic() < deadline, "counts never reached the broker"
+        time.sleep(0.05)
     ok.apply()  # and this one is still in the process at teardown
     bare_ok.apply()
     assert bugsnag_celery.options_for(app).notify_endpoint == bugsnag_collector.notify_endpoint

@@ -240,9 +240,30 @@ class Worker:
         self.kill()
 
 
-def records(out: Path) -> list[dict[str, Any]]:
+def wait_until(check: Callable[[], Any], timeout: float, what: str, every: float = 0.1) -> Any:
+    """Poll *check* until it returns something truthy; fail naming *what* at the deadline.
+
+    The deadline is a margin against a loaded machine, never the expected time: a test
+    states why its figure is generous.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        time.sleep(every)
+
+
+def flushes(out: Path) -> list[dict[str, Any]]:
+    """The flushes of session_app's processes (``BSC_RECORD_FLUSHES=1``), oldest first."""
+    return sorted(records(out, "flushes"), key=lambda f: f["began"])
+
+
+def records(out: Path, kind: str = "records") -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    for path in sorted(glob.glob(str(out / "records-*.jsonl"))):
+    for path in sorted(glob.glob(str(out / f"{kind}-*.jsonl"))):
         with open(path) as fh:
             for line in fh:
                 if not line.endswith("\n"):

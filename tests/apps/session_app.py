@@ -37,6 +37,31 @@ if os.environ.get("BSC_CLOCK_SPREAD"):
     tracer._now = lambda: time.time() + 60 * (next(_ticks) % _spread)  # type: ignore[attr-defined]
 
 
+if os.environ.get("BSC_RECORD_FLUSHES"):
+    # Every flush of this process's counts to the broker, as a line in
+    # ``BSC_OUT/flushes-<pid>.jsonl``: when it began (every count added before that moment
+    # is in it or in an earlier one) and how many sessions it moved. Lets a test say
+    # exactly which runs a killed process could still hold, with no timing window.
+    from bugsnag_celery.delivery.flusher import Flusher
+
+    _flush_once = Flusher.flush_once
+
+    def _recorded_flush_once(self: Flusher, wait: float | None = None) -> int:
+        began = time.time()
+        moved = _flush_once(self, wait)
+        line = json.dumps({"pid": os.getpid(), "began": began, "ended": time.time(), "moved": moved})
+        fd = os.open(
+            os.path.join(OUT, f"flushes-{os.getpid()}.jsonl"), os.O_WRONLY | os.O_CREAT | os.O_APPEND
+        )
+        try:
+            os.write(fd, (line + "\n").encode())
+        finally:
+            os.close(fd)
+        return moved
+
+    Flusher.flush_once = _recorded_flush_once  # type: ignore[method-assign]
+
+
 def _record(**fields: Any) -> None:
     fields.setdefault("pid", os.getpid())
     fields.setdefault("thread", threading.get_ident())
@@ -48,11 +73,30 @@ def _record(**fields: Any) -> None:
         os.close(fd)
 
 
+def _write(kind: str, fields: dict[str, Any]) -> None:
+    line = (json.dumps(fields) + "\n").encode()
+    fd = os.open(os.path.join(OUT, f"{kind}-{os.getpid()}.jsonl"), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
 @app.task(bind=True)
-def observe(self: Any, tag: str = "", delay: float = 0.0) -> None:
-    """Record the session at the start and, after *delay*, at the end of the run."""
+def observe(self: Any, tag: str = "", delay: float = 0.0, gate: str = "") -> None:
+    """Record the session at the start and, after *delay*, at the end of the run.
+
+    With *gate* (a path), the run says it started (``started-<pid>.jsonl``) and then waits
+    until the test creates that file: runs that overlap because the test made them, not
+    because the machine happened to be fast enough.
+    """
     started = time.time()
     first = bugsnag_celery.get_current_session()
+    if gate:
+        _write("started", {"id": self.request.id})
+        deadline = time.monotonic() + 120
+        while not os.path.exists(gate) and time.monotonic() < deadline:
+            time.sleep(0.01)
     if delay:
         time.sleep(delay)
     last = bugsnag_celery.get_current_session()
