@@ -8,7 +8,9 @@ container names and paths replaced by local ones (Redis database 13, a free port
 collector, a temporary folder for every mount, a queue of this test's own). The demo
 workload then has to produce MATCH, as ``docker compose up`` would print.
 
-``docker compose config`` validates the file as well when the compose plugin is installed.
+``docker compose config`` validates the file as well when the compose plugin is installed;
+where it is not, the same file is checked against the Compose Specification's rules
+(``test_compose_file_is_valid``; that check is itself tested on a broken copy).
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 from workers import need_service
 
@@ -122,6 +123,121 @@ def test_compose_file_has_the_five_services_and_no_interpolation() -> None:
     assert set(services()) == SERVICES
     # What the tests run must be what compose runs: no $VAR resolved from the caller's shell.
     assert not [s for s in _strings(compose()) if "$" in s]
+
+
+# The Compose Specification's names (compose-spec.io, schema compose-spec.json), for the
+# check that runs where `docker compose` does not.
+SERVICE_KEYS = {
+    "annotations", "attach", "blkio_config", "build", "cap_add", "cap_drop", "cgroup", "cgroup_parent",
+    "command", "configs", "container_name", "cpu_count", "cpu_percent", "cpu_period", "cpu_quota",
+    "cpu_rt_period", "cpu_rt_runtime", "cpu_shares", "cpus", "cpuset", "credential_spec", "depends_on",
+    "deploy", "develop", "device_cgroup_rules", "devices", "dns", "dns_opt", "dns_search", "domainname",
+    "entrypoint", "env_file", "environment", "expose", "extends", "external_links", "extra_hosts",
+    "group_add", "healthcheck", "hostname", "image", "init", "ipc", "isolation", "labels", "links",
+    "logging", "mac_address", "mem_limit", "mem_reservation", "mem_swappiness", "memswap_limit",
+    "network_mode", "networks", "oom_kill_disable", "oom_score_adj", "pid", "pids_limit", "platform",
+    "ports", "post_start", "pre_stop", "privileged", "profiles", "pull_policy", "read_only", "restart",
+    "runtime", "scale", "secrets", "security_opt", "shm_size", "stdin_open", "stop_grace_period",
+    "stop_signal", "storage_opt", "sysctls", "tmpfs", "tty", "ulimits", "user", "userns_mode", "uts",
+    "volumes", "volumes_from", "working_dir",
+}  # fmt: skip
+TOP_KEYS = {"version", "name", "include", "services", "networks", "volumes", "secrets", "configs"}
+HEALTHCHECK_KEYS = {"test", "interval", "timeout", "retries", "start_period", "start_interval", "disable"}
+DURATION = re.compile(r"^(\d+(\.\d+)?(us|ms|s|m|h))+$")
+
+
+def _structural_errors(data: dict[str, Any]) -> list[str]:
+    """What ``docker compose config`` would reject in this file, checked by the spec's rules."""
+    errors = [f"top-level key {k!r}" for k in data if k not in TOP_KEYS and not k.startswith("x-")]
+    named_volumes = set(data.get("volumes") or {})
+    svcs = data.get("services") or {}
+    for name, svc in svcs.items():
+        where = f"services.{name}"
+        errors += [
+            f"{where}: unknown key {k!r}" for k in svc if k not in SERVICE_KEYS and not k.startswith("x-")
+        ]
+        if "image" not in svc and "build" not in svc:
+            errors.append(f"{where}: neither image nor build")
+        cmd = svc.get("command")
+        if cmd is not None and not (isinstance(cmd, str) or all(isinstance(c, str) for c in cmd)):
+            errors.append(f"{where}.command: not a string or a list of strings")
+        restart = svc.get("restart")
+        if restart is not None and not re.fullmatch(r"no|always|unless-stopped|on-failure(:\d+)?", restart):
+            errors.append(f"{where}.restart: {restart!r}")
+        for key in ("stop_grace_period",):
+            if key in svc and not DURATION.match(str(svc[key])):
+                errors.append(f"{where}.{key}: not a duration")
+        check = svc.get("healthcheck") or {}
+        errors += [f"{where}.healthcheck: unknown key {k!r}" for k in check if k not in HEALTHCHECK_KEYS]
+        for key in ("interval", "timeout", "start_period", "start_interval"):
+            if key in check and not DURATION.match(str(check[key])):
+                errors.append(f"{where}.healthcheck.{key}: not a duration")
+        if "test" in check and not (
+            isinstance(check["test"], str) or check["test"][0] in ("CMD", "CMD-SHELL", "NONE")
+        ):
+            errors.append(f"{where}.healthcheck.test: a list must start with CMD, CMD-SHELL or NONE")
+        for dep, cond in (svc.get("depends_on") or {}).items():
+            if dep not in svcs:
+                errors.append(f"{where}.depends_on: no service {dep!r}")
+            condition = cond.get("condition") if isinstance(cond, dict) else None
+            if condition not in ("service_started", "service_healthy", "service_completed_successfully"):
+                errors.append(f"{where}.depends_on.{dep}: condition {condition!r}")
+            if condition == "service_healthy" and "healthcheck" not in svcs.get(dep, {}):
+                errors.append(f"{where}.depends_on.{dep}: service_healthy, but it has no healthcheck")
+        for port in svc.get("ports") or []:
+            match = re.fullmatch(r"((\d{1,3}\.){3}\d{1,3}:)?(\d+:)?(\d+)(/(tcp|udp))?", str(port))
+            numbers = [int(n.rstrip(":")) for n in (match.group(3), match.group(4)) if n] if match else []
+            if not match or not all(0 < n < 65536 for n in numbers):
+                errors.append(f"{where}.ports: {port!r}")
+        for volume in svc.get("volumes") or []:
+            source, _, target = str(volume).partition(":")
+            if not target.split(":")[0].startswith("/"):
+                errors.append(f"{where}.volumes: {volume!r} has no absolute container path")
+            if not source.startswith((".", "/", "~")) and source not in named_volumes:
+                errors.append(f"{where}.volumes: {source!r} is not declared under volumes")
+        for path in [svc["tmpfs"]] if isinstance(svc.get("tmpfs"), str) else svc.get("tmpfs") or []:
+            if not path.startswith("/"):
+                errors.append(f"{where}.tmpfs: {path!r}")
+        env = svc.get("environment") or {}
+        if isinstance(env, dict):
+            errors += [f"{where}.environment.{k}: a {type(v).__name__}" for k, v in env.items()
+                       if not isinstance(v, (str, int, float, bool, type(None)))]  # fmt: skip
+    return errors
+
+
+def test_compose_file_is_valid() -> None:
+    """``docker compose config`` where the compose plugin runs; the spec's rules otherwise."""
+    docker = shutil.which("docker")
+    plugin = docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0
+    if plugin:
+        assert docker is not None
+        out = subprocess.run([docker, "compose", "-f", str(COMPOSE), "config", "--quiet"],
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+    assert _structural_errors(compose()) == []
+
+
+def test_the_structural_check_finds_what_it_must() -> None:
+    """The fallback check is itself tested: each kind of mistake it exists for is reported."""
+    broken = compose()
+    svc = broken["services"]["worker"]
+    svc["comand"] = svc.pop("command")
+    svc["healthcheck"]["interval"] = "2 seconds"
+    svc["depends_on"]["cache"] = {"condition": "service_healthy"}
+    broken["services"]["collector"]["volumes"] = ["collector-dat:/data"]
+    broken["services"]["collector"]["ports"] = ["127.0.0.1:99339"]
+    broken["servics"] = {}
+    got = "\n".join(_structural_errors(broken))
+    expected = [
+        "unknown key 'comand'",
+        "healthcheck.interval: not a duration",
+        "no service 'cache'",
+        "'collector-dat' is not declared",
+        "ports: '127.0.0.1:99339'",
+        "top-level key 'servics'",
+    ]
+    for part in expected:
+        assert part in got, got
 
 
 def _strings(node: Any) -> list[str]:
@@ -290,7 +406,10 @@ def _ignored(path: str, patterns: list[tuple[bool, re.Pattern[str]]]) -> bool:
 
 
 def test_build_context_has_what_the_install_needs() -> None:
-    tomllib = pytest.importorskip("tomllib")
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover (3.9, 3.10: the backport, a test dependency there)
+        import tomli as tomllib
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     patterns = _ignore_patterns()
     hatch = project["tool"]["hatch"]
