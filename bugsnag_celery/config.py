@@ -1,14 +1,7 @@
-"""Options: where they come from, what they may be, and the loud failure when they are wrong.
+"""Options: what they may be, their defaults, and the loud failure when one is wrong.
 
-Precedence, highest first: keyword arguments to ``configure()``, the Celery config
-(``app.conf.bugsnag_<option>``), the environment (``BUGSNAG_API_KEY``,
-``BUGSNAG_RELEASE_STAGE``, ``BUGSNAG_APP_VERSION``), Django's ``settings.BUGSNAG`` when
-Django is configured (the dict the official Django integration reads), and the official
-``bugsnag`` package's global configuration when it was imported and configured.
-
-Resolution reads only what is already in memory: it imports neither Django nor
-``bugsnag`` (both are looked up in ``sys.modules``), opens nothing and starts nothing,
-because the same app module is imported by every web process that only sends tasks.
+Where they come from, and which source wins, is ``settings.py``: every value is checked
+here, by name, and a bad one raises ``ValueError`` naming the option.
 """
 
 from __future__ import annotations
@@ -17,15 +10,16 @@ import difflib
 import os
 import re
 import socket
-import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple
 
 __all__ = [
     "Options",
     "Endpoints",
-    "resolve_options",
+    "OPTION_NAMES",
+    "check_unknown",
+    "validate",
     "DEFAULT_NOTIFY_ENDPOINT",
     "DEFAULT_SESSIONS_ENDPOINT",
     "DEFAULT_REDACTED_KEYS",
@@ -122,93 +116,17 @@ class Options:
 
 OPTION_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Options))
 
-# Environment variables BugSnag's notifiers document.
-_ENV = {
-    "api_key": "BUGSNAG_API_KEY",
-    "release_stage": "BUGSNAG_RELEASE_STAGE",
-    "app_version": "BUGSNAG_APP_VERSION",
-}
-
-# settings.BUGSNAG keys of the official Django integration -> our option names.
-_DJANGO_KEYS = {
-    "api_key": "api_key",
-    "release_stage": "release_stage",
-    "app_version": "app_version",
-    "app_type": "app_type",
-    "hostname": "hostname",
-    "auto_capture_sessions": "auto_track_sessions",
-    "notify_release_stages": "enabled_release_stages",
-    "enabled_release_stages": "enabled_release_stages",
-    "project_root": "project_root",
-    "send_code": "send_code",
-    "endpoint": "notify_endpoint",
-    "session_endpoint": "sessions_endpoint",
-}
-
 
 def _fail(option: str, problem: str) -> ValueError:
     return ValueError(f"bugsnag_celery: option {option!r} {problem}")
 
 
-def _check_unknown(names: Iterable[str], where: str) -> None:
+def check_unknown(names: Iterable[str], where: str) -> None:
     for name in names:
         if name not in OPTION_NAMES:
             close = difflib.get_close_matches(name, OPTION_NAMES, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ValueError(f"bugsnag_celery: unknown option {name!r} ({where}){hint}")
-
-
-def _celery_conf(app: Any) -> dict[str, Any]:
-    """``bugsnag_*`` keys of the app's Celery config, prefix removed."""
-    found: dict[str, Any] = {}
-    conf = app.conf
-    for key in list(conf.keys()):
-        if isinstance(key, str) and key.lower().startswith("bugsnag_"):
-            found[key[len("bugsnag_") :].lower()] = conf[key]
-    _check_unknown(found, "from app.conf.bugsnag_*")
-    return found
-
-
-def _environment() -> dict[str, Any]:
-    return {name: os.environ[var] for name, var in _ENV.items() if os.environ.get(var)}
-
-
-def _django_settings() -> dict[str, Any]:
-    conf = sys.modules.get("django.conf")
-    if conf is None:
-        return {}
-    try:
-        settings = conf.settings
-        if not settings.configured:
-            return {}
-        raw = getattr(settings, "BUGSNAG", None)
-    except Exception:  # Django half set up: not ours to fail on
-        return {}
-    if not isinstance(raw, Mapping):
-        return {}
-    return {ours: raw[theirs] for theirs, ours in _DJANGO_KEYS.items() if raw.get(theirs) is not None}
-
-
-def _official_bugsnag() -> dict[str, Any]:
-    module = sys.modules.get("bugsnag")
-    configuration = getattr(module, "configuration", None) if module is not None else None
-    if configuration is None or not getattr(configuration, "api_key", None):
-        return {}  # imported perhaps, but never configured
-    found: dict[str, Any] = {}
-    for theirs, ours in (
-        ("api_key", "api_key"),
-        ("release_stage", "release_stage"),
-        ("app_version", "app_version"),
-        ("app_type", "app_type"),
-        ("hostname", "hostname"),
-    ):
-        try:
-            value = getattr(configuration, theirs, None)
-        except Exception:
-            value = None
-        if value is not None:
-            found[ours] = value
-    return found
 
 
 def _as_bool(option: str, value: Any) -> bool:
@@ -288,7 +206,7 @@ def _as_strings(option: str, value: Any) -> tuple[str, ...]:
     return tuple(items)
 
 
-def _validate(raw: dict[str, Any]) -> dict[str, Any]:
+def validate(raw: dict[str, Any]) -> dict[str, Any]:
     clean: dict[str, Any] = {}
     for name, value in raw.items():
         if name == "api_key":
@@ -330,22 +248,3 @@ def _validate(raw: dict[str, Any]) -> dict[str, Any]:
                     raise _fail(name, f"entries must be callables, not {callback!r}")
             clean[name] = callbacks
     return clean
-
-
-def resolve_options(app: Any, kwargs: Mapping[str, Any]) -> Options:
-    """Merge every source by precedence and validate; raise ``ValueError`` naming the option."""
-    _check_unknown(kwargs, "keyword argument to configure()")
-    sources = [
-        ("keyword arguments", dict(kwargs)),
-        ("app.conf", _celery_conf(app)),
-        ("environment", _environment()),
-        ("Django settings.BUGSNAG", _django_settings()),
-        ("bugsnag.configuration", _official_bugsnag()),
-    ]
-    merged: dict[str, Any] = {}
-    for where, values in reversed(sources):  # lowest precedence first, overwritten upwards
-        try:
-            merged.update(_validate(values))
-        except ValueError as exc:
-            raise ValueError(f"{exc} (from {where})") from None
-    return Options(**merged)

@@ -29,11 +29,22 @@ MISSING: Any = object()
 class AppState:
     """Everything ``configure()`` set up for one app, so ``unconfigure()`` can undo it."""
 
-    __slots__ = ("active", "app", "buckets", "excluded", "options", "release", "reporter", "wrapped")
+    __slots__ = (
+        "active",
+        "app",
+        "buckets",
+        "excluded",
+        "kwargs",
+        "options",
+        "release",
+        "reporter",
+        "wrapped",
+    )
 
-    def __init__(self, app: Celery, options: Options) -> None:
+    def __init__(self, app: Celery, options: Options, kwargs: dict[str, Any] | None = None) -> None:
         self.app = app
         self.options = options
+        self.kwargs = dict(kwargs or {})  # what configure() was given: the worker start resolves again
         self.release = Release(options.app_version, options.release_stage, options.app_type, options.hostname)
         self.buckets = counts.buckets_for(self.release)
         self.excluded = options.task_excluded()

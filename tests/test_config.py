@@ -172,3 +172,61 @@ def test_configure_costs_nothing_in_a_process_that_only_sends() -> None:
     )
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got == {"threads": 0, "sockets": 0, "pool": False, "tracked": True}
+
+
+class ShopSettings:
+    """A Django settings module as Celery's Django layout reads it (namespace="CELERY")."""
+
+    CELERY_BROKER_URL = "memory://"
+    CELERY_BUGSNAG_RELEASE_STAGE = "staging"
+    CELERY_BUGSNAG_APP_VERSION = "2.2"
+    BUGSNAG_ENABLED = False  # the project's own setting: never an option
+    BUGSNAG_SOMETHING_ELSE = "x"
+
+
+def test_options_under_the_apps_namespace_and_nothing_outside_it(app: Celery) -> None:
+    app.config_from_object(ShopSettings, namespace="CELERY")
+    bugsnag_celery.configure(app, api_key=KEY)
+    opts = bugsnag_celery.options_for(app)
+    assert opts is not None and (opts.release_stage, opts.app_version) == ("staging", "2.2")
+
+
+def test_a_misspelling_under_the_namespace_still_fails_with_the_hint(app: Celery) -> None:
+    class Typo(ShopSettings):
+        CELERY_BUGSNAG_RELEASE_STAG = "staging"
+
+    app.config_from_object(Typo, namespace="CELERY")
+    with pytest.raises(ValueError, match=r"'release_stag'.*CELERY_BUGSNAG_.*did you mean 'release_stage'"):
+        bugsnag_celery.configure(app, api_key=KEY)
+
+
+def test_without_a_namespace_bare_uppercase_bugsnag_settings_are_not_options(app: Celery) -> None:
+    app.config_from_object(ShopSettings)
+    bugsnag_celery.configure(app, api_key=KEY)  # BUGSNAG_ENABLED would fail as an unknown option
+    opts = bugsnag_celery.options_for(app)
+    assert opts is not None and opts.release_stage == "production"
+
+
+def test_a_bad_value_that_a_higher_source_overrides_is_not_used(
+    app: Celery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BUGSNAG_API_KEY", "xyz")
+    bugsnag_celery.configure(app, api_key=KEY)  # the keyword wins: the environment's value is unused
+    opts = bugsnag_celery.options_for(app)
+    assert opts is not None and opts.api_key == KEY
+    with pytest.raises(ValueError, match=r"'api_key'.*environment"):
+        bugsnag_celery.configure(app)  # now it would be used: it fails, naming where it came from
+
+
+def test_the_worker_status_line_says_what_it_does_never_the_key(app: Celery) -> None:
+    from bugsnag_celery.hooks.wiring import status_line
+
+    bugsnag_celery.configure(app, api_key=KEY, release_stage="staging", app_version="1.2",
+                             notify_endpoint="http://collector:9339/notify")  # fmt: skip
+    opts = bugsnag_celery.options_for(app)
+    assert opts is not None
+    line = status_line(opts)
+    assert KEY not in line and "API key present" in line
+    assert "release stage 'staging', app version '1.2'" in line
+    assert "events to collector:9339" in line and "sessions to nowhere" in line
+    assert "every 30 s" in line and "a beat must run" in line

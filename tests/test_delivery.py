@@ -397,3 +397,22 @@ def test_counts_leave_an_idle_process_and_never_one_message_per_task(
         assert 1 <= messages <= int(busy) + 3  # one per flush interval at most, not one per task
         assert w.stop() == 0
     assert deliver_sessions(fs_broker, endpoint.url)["messages"] == 0
+
+
+def test_a_backlog_of_delivery_runs_costs_one_delivery(
+    redis_broker: Broker, out_dir: Path, endpoint: Endpoint
+) -> None:
+    """django-celery-beat's database scheduler drops ``expires``: after a worker outage its
+    queued runs all execute back to back. Each after the first sees a run less than half an
+    interval ago, and does nothing."""
+    app = redis_broker.producer()
+    release = Release("4.0.0", "test", "celery", "h")
+    publish_counts(app, {release: {"2026-01-01T00:00:00Z": 5}}, redis_broker.queue)
+    with Worker(redis_broker, out_dir, pool="solo", concurrency=1, configure=config(endpoint, "h")) as w:
+        for _ in range(10):
+            app.send_task("bugsnag_celery.deliver_sessions", queue=redis_broker.queue)
+        wait_until(lambda: w.log().count("succeeded") >= 10, 60, "10 delivery runs")
+        assert w.stop() == 0
+    assert w.log().count("delivery skipped: the previous run started") == 9
+    posts = [r for r in endpoint.requests if r["path"] == "/sessions"]
+    assert len(posts) == 1 and total(received_sessions(endpoint.requests)) == 5

@@ -13,6 +13,7 @@ which never run. The layers, highest first::
     transport                           HTTP post, sender thread, broker queues
     payload                             pure functions: exceptions, redaction, encoding
     sessions                            the current session, the counts
+    settings                            where options come from (reads config)
     about, clock, config                the base: import nothing of the package
 
 A module may import its own layer's modules and those below; never above.
@@ -40,6 +41,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("transport",),
     ("payload",),
     ("sessions",),
+    ("settings",),
     ("about", "clock", "config"),
 ]
 MAX_LINES = 400

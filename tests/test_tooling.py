@@ -174,3 +174,17 @@ def test_mypy_strict_is_clean() -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     checked = len([p for d in dirs for p in (ROOT / d).rglob("*.py")])
     assert f"in {checked} source files" in out.stdout, out.stdout
+
+
+def test_everything_the_readme_cites_is_in_the_repository() -> None:
+    """Paths in the README name files of this repository (never a folder outside it)."""
+    text = (ROOT / "README.md").read_text()
+    assert "shared/" not in text
+    cited = set(re.findall(r"`([\w.-]+(?:/[\w.-]+)*\.(?:py|json|md|yml|toml))`", text))
+    assert len(cited) > 30
+
+    def exists(path: str) -> bool:
+        return (ROOT / path).exists() or (ROOT / "bugsnag_celery" / path).exists()
+
+    missing = sorted(p for p in cited if not exists(p) and "/" in p)
+    assert missing == [], missing

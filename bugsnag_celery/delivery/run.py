@@ -8,6 +8,7 @@ message to one of them.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from ..clock import now_iso
@@ -23,7 +24,7 @@ logger = logging.getLogger("bugsnag_celery")
 
 def deliver_all(app: Any, opts: Options) -> dict[str, Any]:
     """Run the delivery for *app* with its options; never raises (the outcome is in the status)."""
-    status: dict[str, Any] = {"last_run": now_iso(), "hostname": opts.hostname}
+    status: dict[str, Any] = {"last_run": now_iso(), "last_run_at": time.time(), "hostname": opts.hostname}
     try:
         status["sessions"] = deliver_session_counts(
             app, api_key=opts.api_key if opts.sends else None, endpoint=opts.endpoints.sessions,

@@ -2,11 +2,16 @@
 
 Session counts and spooled events wait on the app's broker; one worker runs the
 delivery task every ``session_delivery_interval`` (beat schedules it, with ``expires``
-so a backlog of runs after an outage does not run back to back).
+so a backlog of runs after an outage does not run back to back). Not every beat keeps
+``expires`` (django-celery-beat's database scheduler drops it), so the task itself also
+does nothing when the previous run started less than half an interval ago: a backlog
+of queued runs costs one delivery, whatever the scheduler.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
 from celery import Celery, Task
@@ -14,12 +19,15 @@ from celery import Celery, Task
 from .. import registry
 from ..config import Options
 from ..delivery.run import deliver_all
+from ..delivery.status import read_status, record_status
 from .signals import flush_events
 
 __all__ = ["DELIVER_TASK", "deliver", "flush", "register_delivery", "unregister_delivery"]
 
 #: The name of the delivery task and of its beat entry.
 DELIVER_TASK = "bugsnag_celery.deliver_sessions"
+
+logger = logging.getLogger("bugsnag_celery")
 
 
 def deliver(app: Celery) -> dict[str, Any]:
@@ -42,6 +50,20 @@ def flush(app: Celery, timeout: float = 10.0) -> dict[str, Any]:
 
 
 def _deliver_task(self: Task) -> dict[str, Any]:
+    state = registry.state_for(self.app)
+    if state is not None:
+        opts = state.options
+        try:
+            last = (read_status(self.app, opts.queue_prefix) or {}).get("last_run_at")
+        except Exception:  # the broker: the delivery itself will say what is wrong
+            last = None
+        now = time.time()
+        if isinstance(last, (int, float)) and 0 <= now - last < opts.session_delivery_interval / 2:
+            logger.info("bugsnag_celery: delivery skipped: the previous run started %.1f s ago "
+                        "(a backlog of beat runs)", now - last)  # fmt: skip
+            return {"skipped": True, "previous_run_seconds_ago": now - last}
+        # claim the run first, so that the rest of a backlog sees it at once
+        record_status(self.app, {"last_run_at": now}, opts.queue_prefix)
     return deliver(self.app)
 
 

@@ -9,19 +9,26 @@ only sends tasks.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+from urllib.parse import urlsplit
 
 from celery import Celery
+from celery import signals as celery_signals
 
 from .. import registry
-from ..config import Options, resolve_options
+from ..about import __version__
+from ..config import Options
 from ..registry import AppState
 from ..sessions import current
-from . import signals
-from .beat import register_delivery, unregister_delivery
+from ..settings import django_settings_pending, resolve_options
+from . import official, signals
+from .beat import DELIVER_TASK, register_delivery, unregister_delivery
 from .tracer import WRAPPED_ATTR, install_hook, remove_hook
 
-__all__ = ["configure", "unconfigure", "is_configured", "options_for"]
+__all__ = ["configure", "unconfigure", "is_configured", "options_for", "status_line"]
+
+logger = logging.getLogger("bugsnag_celery")
 
 
 def configure(app: Celery, **options: Any) -> None:
@@ -35,12 +42,75 @@ def configure(app: Celery, **options: Any) -> None:
         raise TypeError(f"bugsnag_celery.configure() needs a Celery app, not {type(app).__name__}")
     resolved = resolve_options(app, options)  # raises before anything is changed
     _teardown(app)
-    state = AppState(app, resolved)
+    state = AppState(app, resolved, options)
     registry.add(state)
     current.set_default_release(state.release)
     register_delivery(app, resolved)
     signals.connect()
+    celery_signals.worker_init.connect(_at_worker_start, weak=False, dispatch_uid=_WORKER_START)
+    celery_signals.worker_ready.connect(_say_what_the_worker_does, weak=False, dispatch_uid=_WORKER_READY)
     install_hook()
+    official.adopt(resolved, load=False)
+    if django_settings_pending():
+        logger.info("bugsnag_celery: Django's settings are not loaded yet; settings.BUGSNAG is read "
+                    "again when the worker starts")  # fmt: skip
+
+
+_WORKER_START = "bugsnag_celery.worker_start"
+_WORKER_READY = "bugsnag_celery.worker_ready"
+
+
+def _at_worker_start(sender: Any = None, **_: Any) -> None:
+    """Main process of ``celery worker``: resolve the options again, with everything loaded.
+
+    ``configure()`` may have run before Django's settings were (the app module is imported
+    first), so ``settings.BUGSNAG`` and ``DEBUG`` are read here again; then the official
+    client is adopted and one line says what this worker will do.
+    """
+    app = getattr(sender, "app", None)
+    state = registry.state_for(app) if app is not None else None
+    if state is None:
+        return
+    try:
+        resolved = resolve_options(app, state.kwargs)
+        if resolved != state.options:
+            configure(app, **state.kwargs)
+            state = registry.state_for(app) or state
+    except ValueError as exc:
+        logger.error("bugsnag_celery: the options are invalid now that the worker has loaded its "
+                     "settings (%s); keeping those resolved by configure()", exc)  # fmt: skip
+    except Exception:
+        logger.exception("bugsnag_celery: resolving the options at worker start failed")
+    official.adopt(state.options, load=True)
+
+
+def _say_what_the_worker_does(sender: Any = None, **_: Any) -> None:
+    """One line at worker start (``worker_ready``: Celery's logging is set up by then)."""
+    try:
+        state = registry.state_for(getattr(sender, "app", None))
+        if state is not None:
+            logger.info("%s", status_line(state.options))
+        for note in official.take_notes():
+            logger.info("%s", note)
+    except Exception:
+        logger.exception("bugsnag_celery: worker_ready handler failed")
+
+
+def status_line(options: Options) -> str:
+    """What a worker will do, in one line: never the key itself."""
+    notify, sessions = options.endpoints
+    key = "API key present" if options.api_key else "NO API key (nothing is sent)"
+    stage = f"release stage {options.release_stage!r}"
+    if not options.sends:
+        stage += (
+            f" (not in enabled_release_stages {list(options.enabled_release_stages or ())}: nothing is sent)"
+        )
+    sessions_to = urlsplit(sessions).netloc if sessions else "nowhere (sessions_endpoint not set)"
+    return (
+        f"bugsnag_celery {__version__}: active; {key}; {stage}, app version {options.app_version!r}; "
+        f"events to {urlsplit(notify).netloc}, sessions to {sessions_to}, delivered every "
+        f"{options.session_delivery_interval:g} s by the beat task {DELIVER_TASK} (a beat must run)"
+    )
 
 
 def _teardown(app: Celery) -> AppState | None:
@@ -75,6 +145,8 @@ def unconfigure(app: Celery) -> None:
     current.set_default_release(remaining[-1].release if remaining else None)
     if not remaining:
         signals.disconnect()
+        celery_signals.worker_init.disconnect(dispatch_uid=_WORKER_START)
+        celery_signals.worker_ready.disconnect(dispatch_uid=_WORKER_READY)
         remove_hook()
 
 

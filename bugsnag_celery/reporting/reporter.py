@@ -22,7 +22,7 @@ from ..sessions.current import PAUSED_MARK, Session
 from ..transport.http import Payload
 from ..transport.sender import Sender
 
-__all__ = ["Reporter", "UNHANDLED_REASON"]
+__all__ = ["Reporter", "UNHANDLED_REASON", "raised_while_paused"]
 
 logger = logging.getLogger("bugsnag_celery")
 
@@ -96,7 +96,7 @@ class Reporter:
             event["groupingHash"] = grouping_hash
         if session_override is not None:
             event["session"] = session_override
-        elif session is not None and not session.paused and not _raised_while_paused(exc):
+        elif session is not None and not session.paused and not raised_while_paused(exc):
             if unhandled:
                 session.unhandled += 1
             else:
@@ -131,7 +131,7 @@ class Reporter:
         return True
 
 
-def _raised_while_paused(exc: BaseException) -> bool:
+def raised_while_paused(exc: BaseException) -> bool:
     try:
         return bool(getattr(exc, PAUSED_MARK, False))
     except Exception:

@@ -1,0 +1,168 @@
+"""Where options come from, and which one wins.
+
+Precedence, highest first: keyword arguments to ``configure()``, the Celery config
+(``app.conf.bugsnag_<option>``; ``CELERY_BUGSNAG_<OPTION>`` in a Django settings module read
+with ``namespace="CELERY"``), the environment (``BUGSNAG_API_KEY``,
+``BUGSNAG_RELEASE_STAGE``, ``BUGSNAG_APP_VERSION``), Django's ``settings.BUGSNAG`` when
+Django's settings are loaded (the dict the official Django integration reads), the official
+``bugsnag`` package's global configuration when it was imported and configured, and last
+the official Django integration's default (release stage ``development`` under ``DEBUG``).
+
+Resolution reads only what is already in memory: it imports neither Django nor
+``bugsnag`` (both are looked up in ``sys.modules``), opens nothing and starts nothing,
+because the same app module is imported by every web process that only sends tasks.
+Where Django's settings were not loaded yet when ``configure()`` ran, the worker resolves
+the options again when it starts (``hooks/wiring.py``), with everything loaded.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from .config import Options, check_unknown, validate
+
+__all__ = ["resolve_options", "django_settings_pending"]
+
+# Environment variables BugSnag's notifiers document.
+_ENV = {
+    "api_key": "BUGSNAG_API_KEY",
+    "release_stage": "BUGSNAG_RELEASE_STAGE",
+    "app_version": "BUGSNAG_APP_VERSION",
+}
+
+# settings.BUGSNAG keys of the official Django integration -> our option names.
+_DJANGO_KEYS = {
+    "api_key": "api_key",
+    "release_stage": "release_stage",
+    "app_version": "app_version",
+    "app_type": "app_type",
+    "hostname": "hostname",
+    "auto_capture_sessions": "auto_track_sessions",
+    "notify_release_stages": "enabled_release_stages",
+    "enabled_release_stages": "enabled_release_stages",
+    "project_root": "project_root",
+    "send_code": "send_code",
+    "endpoint": "notify_endpoint",
+    "session_endpoint": "sessions_endpoint",
+}
+
+
+def _celery_conf(app: Any) -> dict[str, Any]:
+    """The app's Celery config keys for this package, prefix removed.
+
+    ``bugsnag_<option>`` (Celery's lowercase style), and with a namespace -- Celery's
+    Django layout, ``app.config_from_object("django.conf:settings", namespace="CELERY")``
+    -- ``CELERY_BUGSNAG_<OPTION>``, as Celery reads its own settings there. Never a bare
+    ``BUGSNAG_*``: in a Django project those are the project's own settings, not options.
+    """
+    found: dict[str, Any] = {}
+    conf = app.conf
+    namespace = getattr(app, "namespace", None)
+    prefixes = ["bugsnag_"] + ([f"{namespace}_BUGSNAG_".upper()] if namespace else [])
+    where = " or ".join(f"app.conf.{p}*" for p in prefixes)
+    for key in list(conf.keys()):
+        if not isinstance(key, str):
+            continue
+        for prefix in prefixes:
+            if key.startswith(prefix):
+                found[key[len(prefix) :].lower()] = conf[key]
+    check_unknown(found, f"from {where}")
+    return found
+
+
+def _environment() -> dict[str, Any]:
+    return {name: os.environ[var] for name, var in _ENV.items() if os.environ.get(var)}
+
+
+def _loaded_django_settings() -> Any:
+    """Django's settings if they are loaded in this process, else None (never loads them)."""
+    conf = sys.modules.get("django.conf")
+    if conf is None:
+        return None
+    try:
+        settings = conf.settings
+        return settings if settings.configured else None
+    except Exception:  # Django half set up: not ours to fail on (the worker start re-reads)
+        return None
+
+
+def _django_settings() -> dict[str, Any]:
+    """``settings.BUGSNAG``, the dict the official Django integration reads."""
+    settings = _loaded_django_settings()
+    raw = getattr(settings, "BUGSNAG", None) if settings is not None else None
+    if not isinstance(raw, Mapping):
+        return {}
+    return {ours: raw[theirs] for theirs, ours in _DJANGO_KEYS.items() if raw.get(theirs) is not None}
+
+
+def _django_defaults() -> dict[str, Any]:
+    """What the official Django integration defaults to: ``development`` under ``DEBUG``."""
+    settings = _loaded_django_settings()
+    try:
+        return {"release_stage": "development"} if settings is not None and settings.DEBUG else {}
+    except Exception:
+        return {}
+
+
+def django_settings_pending() -> bool:
+    """Django is this process's framework but its settings are not loaded yet.
+
+    Then ``settings.BUGSNAG`` could not be read; the worker start resolves the options again.
+    """
+    return bool(os.environ.get("DJANGO_SETTINGS_MODULE")) and _loaded_django_settings() is None
+
+
+def _official_bugsnag() -> dict[str, Any]:
+    module = sys.modules.get("bugsnag")
+    configuration = getattr(module, "configuration", None) if module is not None else None
+    if configuration is None or not getattr(configuration, "api_key", None):
+        return {}  # imported perhaps, but never configured
+    found: dict[str, Any] = {}
+    for theirs, ours in (
+        ("api_key", "api_key"),
+        ("release_stage", "release_stage"),
+        ("app_version", "app_version"),
+        ("app_type", "app_type"),
+        ("hostname", "hostname"),
+    ):
+        try:
+            value = getattr(configuration, theirs, None)
+        except Exception:
+            value = None
+        if value is not None:
+            found[ours] = value
+    if found.get("release_stage") == "production" and not os.environ.get("BUGSNAG_RELEASE_STAGE"):
+        del found["release_stage"]  # its default, not a choice: the Django default may apply
+    return found
+
+
+def resolve_options(app: Any, kwargs: Mapping[str, Any]) -> Options:
+    """Merge every source by precedence and validate; raise ``ValueError`` naming the option.
+
+    Only the value that wins is validated: a malformed value in a source that a higher one
+    overrides (``BUGSNAG_API_KEY=xyz`` in the environment, a valid ``api_key=``) is not used,
+    so it cannot fail the configuration.
+    """
+    check_unknown(kwargs, "keyword argument to configure()")
+    sources = [
+        ("keyword arguments", dict(kwargs)),
+        ("app.conf", _celery_conf(app)),
+        ("environment", _environment()),
+        ("Django settings.BUGSNAG", _django_settings()),
+        ("bugsnag.configuration", _official_bugsnag()),
+        ("Django's DEBUG (as the official Django integration)", _django_defaults()),
+    ]
+    winners: dict[str, tuple[str, Any]] = {}
+    for where, values in reversed(sources):  # lowest precedence first, overwritten upwards
+        for name, value in values.items():
+            winners[name] = (where, value)
+    merged: dict[str, Any] = {}
+    for name, (where, value) in winners.items():
+        try:
+            merged.update(validate({name: value}))
+        except ValueError as exc:
+            raise ValueError(f"{exc} (from {where})") from None
+    return Options(**merged)
