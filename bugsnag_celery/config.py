@@ -13,6 +13,7 @@ import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple
+from urllib.parse import urlsplit
 
 __all__ = [
     "Options",
@@ -143,17 +144,34 @@ def _as_bool(option: str, value: Any) -> bool:
         "off",
     ):
         return value.strip().lower() in ("1", "true", "yes", "on")
-    raise _fail(option, f"must be a boolean, not {value!r}")
+    raise _fail(option, f"must be a boolean, not {_shown(value)}")
+
+
+#: Below these, a background thread or the beat would spin for nothing (1e-9 s burns a core).
+MIN_INTERVALS = {"session_flush_interval": 0.1, "session_delivery_interval": 1.0, "delivery_timeout": 0.1}
 
 
 def _as_interval(option: str, value: Any) -> float:
     try:
         number = float(value)
-    except (TypeError, ValueError):
-        raise _fail(option, f"must be a number of seconds, not {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise _fail(option, f"must be a number of seconds, not {_shown(value)}") from None
     if isinstance(value, bool) or not number > 0 or number != number or number == float("inf"):
-        raise _fail(option, f"must be a positive number of seconds, not {value!r}")
+        raise _fail(option, f"must be a positive number of seconds, not {_shown(value)}")
+    least = MIN_INTERVALS.get(option, 0.0)
+    if number < least:
+        raise _fail(option, f"must be at least {least:g} seconds, not {number:g}")
     return number
+
+
+def _shown(value: Any) -> str:
+    """A value for an error message: short, and never a URL's credentials."""
+    text = repr(value) if not isinstance(value, str) else repr(_without_credentials(value))
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _without_credentials(url: str) -> str:
+    return re.sub(r"(?<=//)[^/@\s]*@", "***@", url)
 
 
 def _as_text(option: str, value: Any, *, optional: bool) -> str | None:
@@ -162,17 +180,36 @@ def _as_text(option: str, value: Any, *, optional: bool) -> str | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(value)  # app_version=2 is a common slip; BugSnag wants text
     if not isinstance(value, str) or not value.strip():
-        raise _fail(option, f"must be a non-empty string, not {value!r}")
+        raise _fail(option, f"must be a non-empty string, not {_shown(value)}")
     return value.strip()
 
 
 def _as_endpoint(option: str, value: Any) -> str | None:
+    """A whole URL: http(s), a host, a valid port, nothing unquoted, no credentials."""
     if value is None:
         return None
-    text = _as_text(option, value, optional=False)
-    assert text is not None
-    if not re.match(r"https?://[^/\s]+", text):
-        raise _fail(option, f"must be an http:// or https:// URL, not {value!r}")
+    if not isinstance(value, str) or not value.strip():
+        raise _fail(option, f"must be an http:// or https:// URL, not {_shown(value)}")
+    text = value.strip()
+    problem = None
+    try:
+        parts = urlsplit(text)
+        port = parts.port  # raises ValueError for "notaport" or 99999
+    except ValueError as exc:
+        parts, port, problem = None, None, f"has a bad port or host ({exc})"
+    if parts is not None:
+        if parts.scheme not in ("http", "https"):
+            problem = "must start with http:// or https://"
+        elif not parts.hostname:
+            problem = "has no host"
+        elif re.search(r"\s", text):
+            problem = "contains whitespace"
+        elif parts.username is not None or parts.password is not None:
+            problem = "must not contain credentials (BugSnag authenticates with the API key)"
+        elif port == 0:
+            problem = "has port 0"
+    if problem is not None:
+        raise _fail(option, f"{problem}: {_shown(text)}")
     return text
 
 
@@ -182,11 +219,11 @@ def _as_patterns(option: str, value: Any) -> tuple[str, ...]:
         items = list(items)
     except TypeError:
         raise _fail(
-            option, f"must be a task name or a list of names/regular expressions, not {value!r}"
+            option, f"must be a task name or a list of names/regular expressions, not {_shown(value)}"
         ) from None
     for item in items:
         if not isinstance(item, str):
-            raise _fail(option, f"entries must be strings, not {item!r}")
+            raise _fail(option, f"entries must be strings, not {_shown(item)}")
         try:
             re.compile(item)
         except re.error as exc:
@@ -199,10 +236,10 @@ def _as_strings(option: str, value: Any) -> tuple[str, ...]:
     try:
         items = list(items)
     except TypeError:
-        raise _fail(option, f"must be a list of strings, not {value!r}") from None
+        raise _fail(option, f"must be a list of strings, not {_shown(value)}") from None
     for item in items:
         if not isinstance(item, str) or not item:
-            raise _fail(option, f"entries must be non-empty strings, not {item!r}")
+            raise _fail(option, f"entries must be non-empty strings, not {_shown(item)}")
     return tuple(items)
 
 
@@ -236,15 +273,17 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
             items = _as_strings(name, value)
             clean[name] = tuple(i.lower() for i in items) if name == "redacted_keys" else items
         elif name == "project_root":
+            if value is not None and not isinstance(value, (str, os.PathLike)):
+                raise _fail(name, f"must be a path (str or os.PathLike), not {_shown(value)}")
             clean[name] = None if value is None else _as_text(name, os.fspath(value), optional=False)
         elif name == "before_notify":
             callbacks = [value] if callable(value) else value
             try:
                 callbacks = tuple(callbacks)
             except TypeError:
-                raise _fail(name, f"must be a callable or a list of callables, not {value!r}") from None
+                raise _fail(name, f"must be a callable or a list of callables, not {_shown(value)}") from None
             for callback in callbacks:
                 if not callable(callback):
-                    raise _fail(name, f"entries must be callables, not {callback!r}")
+                    raise _fail(name, f"entries must be callables, not {_shown(callback)}")
             clean[name] = callbacks
     return clean

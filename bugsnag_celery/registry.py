@@ -101,6 +101,7 @@ def _flush_targets() -> list[FlushTarget]:
             [state.release],
             state.options.sends and bool(state.options.api_key),
             state.options.queue_prefix,
+            state.options.session_delivery_interval,
         )
         for state in states()
     ]

@@ -44,6 +44,14 @@ def app(monkeypatch: pytest.MonkeyPatch) -> Iterator[Celery]:
         ({"exclude_tasks": [3]}, "'exclude_tasks'"),
         ({"notify_endpoint": "notify.example.com"}, "'notify_endpoint'"),
         ({"release_stage": ""}, "'release_stage'"),
+        ({"notify_endpoint": "http://127.0.0.1:notaport/notify"}, "'notify_endpoint' has a bad port"),
+        ({"notify_endpoint": "http://127.0.0.1:99999/notify"}, "'notify_endpoint' has a bad port"),
+        ({"sessions_endpoint": "http://ho st/sessions"}, "'sessions_endpoint' contains whitespace"),
+        ({"notify_endpoint": "ftp://host/notify"}, "'notify_endpoint' must start with http"),
+        ({"notify_endpoint": "http:///notify"}, "'notify_endpoint' has no host"),
+        ({"project_root": 5}, "'project_root' must be a path"),
+        ({"session_flush_interval": 1e-9}, "'session_flush_interval' must be at least 0.1"),
+        ({"session_delivery_interval": 0.5}, "'session_delivery_interval' must be at least 1"),
     ],
 )
 def test_bad_options_fail_loudly_naming_the_option(app: Celery, kwargs: dict[str, Any], names: str) -> None:
@@ -230,3 +238,25 @@ def test_the_worker_status_line_says_what_it_does_never_the_key(app: Celery) -> 
     assert "release stage 'staging', app version '1.2'" in line
     assert "events to collector:9339" in line and "sessions to nowhere" in line
     assert "every 30 s" in line and "a beat must run" in line
+
+
+def test_credentials_in_an_endpoint_are_refused_and_never_echoed(app: Celery) -> None:
+    with pytest.raises(ValueError, match="must not contain credentials") as info:
+        bugsnag_celery.configure(app, api_key=KEY, notify_endpoint="https://user:hunter2@bugsnag.example/")
+    assert "hunter2" not in str(info.value)
+
+
+def test_notify_needs_an_exception(app: Celery) -> None:
+    bugsnag_celery.configure(app, api_key=KEY, notify_endpoint="http://127.0.0.1:9/notify")
+    with pytest.raises(TypeError, match="needs an exception, not NoneType"):
+        bugsnag_celery.notify(None)  # type: ignore[arg-type]
+
+
+def test_repeated_warnings_are_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from bugsnag_celery.logs import log_every
+
+    key = f"test-{uuid.uuid4().hex}"
+    written = [log_every(key, 60.0, logging.WARNING, "broker down") for _ in range(100)]
+    assert written.count(True) == 1 and caplog.text.count("broker down") == 1

@@ -695,7 +695,35 @@ def test_redact_depth() -> None:
     for _ in range(10):
         secret = [secret]
     assert "hunter2" not in json.dumps(redact(secret))
-    assert redact({"a": {"b": 1}}, max_depth=1) == {"a": "{'b': 1}"}
+    # past the depth limit: the kind and size of what was there, never its contents
+    assert redact({"a": {"b": 1}}, max_depth=1) == {"a": "<dict of 1 item(s), nested too deep>"}
+    # ... even where a repr would have cut the key that names the secret
+    deep = {"x" * 60 + "password": "hunter2"}
+    for _ in range(9):
+        deep = [deep]
+    assert "hunter2" not in json.dumps(redact(deep))
+
+
+def test_redaction_decides_on_the_whole_key_with_every_separator_and_every_mapping() -> None:
+    import collections
+    import types
+
+    secret = "s3cr3t-value"
+    cases: list[Any] = [
+        {"api key": secret},  # space
+        {"credit.card": secret},  # dot
+        {"Api-Key": secret, "API_KEY": secret, "apiKey": secret},
+        {"k" * 2000 + "password": secret},  # the word past the 1,024 characters shown
+        collections.UserDict({"token": secret}),
+        types.MappingProxyType({"password": secret}),
+        collections.OrderedDict(secret_sauce=secret),
+    ]
+    for case in cases:
+        out = redact(case)
+        assert secret not in json.dumps(out), (case, out)
+        assert isinstance(out, dict) and set(out.values()) == {"[REDACTED]"}
+    long_key = next(iter(redact({"k" * 2000 + "password": secret})))
+    assert len(long_key) <= 1024 + 1  # shown cut, after the decision
 
 
 def test_redact_hostile_containers() -> None:

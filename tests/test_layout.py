@@ -14,7 +14,7 @@ which never run. The layers, highest first::
     payload                             pure functions: exceptions, redaction, encoding
     sessions                            the current session, the counts
     settings                            where options come from (reads config)
-    about, clock, config                the base: import nothing of the package
+    about, clock, config, logs          the base: import nothing of the package
 
 A module may import its own layer's modules and those below; never above.
 """
@@ -42,7 +42,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("payload",),
     ("sessions",),
     ("settings",),
-    ("about", "clock", "config"),
+    ("about", "clock", "config", "logs"),
 ]
 MAX_LINES = 400
 

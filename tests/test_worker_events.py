@@ -208,9 +208,14 @@ def test_endpoint_down_at_shutdown_spools_then_delivers_once(
         assert w.stop() == 0  # warm shutdown while the endpoint is still failing
     assert endpoint.events() == []
     endpoint.default = 200
-    stats = drain_spooled_events(fs_broker.producer(), prefix=fs_broker.queue)
+    where: dict[str, Any] = {
+        "api_key": API_KEY,
+        "endpoint": f"{endpoint.url}/notify",
+        "prefix": fs_broker.queue,
+    }
+    stats = drain_spooled_events(fs_broker.producer(), **where)
     assert stats == {"delivered": 1, "dropped": 0, "requeued": 0}
-    assert drain_spooled_events(fs_broker.producer(), prefix=fs_broker.queue)["delivered"] == 0  # once
+    assert drain_spooled_events(fs_broker.producer(), **where)["delivered"] == 0  # once
     got = endpoint.events()
     assert [e["context"] for e in got] == ["events.chained"]
     assert got[0]["session"]["events"]["unhandled"] == 1

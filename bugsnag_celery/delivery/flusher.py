@@ -27,13 +27,16 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from ..logs import log_every
 from ..payload.sessions import counts_message
 from ..sessions import counts
 from ..sessions.counts import PendingCounts, Release
 from ..transport.queues import DEFAULT_PREFIX, publish, queue_names
+from .status import delivery_problem
 
 __all__ = ["FlushTarget", "Flusher", "publish_counts"]
 
@@ -47,6 +50,7 @@ class FlushTarget(NamedTuple):
     releases: list[Release]
     sends: bool  # False outside enabled_release_stages or without an API key: discarded
     prefix: str
+    delivery_interval: float = 30.0  # the beat's: a delivery older than 3 of them means no beat
 
 
 def publish_counts(app: Any, pending: PendingCounts, prefix: str = DEFAULT_PREFIX) -> bool:
@@ -57,7 +61,8 @@ def publish_counts(app: Any, pending: PendingCounts, prefix: str = DEFAULT_PREFI
         publish(app, queue_names(prefix).sessions, [counts_message(pending)])
         return True
     except Exception as exc:
-        logger.warning("bugsnag_celery: session counts kept in memory, the broker is unreachable: %s", exc)
+        message = "bugsnag_celery: session counts kept in memory, the broker is unreachable: %s"
+        log_every("broker-down", 60.0, logging.WARNING, message, exc)
         return False
 
 
@@ -85,6 +90,8 @@ class Flusher:
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self._start_lock = threading.Lock()
+        self._first_moved = 0.0  # when this process first moved counts to the broker
+        self._checked: dict[str, float] = {}  # queue prefix -> when deliveries were last checked
 
     def start(self) -> None:
         with self._start_lock:  # two threads counting their first session at once
@@ -119,9 +126,30 @@ class Flusher:
             if not self.enabled:
                 continue
             try:
-                self.flush_once()
+                if self.flush_once():
+                    self._first_moved = self._first_moved or time.time()
+                self._check_deliveries()
             except Exception:
                 logger.exception("bugsnag_celery: moving session counts failed")
+
+    def _check_deliveries(self) -> None:
+        """Counts this process moved wait on the broker and no delivery ran: say why, hourly.
+
+        Checked once per delivery interval: one status read and one queue count on the broker.
+        """
+        now = time.time()
+        for target in self.targets():
+            interval = target.delivery_interval
+            if not self._first_moved or now - self._first_moved < 3 * interval:
+                continue
+            if now - self._checked.get(target.prefix, 0.0) < interval:
+                continue
+            self._checked[target.prefix] = now
+            problem = delivery_problem(target.app, target.prefix, interval, now)
+            if problem:
+                log_every(
+                    f"no-delivery:{target.prefix}", 3600.0, logging.WARNING, "bugsnag_celery: %s", problem
+                )
 
     def flush_once(self, wait: float | None = None) -> int:
         """Take every count and hand it to its broker; put back what the broker refused.

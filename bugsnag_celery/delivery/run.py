@@ -31,7 +31,10 @@ def deliver_all(app: Any, opts: Options) -> dict[str, Any]:
             enabled_release_stages=opts.enabled_release_stages, timeout=opts.delivery_timeout,
             prefix=opts.queue_prefix,
         )  # fmt: skip
-        status["events"] = drain_spooled_events(app, timeout=opts.delivery_timeout, prefix=opts.queue_prefix)
+        status["events"] = drain_spooled_events(
+            app, api_key=opts.api_key if opts.sends else None, endpoint=opts.endpoints.notify,
+            timeout=opts.delivery_timeout, prefix=opts.queue_prefix,
+        )  # fmt: skip
         if status["sessions"]["retry"] or status["events"]["requeued"]:
             status["last_error"] = f"{now_iso()}: BugSnag unreachable or failing; kept for the next run"
         else:

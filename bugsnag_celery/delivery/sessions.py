@@ -7,15 +7,14 @@ request per group and run, whatever the number of task runs or processes.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable
 from typing import Any
 
-from ..payload.sessions import counts_from_message, counts_message, session_payload
+from ..payload.sessions import MAX_SESSION_BODY, counts_from_message, counts_message, session_bodies
 from ..sessions import counts
-from ..sessions.counts import PendingCounts
-from ..transport.http import DELIVERED, PERMANENT, Payload, log_permanent, post
+from ..sessions.counts import PendingCounts, Release
+from ..transport.http import DELIVERED, PERMANENT, UNKNOWN, Payload, log_permanent, log_unknown, post
 from ..transport.queues import DEFAULT_PREFIX, message_count, queue_names
 from .drain import Sent, drain
 
@@ -33,31 +32,42 @@ def deliver_session_counts(
     timeout: float = 10.0,
     limit: int = 100_000,
     prefix: str = DEFAULT_PREFIX,
+    max_body: int = MAX_SESSION_BODY,
 ) -> dict[str, int]:
-    """Drain the sessions queue, post one payload per release group, ack after a 2xx.
+    """Drain the sessions queue, post the payloads of each release group, ack after a 2xx.
 
-    Groups that fail with a retryable error go back to the queue as one new message.
-    Permanent 4xx: dropped with one log line.
+    Groups that fail with a retryable error go back to the queue as one new message. An
+    unknown outcome (no answer in time: it may have arrived) goes back once, marked; a
+    second unknown outcome drops it with a log line, so a slow BugSnag sees a count at
+    most twice. Permanent 4xx: dropped with one log line.
     """
     stats = {"messages": 0, "sessions": 0, "delivered": 0, "dropped": 0, "retry": 0, "requests": 0}
     stages = None if enabled_release_stages is None else set(enabled_release_stages)
 
     def send(bodies: list[Any]) -> Sent:
-        merged: PendingCounts = {}
-        malformed = 0
+        merged: dict[tuple[Release, int], dict[str, int]] = {}
+        malformed = invalid = 0
         for body in bodies:
             try:
-                for release, buckets in counts_from_message(body).items():
-                    into = merged.setdefault(release, {})
-                    for minute, n in buckets.items():
-                        into[minute] = into.get(minute, 0) + n
+                pending, dropped, unknown = counts_from_message(body)
             except Exception:
                 malformed += 1
+                continue
+            invalid += dropped
+            for release, buckets in pending.items():
+                into = merged.setdefault((release, min(unknown, 1)), {})
+                for minute, n in buckets.items():
+                    into[minute] = into.get(minute, 0) + n
         if malformed:
             logger.error("bugsnag_celery: dropping %d malformed session-count message(s)", malformed)
-        retry: PendingCounts = {}
+        if invalid:
+            logger.error(
+                "bugsnag_celery: dropping %d session count(s) with impossible values (not a positive "
+                "count, or a minute that does not exist or lies ahead)", invalid,
+            )  # fmt: skip
+        retry: dict[int, PendingCounts] = {0: {}, 1: {}}
         warned = False
-        for release, buckets in merged.items():
+        for (release, unknown), buckets in merged.items():
             total = sum(buckets.values())
             stats["sessions"] += total
             if stages is not None and release.release_stage not in stages:
@@ -72,27 +82,37 @@ def deliver_session_counts(
                     logger.warning("bugsnag_celery: session counts dropped (%s)", why)
                 stats["dropped"] += total
                 continue
-            body = json.dumps(session_payload(release, buckets), separators=(",", ":")).encode()
-            payload = Payload(endpoint, api_key, "1.0", body, kind="session")
-            outcome, reason = post(payload, timeout)
-            stats["requests"] += 1
-            if outcome == DELIVERED:
-                stats["delivered"] += total
-            elif outcome == PERMANENT:
-                log_permanent(payload, reason)
-                stats["dropped"] += total
-            else:
-                logger.warning("bugsnag_celery: session delivery failed (%s); kept for the next run", reason)
-                retry[release] = buckets
-                stats["retry"] += total
+            for chunk, body in session_bodies(release, buckets, max_body):
+                sent = sum(chunk.values())
+                payload = Payload(endpoint, api_key, "1.0", body, kind="session")
+                outcome, reason = post(payload, timeout)
+                stats["requests"] += 1
+                if outcome == DELIVERED:
+                    stats["delivered"] += sent
+                elif outcome == PERMANENT:
+                    log_permanent(payload, reason)
+                    stats["dropped"] += sent
+                elif outcome == UNKNOWN and unknown:
+                    log_unknown("session", sent, again=True)
+                    stats["dropped"] += sent
+                else:
+                    if outcome == UNKNOWN:
+                        log_unknown("session", sent, again=False)
+                    else:
+                        logger.warning("bugsnag_celery: session delivery failed (%s); kept for the next run",
+                                       reason)  # fmt: skip
+                    mark = 1 if outcome == UNKNOWN else unknown
+                    retry[mark].setdefault(release, {}).update(chunk)
+                    stats["retry"] += sent
         left = bool(stats["delivered"] or stats["dropped"])
-        return Sent([counts_message(retry)] if retry else [], left)
+        again = [counts_message(pending, unknown=mark) for mark, pending in retry.items() if pending]
+        return Sent(again, left)
 
     def keep_in_memory(bodies: list[Any]) -> bool:
         # Part went out: handing the whole batch back would send that part twice. This
         # process's flusher publishes the rest when the broker is back.
         for body in bodies:
-            counts.restore_pending_counts(counts_from_message(body))
+            counts.restore_pending_counts(counts_from_message(body)[0])
         return True
 
     drained = drain(app, queue_names(prefix).sessions, send, limit=limit, keep=keep_in_memory)

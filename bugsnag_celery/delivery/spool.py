@@ -5,6 +5,12 @@ JSON -- never pickle -- and the periodic delivery run drains the queue later. Us
 broker the app already has means no new server for the user to run, and the queue
 survives worker restarts. The broker hands each message to one consumer, so two drains
 running at once never send the same payload twice.
+
+A message holds the events only: neither the endpoint nor the API key. They are sent with
+the app's configuration at delivery time, so whoever can write to the broker cannot make
+workers post anywhere, a configuration fixed later applies to what waits, and no key sits
+on the broker in plain text. (Messages of the earlier format, ``"v"`` absent, are read too;
+their endpoint and key are ignored.)
 """
 
 from __future__ import annotations
@@ -13,7 +19,9 @@ import json
 import logging
 from typing import Any
 
-from ..transport.http import DELIVERED, PERMANENT, Payload, log_permanent, post
+from ..about import notifier_info
+from ..payload.encoding import PayloadTooLarge, encode_payload
+from ..transport.http import DELIVERED, PERMANENT, UNKNOWN, Payload, log_permanent, log_unknown, post
 from ..transport.queues import DEFAULT_PREFIX, message_count, publish, queue_names
 from .drain import Sent, drain
 
@@ -21,40 +29,74 @@ __all__ = ["spool_payloads", "drain_spooled_events", "spooled_event_count"]
 
 logger = logging.getLogger("bugsnag_celery")
 
+VERSION = 2
+
+
+def _message(payload: Payload) -> dict[str, Any]:
+    events = payload.events
+    if events is None:
+        events = json.loads(payload.body)["events"]
+    return {"v": VERSION, "kind": payload.kind, "payload_version": payload.payload_version,
+            "events": events, "unknown": payload.unknown}  # fmt: skip
+
 
 def spool_payloads(app: Any, payloads: list[Payload], prefix: str = DEFAULT_PREFIX) -> bool:
     """Publish *payloads* to the spool queue. True if the broker took all of them."""
     try:
-        bodies = [
-            {"kind": p.kind, "endpoint": p.endpoint, "payload_version": p.payload_version,
-             "body": p.body.decode("utf-8")}
-            for p in payloads
-        ]  # fmt: skip
-        publish(app, queue_names(prefix).events, bodies)
+        publish(app, queue_names(prefix).events, [_message(p) for p in payloads])
         return True
     except Exception as exc:
         logger.error("bugsnag_celery: could not spool %d payload(s) to the broker: %s", len(payloads), exc)
         return False
 
 
-def drain_spooled_events(
-    app: Any, *, timeout: float = 10.0, limit: int = 10_000, prefix: str = DEFAULT_PREFIX
-) -> dict[str, int]:
-    """Send what the spool holds, in order. A 2xx or a permanent 4xx ends a message's life.
+def _events_of(data: Any) -> tuple[list[Any], int]:
+    """The events a spooled message holds, and its unknown-outcome mark; raises if malformed."""
+    if data.get("v") == VERSION:
+        events, unknown = data["events"], data.get("unknown", 0)
+    else:  # the earlier format: a whole body, with an endpoint and key we ignore
+        events, unknown = json.loads(data["body"])["events"], 0
+    if not isinstance(events, list) or not events or not all(isinstance(e, dict) for e in events):
+        raise ValueError("no events")
+    if not isinstance(unknown, int) or isinstance(unknown, bool):
+        raise ValueError("bad unknown mark")
+    return events, unknown
 
-    On a retryable failure the drain stops (the endpoint is unwell): that message and
-    every one after it go back to the spool for the next run.
+
+def drain_spooled_events(
+    app: Any,
+    *,
+    api_key: str | None,
+    endpoint: str,
+    timeout: float = 10.0,
+    limit: int = 10_000,
+    prefix: str = DEFAULT_PREFIX,
+) -> dict[str, int]:
+    """Send what the spool holds, in order, with *api_key* to *endpoint* (the app's, now).
+
+    A 2xx ends a message's life; so does a message that cannot be read or sent (malformed,
+    over 1 MB, a permanent 4xx): dropped with one log line each, never blocking the ones
+    behind. On a retryable failure the drain stops (the endpoint is unwell): that message
+    and every one after it go back to the spool for the next run. Without an API key
+    nothing is taken.
     """
     stats = {"delivered": 0, "dropped": 0, "requeued": 0}
+    if not api_key:
+        return stats
 
     def send(bodies: list[Any]) -> Sent:
         for index, data in enumerate(bodies):
             try:
-                body = data["body"].encode("utf-8")
-                api_key = json.loads(body).get("apiKey", "")
-                payload = Payload(data["endpoint"], api_key, data["payload_version"], body, kind=data["kind"])
-            except Exception:
-                logger.error("bugsnag_celery: dropping a malformed spooled message")
+                events, unknown = _events_of(data)
+                envelope = {"apiKey": api_key, "payloadVersion": "4.0", "notifier": notifier_info(),
+                            "events": events}  # fmt: skip
+                payload = Payload(endpoint, api_key, "4.0", encode_payload(envelope), kind="event")
+            except PayloadTooLarge:
+                logger.error("bugsnag_celery: dropping a spooled event over 1 MB even after trimming")
+                stats["dropped"] += 1
+                continue
+            except Exception as exc:
+                logger.error("bugsnag_celery: dropping a malformed spooled message (%s)", type(exc).__name__)
                 stats["dropped"] += 1
                 continue
             outcome, reason = post(payload, timeout)
@@ -63,9 +105,18 @@ def drain_spooled_events(
             elif outcome == PERMANENT:
                 log_permanent(payload, reason)
                 stats["dropped"] += 1
+            elif outcome == UNKNOWN and unknown:
+                log_unknown("event", len(events), again=True)
+                stats["dropped"] += 1
             else:
+                if outcome == UNKNOWN:
+                    log_unknown("event", len(events), again=False)
+                    data = {**data, "v": VERSION, "events": events, "unknown": 1, "payload_version": "4.0",
+                            "kind": "event"}  # fmt: skip
+                    data.pop("body", None)
+                    data.pop("endpoint", None)
                 stats["requeued"] = len(bodies) - index
-                return Sent(bodies[index:], True)
+                return Sent([data, *bodies[index + 1 :]], True)
         return Sent([], True)
 
     drained = drain(app, queue_names(prefix).events, send, limit=limit)

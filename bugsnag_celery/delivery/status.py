@@ -8,11 +8,12 @@ counts last reach BugSnag?" without a database.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
-from ..transport.queues import DEFAULT_PREFIX, bound_queue, connection, publish, queue_names
+from ..transport.queues import DEFAULT_PREFIX, bound_queue, connection, message_count, publish, queue_names
 
-__all__ = ["record_status", "read_status"]
+__all__ = ["record_status", "read_status", "delivery_problem"]
 
 logger = logging.getLogger("bugsnag_celery")
 
@@ -46,3 +47,41 @@ def read_status(app: Any, prefix: str = DEFAULT_PREFIX) -> dict[str, Any] | None
         data: dict[str, Any] = message.decode()
         message.requeue()
         return data
+
+
+def _oldest_publish_time(app: Any, name: str) -> float | None:
+    """When the message at the head of *name* was published (``"at"``), left in place."""
+    with connection(app, write=False) as conn:
+        message = bound_queue(conn, name).get(no_ack=False, accept=["json"])
+        if message is None:
+            return None
+        try:
+            at = message.decode().get("at")
+        finally:
+            message.requeue()
+    return float(at) if isinstance(at, (int, float)) and not isinstance(at, bool) else None
+
+
+def delivery_problem(app: Any, prefix: str, interval: float, now: float | None = None) -> str | None:
+    """Why counts wait on the broker, if no delivery ran for 3 intervals; None if all is well.
+
+    The likely cause is that no beat runs: nothing else schedules the delivery task.
+    """
+    now = time.time() if now is None else now
+    name = queue_names(prefix).sessions
+    waiting = message_count(app, name)
+    if not waiting:
+        return None
+    oldest = _oldest_publish_time(app, name)
+    if oldest is not None and now - oldest <= 3 * interval:
+        return None  # they have not waited long: a delivery run may well be on its way
+    last = (read_status(app, prefix) or {}).get("last_run_at")
+    if isinstance(last, (int, float)) and now - last <= 3 * interval:
+        return None
+    since = f"{now - last:.0f} s ago" if isinstance(last, (int, float)) else "never"
+    return (
+        f"{waiting} message(s) of session counts wait on the broker and the last delivery run was "
+        f"{since} (expected every {interval:g} s): is a beat running? Nothing else schedules "
+        f"bugsnag_celery.deliver_sessions: start one (celery -A <app> beat, or worker -B); "
+        f"celery -A <app> bugsnag flush delivers now"
+    )

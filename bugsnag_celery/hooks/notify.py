@@ -40,6 +40,8 @@ def notify(
     user: Mapping[str, Any] | None = None,
 ) -> None:
     """Report a handled exception from any code, attributed to the current session unless paused."""
+    if not isinstance(exception, BaseException):  # notify(None): the caller's bug, say so
+        raise TypeError(f"bugsnag_celery.notify needs an exception, not {type(exception).__name__}")
     level, reason = severity_of(severity)  # a wrong severity is the caller's bug: say so
     try:
         reporter, task, request = registry.current_reporter()

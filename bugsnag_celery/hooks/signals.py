@@ -9,13 +9,16 @@ the process still holds. Each handler's docstring says which process runs it.
 
 from __future__ import annotations
 
+import atexit
 import logging
+import threading
 from typing import Any
 
 from celery import signals
 
 from .. import registry
 from ..reporting.task_tab import set_worker_pool
+from ..sessions import counts
 from .failures import report_crash_seen_by_main
 from .tracer import patch_consumer
 
@@ -104,8 +107,52 @@ _SIGNALS = (
 )
 
 
+#: The exit flush of a script or web process: counts to the broker, events sent or spooled.
+EXIT_FLUSH_SECONDS = 2.0
+_exit_flush_registered = False
+
+
+def _at_exit() -> None:
+    """At interpreter exit, outside a worker (a script, a web process running eager tasks).
+
+    Without it a process that exits within a flush interval delivers none of its sessions.
+    Bounded: the work runs in a daemon thread given :data:`EXIT_FLUSH_SECONDS` (a dead
+    broker must not hold the exit), and what could not leave is said in one line.
+    (Prefork children leave through ``os._exit``: theirs is ``worker_process_shutdown``.)
+    """
+    if not registry.states():
+        return
+    done = threading.Event()
+
+    def work() -> None:
+        try:
+            flush_events(EXIT_FLUSH_SECONDS / 2)
+            registry.flusher.flush_once(wait=EXIT_FLUSH_SECONDS / 4)
+        except Exception:
+            logger.exception("bugsnag_celery: the exit flush failed")
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name="bugsnag-celery-exit", daemon=True).start()
+    finished = done.wait(EXIT_FLUSH_SECONDS)
+    left = counts.pending_total()
+    if left or not finished:
+        logger.error(
+            "bugsnag_celery: at exit, %d session count(s) could not reach the broker%s; they are lost",
+            left, "" if finished else f" within {EXIT_FLUSH_SECONDS:g} s (events may be lost too)",
+        )  # fmt: skip
+
+
+def register_exit_flush() -> None:
+    global _exit_flush_registered
+    if not _exit_flush_registered:
+        _exit_flush_registered = True
+        atexit.register(_at_exit)
+
+
 def connect() -> None:
     """Connect the receivers (once per process, for all apps: they look the app up)."""
+    register_exit_flush()
     for name, receiver in _SIGNALS:
         # weak=False so a closure is not collected, dispatch_uid so configuring twice
         # connects once.

@@ -7,18 +7,16 @@ never raising: a value that cannot be represented becomes a placeholder string.
 from __future__ import annotations
 
 import math
-import reprlib
 import sys
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from ..config import DEFAULT_REDACTED_KEYS
 from .text import ELLIPSIS, clean_text, safe_repr, type_name
 
-__all__ = ["REDACTED", "redact", "encodable"]
+__all__ = ["REDACTED", "redact", "encodable", "is_secret"]
 
 REDACTED = "[REDACTED]"
-#: How much of a container nested deeper than ``max_depth`` survives, as text.
-DEEP_REPR_CHARS = 128
 #: json (and repr) refuse ints of more than 4300 digits (CVE-2020-10735), and JSON readers in
 #: other languages lose precision past 64 bits: larger ints travel as their decimal text.
 MAX_JSON_INT_BITS = 63
@@ -31,12 +29,6 @@ class _Limits(NamedTuple):
     max_depth: int
     max_items: int
     max_string: int
-
-
-_deep_repr = reprlib.Repr()
-_deep_repr.maxlevel = 2
-_deep_repr.maxdict = _deep_repr.maxlist = _deep_repr.maxtuple = 4
-_deep_repr.maxstring = _deep_repr.maxother = _deep_repr.maxlong = 40
 
 
 # Separators do not count when matching keys: "X-Api-Key", "api key" and "apiKey" all
@@ -54,28 +46,39 @@ def _is_secret(key: str, words: tuple[str, ...]) -> bool:
     return any(word in normalised for word in words)
 
 
-def _key_text(key: Any, limits: _Limits) -> str:
-    if type(key) is str or isinstance(key, str):
-        return clean_text(key, limits.max_string)
-    if isinstance(key, (bytes, bytearray)):
-        return clean_text(
-            bytes(key[: 4 * limits.max_string + 4]).decode("utf-8", "backslashreplace"), limits.max_string
-        )
-    return safe_repr(key, limits.max_string)
+def is_secret(text: str, keys: tuple[str, ...]) -> bool:
+    """Does *text* contain one of the redacted *keys*, matched as redaction matches keys?"""
+    return _is_secret(text, _key_words(keys))
+
+
+#: How much of a key is read to decide whether it names a secret (the decision is made on
+#: the whole key, before it is cut to ``max_string`` for display).
+MAX_KEY_CHECKED = 1 << 20
+
+
+def _key(key: Any, limits: _Limits) -> tuple[str, bool]:
+    """A key as shown (cut to ``max_string``), and whether the *whole* key names a secret."""
+    if isinstance(key, str):
+        whole = str.__str__(key)
+    elif isinstance(key, (bytes, bytearray)):
+        whole = bytes(key[:MAX_KEY_CHECKED]).decode("utf-8", "backslashreplace")
+    else:
+        whole = safe_repr(key, MAX_KEY_CHECKED)
+    secret = bool(limits.keys) and _is_secret(whole[:MAX_KEY_CHECKED], limits.keys)
+    return clean_text(whole, limits.max_string), secret
 
 
 def _too_deep(value: Any, limits: _Limits) -> str:
-    """A container nested past ``max_depth``: a short repr, unless it may show a secret.
+    """A container nested past ``max_depth``: its kind and size, never its contents.
 
-    The repr shows dict keys before their values, so if no redacted word appears in
-    the (cut) text, no redacted value can either.
+    A short repr could show a secret whose key the repr cut short; the kind and size say
+    what was there without that risk.
     """
     try:
-        text = _deep_repr.repr(value)
+        size = len(value)
     except Exception:
-        return f"<unrepresentable {type_name(value)}>"
-    text = clean_text(text, DEEP_REPR_CHARS)
-    return REDACTED if _is_secret(text, limits.keys) else text
+        return f"<{type_name(value)} nested too deep>"
+    return f"<{type_name(value)} of {size} item(s), nested too deep>"
 
 
 def _jsonable(value: Any, limits: _Limits, depth: int, path: set[int]) -> Any:
@@ -90,7 +93,7 @@ def _jsonable(value: Any, limits: _Limits, depth: int, path: set[int]) -> Any:
             return value if value.bit_length() <= MAX_JSON_INT_BITS else safe_repr(value, limits.max_string)
         if kind is float:
             return value if math.isfinite(value) else repr(value)
-        if isinstance(value, (dict, list, tuple)):
+        if isinstance(value, (dict, list, tuple, Mapping)):
             return _container(value, limits, depth, path)
         if isinstance(value, str):
             return clean_text(str.__str__(value), limits.max_string)
@@ -113,18 +116,17 @@ def _container(value: Any, limits: _Limits, depth: int, path: set[int]) -> Any:
         return _too_deep(value, limits)
     path.add(id(value))
     try:
-        if isinstance(value, dict):
+        if isinstance(value, (dict, Mapping)):
+            # Every mapping by its keys (UserDict, MappingProxyType...), never by its repr.
             result: dict[str, Any] = {}
-            total = dict.__len__(value)
-            for index, (key, item) in enumerate(dict.items(value)):
+            pairs = dict.items(value) if isinstance(value, dict) else value.items()
+            total = dict.__len__(value) if isinstance(value, dict) else len(value)
+            for index, (key, item) in enumerate(pairs):
                 if index >= limits.max_items:
                     result[ELLIPSIS] = f"{total - limits.max_items} more"
                     break
-                text = _key_text(key, limits)
-                if limits.keys and _is_secret(text, limits.keys):
-                    result[text] = REDACTED
-                else:
-                    result[text] = _jsonable(item, limits, depth + 1, path)
+                text, secret = _key(key, limits)
+                result[text] = REDACTED if secret else _jsonable(item, limits, depth + 1, path)
             return result
         fields = getattr(type(value), "_fields", None)
         if isinstance(value, tuple) and isinstance(fields, tuple) and len(fields) == len(value):

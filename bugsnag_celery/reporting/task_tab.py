@@ -6,6 +6,8 @@ hide them is sent instead -- unless it looks like it holds a secret.
 
 from __future__ import annotations
 
+import ast
+import json
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +15,7 @@ if TYPE_CHECKING:
     from typing import TypeGuard
 
 from ..config import Options
-from ..payload.redaction import redact
+from ..payload.redaction import is_secret, redact
 from ..payload.text import safe_repr
 
 __all__ = ["task_metadata", "set_worker_pool"]
@@ -74,14 +76,35 @@ def _set_by_caller(text: Any, value: Any, keys: tuple[str, ...]) -> TypeGuard[st
         return False
     from celery.utils.saferepr import saferepr
 
-    lowered = text.lower().replace("-", "").replace("_", "")
-    if any(key.lower().replace("-", "").replace("_", "") in lowered for key in keys):
+    # The same key matching as redaction: case, "-", "_", "." and spaces ignored.
+    if is_secret(text, keys):
+        return False
+    if _same_data(text, value):
         return False
     shape = str.maketrans("()", "[]")
     seen = text.translate(shape).replace(",]", "]")
     return all(
         seen != saferepr(value, maxsize).translate(shape).replace(",]", "]") for maxsize in (1024, 4096)
     )
+
+
+def _same_data(text: str, value: Any) -> bool:
+    """Is *text* a Python literal of the same data as *value*, seen through JSON?
+
+    The sender's default repr was of the values before JSON (``{1: 2}``), the worker sees
+    them after (``{"1": 2}``): the same data, so no custom repr.
+    """
+    if len(text) > 8192:
+        return False
+    try:
+        literal = ast.literal_eval(text)
+
+        def through_json(data: Any) -> Any:
+            return json.loads(json.dumps(data, default=repr))
+
+        return bool(through_json(literal) == through_json(value))
+    except Exception:
+        return False
 
 
 def _text(value: Any) -> str | None:

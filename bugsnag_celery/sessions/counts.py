@@ -34,6 +34,7 @@ __all__ = [
     "buckets_for",
     "on_first_count",
     "releases_with_counts",
+    "pending_total",
     "MAX_BUCKETS",
 ]
 
@@ -152,6 +153,12 @@ def restore_pending_counts(pending: PendingCounts, max_buckets: int = MAX_BUCKET
                 excess = ordered[: len(ordered) - max_buckets]
                 keep = ordered[len(ordered) - max_buckets]
                 buckets[keep] += sum(buckets.pop(m) for m in excess)
+
+
+def pending_total() -> int:
+    """Sessions counted in this process and not taken yet (what an exit would lose)."""
+    with _lock:
+        return sum(n for buckets in _buckets.values() for n in buckets.values())
 
 
 def releases_with_counts() -> list[Release]:

@@ -54,23 +54,31 @@ def status(ctx: click.Context, as_json: bool) -> None:
     from bugsnag_celery import options_for
     from bugsnag_celery.delivery.sessions import pending_session_messages
     from bugsnag_celery.delivery.spool import spooled_event_count
-    from bugsnag_celery.delivery.status import read_status
+    from bugsnag_celery.delivery.status import delivery_problem, read_status
 
     app = _app(ctx)
     opts = options_for(app)
     assert opts is not None
     prefix = opts.queue_prefix
-    report = {
-        "pending_session_messages": pending_session_messages(app, prefix),
-        "spooled_events": spooled_event_count(app, prefix),
-        **{
-            k: v
-            for k, v in (read_status(app, prefix) or {}).items()
-            if k in ("last_run", "last_delivery", "last_error")
-        },
-    }
+    try:
+        report = {
+            "pending_session_messages": pending_session_messages(app, prefix),
+            "spooled_events": spooled_event_count(app, prefix),
+            **{
+                k: v
+                for k, v in (read_status(app, prefix) or {}).items()
+                if k in ("last_run", "last_delivery", "last_error")
+            },
+        }
+        problem = delivery_problem(app, prefix, opts.session_delivery_interval)
+    except Exception as exc:  # the broker: a message, never a traceback
+        raise click.ClickException(f"cannot read the broker ({type(exc).__name__}: {exc})") from None
+    if problem:
+        report["problem"] = problem
     if as_json:
         click.echo(json.dumps(report, indent=2))
-        return
-    for key in ("pending_session_messages", "spooled_events", "last_delivery", "last_error"):
-        click.echo(f"{key.replace('_', ' ')}: {report.get(key, 'never')}")
+    else:
+        for key in ("pending_session_messages", "spooled_events", "last_delivery", "last_error"):
+            click.echo(f"{key.replace('_', ' ')}: {report.get(key, 'never')}")
+    if problem:  # counts wait and nothing delivers them: a failure to a monitoring script
+        raise click.ClickException(problem)

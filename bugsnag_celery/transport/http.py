@@ -2,14 +2,22 @@
 
 Outcomes follow BugSnag's own notifiers: 2xx is delivered; 4xx other than 408/429 is
 permanent (dropped with one log line naming the status; 401 means the API key); 408,
-429, 5xx, timeouts and connection errors are worth retrying (by the sender thread, or by
-a later delivery run).
+429, 5xx, connect time-outs and connection errors are worth retrying (by the sender
+thread, or by a later delivery run).
+
+One outcome is neither: a read time-out after the body was sent (a slow BugSnag) is
+*unknown* -- the payload may well have arrived. Retrying it blindly on every run turned
+100 sessions into 300; so an unknown outcome is retried at most once, and logged (the
+callers keep the mark: ``Payload.unknown``, or the broker message's ``"unknown"``).
+Connect and read time-outs are separate: connecting is quick or dead (at most 5 s), a
+slow answer gets the whole ``delivery_timeout``, since deliveries run off the task's path.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,11 +35,15 @@ import shlex  # noqa: F401  # isort: skip
 
 from ..clock import now_iso
 
-__all__ = ["Payload", "Outcome", "DELIVERED", "PERMANENT", "RETRY", "post", "headers_for", "log_permanent"]
+__all__ = [
+    "Payload", "Outcome", "DELIVERED", "PERMANENT", "RETRY", "UNKNOWN", "post", "headers_for",
+    "log_permanent", "log_unknown",
+]  # fmt: skip
 
 logger = logging.getLogger("bugsnag_celery")
 
-DELIVERED, PERMANENT, RETRY = "delivered", "permanent", "retry"
+DELIVERED, PERMANENT, RETRY, UNKNOWN = "delivered", "permanent", "retry", "unknown"
+CONNECT_TIMEOUT = 5.0
 Outcome = str
 
 
@@ -51,6 +63,7 @@ class Payload:
     body: bytes = b""
     kind: str = "event"
     attempts: int = 0
+    unknown: int = 0  # sends whose outcome was unknown (read time-out): retried at most once
     events: list[dict[str, Any]] | None = None
     # Called with the outcome once the payload is delivered, dropped or spooled (tests, flush).
     on_done: Callable[[Outcome], None] | None = field(default=None, repr=False)
@@ -85,6 +98,26 @@ def headers_for(payload: Payload) -> dict[str, str]:
 _http: requests.Session | None = None
 _http_pid = 0
 
+# A fork waits for a request in flight. The main process of a prefork worker posts the
+# crash it saw (a child SIGKILLed, a hard time limit) at the very moment billiard forks the
+# replacement child; a fork taken while our thread is inside requests/urllib3 (their locks,
+# a lazy import's module lock) leaves those held for ever in the child, which then hangs at
+# its first request or at shutdown (seen: a warm shutdown stuck for 60 s). Holding this lock
+# around every request, and taking it before a fork, makes the fork wait (at most one
+# request's time-out) instead.
+_request_lock = threading.Lock()
+
+
+def _before_fork() -> None:
+    _request_lock.acquire()
+
+
+def _after_fork() -> None:
+    _request_lock.release()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork)
+
 
 def _session() -> requests.Session:
     global _http, _http_pid
@@ -96,23 +129,40 @@ def _session() -> requests.Session:
 def post(payload: Payload, timeout: float) -> tuple[Outcome, str]:
     """POST once; classify the result. Never raises."""
     try:
-        response = _session().post(
-            payload.endpoint,
-            data=payload.body,
-            headers=headers_for(payload),
-            timeout=(min(timeout, 5.0), timeout),
-        )
+        with _request_lock:
+            response = _session().post(
+                payload.endpoint,
+                data=payload.body,
+                headers=headers_for(payload),
+                timeout=(min(timeout, CONNECT_TIMEOUT), timeout),
+            )
+            status = response.status_code
+            response.close()
+    except requests.ReadTimeout:
+        return UNKNOWN, "no answer within the read time-out (the payload may have arrived)"
     except requests.RequestException as exc:
         return RETRY, f"{type(exc).__name__}"
     except Exception as exc:  # an adapter bug must not kill the sender thread
         return RETRY, f"{type(exc).__name__}"
-    status = response.status_code
-    response.close()
     if 200 <= status < 300:
         return DELIVERED, str(status)
     if status in (408, 429) or status >= 500:
         return RETRY, f"HTTP {status}"
     return PERMANENT, f"HTTP {status}"
+
+
+def log_unknown(kind: str, count: int, again: bool) -> None:
+    """One line per unknown outcome: what happens to the payload now."""
+    if again:
+        logger.error(
+            "bugsnag_celery: a %s payload (%d) had no answer twice; not sent again (it may have "
+            "arrived twice already). Is BugSnag slow? Raise delivery_timeout.", kind, count,
+        )  # fmt: skip
+    else:
+        logger.warning(
+            "bugsnag_celery: a %s payload (%d) had no answer within delivery_timeout; it may have "
+            "arrived: sent once more, at most", kind, count,
+        )  # fmt: skip
 
 
 def log_permanent(payload: Payload, reason: str) -> None:

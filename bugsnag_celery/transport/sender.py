@@ -23,7 +23,7 @@ from typing import Any
 
 from ..about import notifier_info
 from ..payload.encoding import PayloadTooLarge, encode_payload
-from .http import DELIVERED, PERMANENT, Outcome, Payload, log_permanent, post
+from .http import DELIVERED, PERMANENT, UNKNOWN, Outcome, Payload, log_permanent, log_unknown, post
 
 __all__ = ["Sender", "encoded"]
 
@@ -185,6 +185,14 @@ class Sender:
                 log_permanent(payload, reason)
                 self._done(payload, PERMANENT)
                 return
+            if outcome == UNKNOWN:
+                payload.unknown += 1
+                count = sum(len(p.events or ()) for p in payload.originals())
+                if payload.unknown > 1:  # it may have arrived twice already: never a third time
+                    log_unknown(payload.kind, count, again=True)
+                    self._done(payload, UNKNOWN)
+                    return
+                log_unknown(payload.kind, count, again=False)
             if payload.attempts >= self.attempts or self._stopping.is_set():
                 logger.warning(
                     "bugsnag_celery: %s not delivered after %d attempt(s) (%s); spooling it",

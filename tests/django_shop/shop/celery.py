@@ -40,5 +40,6 @@ if mode in ("configure", "handler"):
         def start_bugsnag_session(**_: object) -> None:
             bugsnag.start_session()
 
+
 if not os.environ.get("SHOP_CONFIGURE_FIRST"):
     bugsnag_celery.configure(app)
