@@ -13,6 +13,7 @@ import linecache
 import os
 import re
 import sysconfig
+import time
 from collections import deque
 from types import TracebackType
 from typing import Any, NamedTuple
@@ -28,19 +29,38 @@ CODE_CONTEXT_LINES = 3
 MAX_CODE_LINE_CHARS = 200
 
 
+#: A worker outlives edits of its source files, so a file's lines are checked against the
+#: disk -- but at most once a second: one ``stat`` per frame per failure was a fifth of the
+#: failure path's cost in an error storm, where the same few locations fail thousands of times.
+RECHECK_SECONDS = 1.0
+
+
 class Root(NamedTuple):
     """Where the project is, normalised once per report (``prefix`` ends with a separator)."""
 
     prefix: str | None
 
 
+_roots: dict[str | None, tuple[float, Root]] = {}
+
+
 def make_root(project_root: str | None) -> Root:
+    """The normalised project root; worked out at most once a second (``getcwd`` is a syscall,
+    and the same root serves every failure of an error storm)."""
+    now = time.monotonic()
+    known = _roots.get(project_root)
+    if known is not None and now - known[0] < RECHECK_SECONDS:
+        return known[1]
     try:
         root = project_root if project_root is not None else os.getcwd()
         root = os.path.normcase(os.path.abspath(root))
+        made = Root(root if root.endswith(os.sep) else root + os.sep)
     except Exception:  # a deleted working directory, a path that is not a str...
-        return Root(None)
-    return Root(root if root.endswith(os.sep) else root + os.sep)
+        made = Root(None)
+    if len(_roots) >= 64:
+        _roots.clear()
+    _roots[project_root] = (now, made)
+    return made
 
 
 @functools.lru_cache(maxsize=1)
@@ -89,13 +109,46 @@ def _place(filename: str, root_prefix: str | None) -> tuple[str, bool]:
     return utf8_safe(relative), in_project
 
 
+_MAX_CACHED = 4096
+_lines_of: dict[str, tuple[float, list[str]]] = {}
+_snippets: dict[tuple[str, int, int], dict[str, str] | None] = {}
+
+
+def _source_lines(filename: str) -> list[str]:
+    now = time.monotonic()
+    known = _lines_of.get(filename)
+    if known is not None and now - known[0] < RECHECK_SECONDS:
+        return known[1]
+    linecache.checkcache(filename)
+    lines = linecache.getlines(filename)
+    if len(_lines_of) >= _MAX_CACHED:
+        _lines_of.clear()
+    _lines_of[filename] = (now, lines)
+    return lines
+
+
 def _code_around(filename: str, lineno: int) -> dict[str, str] | None:
-    """``{"41": "...", "42": "...", ...}``: the source around ``lineno``, or None if unreadable."""
+    """``{"41": "...", "42": "...", ...}``: the source around ``lineno``, or None if unreadable.
+
+    The same code location fails again and again: its snippet is built once per version of
+    the file (the list ``linecache`` holds for it), and handed out as a copy.
+    """
     try:
-        linecache.checkcache(filename)  # a worker outlives edits of its source files
-        lines = linecache.getlines(filename)
+        lines = _source_lines(filename)
     except Exception:
         return None
+    key = (filename, lineno, id(lines))
+    if key in _snippets:
+        cached = _snippets[key]
+        return dict(cached) if cached is not None else None
+    code = _build_code(lines, lineno)
+    if len(_snippets) >= _MAX_CACHED:
+        _snippets.clear()
+    _snippets[key] = code
+    return dict(code) if code is not None else None
+
+
+def _build_code(lines: list[str], lineno: int) -> dict[str, str] | None:
     if not lines or not 1 <= lineno <= len(lines):
         return None  # no source, or not the source this code was compiled from
     first = max(1, lineno - CODE_CONTEXT_LINES)

@@ -6,6 +6,7 @@ never raising: a value that cannot be represented becomes a placeholder string.
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from collections.abc import Mapping
@@ -14,9 +15,16 @@ from typing import Any, NamedTuple
 from ..config import DEFAULT_REDACTED_KEYS
 from .text import ELLIPSIS, clean_text, safe_repr, type_name
 
-__all__ = ["REDACTED", "redact", "encodable", "is_secret"]
+__all__ = ["REDACTED", "Redacted", "redact", "encodable", "is_secret"]
 
 REDACTED = "[REDACTED]"
+
+
+class Redacted(dict):  # type: ignore[type-arg]
+    """A metadata tab built from values that are redacted already (the ``task`` tab): the
+    event builder sends it as is instead of walking it a second time."""
+
+
 #: json (and repr) refuse ints of more than 4300 digits (CVE-2020-10735), and JSON readers in
 #: other languages lose precision past 64 bits: larger ints travel as their decimal text.
 MAX_JSON_INT_BITS = 63
@@ -37,6 +45,19 @@ _KEY_SEPARATORS = str.maketrans("", "", "-_ .")
 
 
 def _key_words(keys: Any) -> tuple[str, ...]:
+    try:
+        return _cached_key_words(tuple(keys))
+    except TypeError:  # unhashable entries: not worth caching
+        return _normalised(keys)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_key_words(keys: tuple[Any, ...]) -> tuple[str, ...]:
+    """The options' keys, normalised once (every failure redacts with the same ones)."""
+    return _normalised(keys)
+
+
+def _normalised(keys: Any) -> tuple[str, ...]:
     words = (key.lower().translate(_KEY_SEPARATORS) for key in keys if isinstance(key, str))
     return tuple(word for word in words if word)
 

@@ -16,7 +16,7 @@ from ..about import runtime_versions
 from ..clock import now_iso
 from ..config import Options
 from ..payload.exceptions import exception_entries
-from ..payload.redaction import redact
+from ..payload.redaction import Redacted, redact
 from ..sessions.counts import Release
 from ..sessions.current import PAUSED_MARK, Session
 from ..transport.http import Payload
@@ -76,7 +76,8 @@ class Reporter:
             entry["stacktrace"] = [f for f in entry["stacktrace"] if not _is_own_frame(f)]
         meta: dict[str, Any] = {}
         for tab, values in (metadata or {}).items():
-            meta[str(tab)] = redact(values, opts.redacted_keys)
+            # the task tab's arguments are redacted where it is built: not walked twice
+            meta[str(tab)] = values if type(values) is Redacted else redact(values, opts.redacted_keys)
         event: dict[str, Any] = {
             "exceptions": entries,
             "unhandled": unhandled,

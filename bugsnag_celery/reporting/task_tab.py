@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from typing import TypeGuard
 
 from ..config import Options
-from ..payload.redaction import is_secret, redact
+from ..payload.redaction import Redacted, is_secret, redact
 from ..payload.text import safe_repr
 
 __all__ = ["task_metadata", "set_worker_pool"]
@@ -60,7 +60,7 @@ def task_metadata(task: Any, request: Any, options: Options) -> dict[str, Any]:
         meta["kwargs"] = (
             kwargsrepr[:1024] if _set_by_caller(kwargsrepr, kwargs, keys) else redact(kwargs, keys)
         )
-    return {k: v for k, v in meta.items() if v is not None}
+    return Redacted((k, v) for k, v in meta.items() if v is not None)
 
 
 def _set_by_caller(text: Any, value: Any, keys: tuple[str, ...]) -> TypeGuard[str]:
