@@ -20,6 +20,7 @@ class Endpoint:
         self.statuses: list[int] = []  # consumed one per request; then `default`
         self.default = 200
         self.delay = 0.0
+        self.retry_after: str | None = None  # sent with every 429
         self.lock = threading.Lock()
         endpoint = self
 
@@ -45,6 +46,8 @@ class Endpoint:
                 with endpoint.lock:
                     endpoint.requests.append(record)
                 self.send_response(status)
+                if status == 429 and endpoint.retry_after is not None:
+                    self.send_header("Retry-After", endpoint.retry_after)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 

@@ -12,16 +12,23 @@ machines of this project); otherwise the test skips with the reason, unless
 
 from __future__ import annotations
 
+import base64
+import fcntl
+import json
 import os
 import re
+import select
 import shutil
 import struct
 import subprocess
+import sys
 import tempfile
+import time
 import uuid
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -159,3 +166,172 @@ def png_summary(data: bytes) -> tuple[int, int, int]:
             idat += data[pos + 8 : pos + 8 + length]
         pos += 12 + length
     return width, height, len(set(zlib.decompress(idat)))
+
+
+# Puts the pipe ends given as arguments on fds 3 and 4, where Chromium looks for them, then
+# becomes Chromium (a shell cannot: dash takes single-digit fds only).
+_ONTO_3_AND_4 = (
+    "import os, sys; os.dup2(int(sys.argv[1]), 3); os.dup2(int(sys.argv[2]), 4);"
+    " os.execv(sys.argv[3], sys.argv[3:])"
+)
+
+
+class DevTools:
+    """Chromium driven over its DevTools pipe (``--remote-debugging-pipe``: it reads commands
+    on fd 3 and answers on fd 4, NUL-separated JSON): no WebSocket client needed.
+
+    Why more than ``--dump-dom``: whether a table fits its card is known only to the layout
+    engine, so the test asks it (``getBoundingClientRect``, ``scrollWidth``) on the page as
+    served.
+    """
+
+    def __init__(self, chromium: str, profile: str) -> None:
+        to_chromium, self._commands = os.pipe()
+        self._answers, from_chromium = os.pipe()
+        # Chromium's ends above fd 9 first, so that moving them onto 3 and 4 cannot clobber either.
+        ends = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (to_chromium, from_chromium)]
+        self.log = Path(profile) / "chromium.log"
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", _ONTO_3_AND_4, *map(str, ends), chromium, *FLAGS,
+                 "--remote-debugging-pipe", f"--user-data-dir={profile}", "about:blank"],
+                pass_fds=ends, stdout=subprocess.DEVNULL, stderr=log,
+            )  # fmt: skip
+        for fd in (to_chromium, from_chromium, *ends):
+            os.close(fd)
+        self._next, self._buffer = 0, b""
+
+    def call(self, method: str, params: dict[str, Any] | None = None, session: str | None = None) -> Any:
+        self._next += 1
+        message: dict[str, Any] = {"id": self._next, "method": method, "params": params or {}}
+        if session:
+            message["sessionId"] = session
+        try:
+            os.write(self._commands, json.dumps(message).encode() + b"\0")
+        except BrokenPipeError:
+            raise AssertionError(f"Chromium is gone: {self.log.read_text()[-2000:]}") from None
+        deadline = time.monotonic() + 30
+        while True:
+            while b"\0" not in self._buffer:
+                ready, _, _ = select.select([self._answers], [], [], max(0.0, deadline - time.monotonic()))
+                if not ready:
+                    raise AssertionError(f"Chromium did not answer {method} within 30 s")
+                chunk = os.read(self._answers, 1 << 20)
+                if not chunk:
+                    raise AssertionError(f"Chromium exited during {method}")
+                self._buffer += chunk
+            raw, self._buffer = self._buffer.split(b"\0", 1)
+            answer = json.loads(raw)
+            if answer.get("id") == self._next:
+                assert "error" not in answer, answer
+                return answer["result"]
+
+    def open(self, url: str, width: int, height: int) -> str:
+        """A new tab of *width* x *height* CSS pixels showing *url*, loaded; its session id."""
+        target = self.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+        session = str(self.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"])
+        metrics = {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}
+        self.call("Emulation.setDeviceMetricsOverride", metrics, session)
+        self.call("Page.navigate", {"url": url}, session)
+        deadline = time.monotonic() + 30
+        while self.evaluate(session, "location.href + ' ' + document.readyState") != f"{url} complete":
+            assert time.monotonic() < deadline, f"{url} did not load within 30 s"
+            time.sleep(0.05)
+        return session
+
+    def evaluate(self, session: str, expression: str) -> Any:
+        result = self.call("Runtime.evaluate", {"expression": expression, "returnByValue": True}, session)
+        assert "exceptionDetails" not in result, result
+        return result["result"].get("value")
+
+    def screenshot(self, session: str, path: Path) -> None:
+        path.write_bytes(
+            base64.b64decode(self.call("Page.captureScreenshot", {"format": "png"}, session)["data"])
+        )
+
+    def close(self) -> None:
+        try:
+            self.call("Browser.close")
+            self.proc.wait(10)
+        except Exception:
+            self.proc.kill()
+            self.proc.wait(10)
+        finally:
+            os.close(self._commands)
+            os.close(self._answers)
+
+
+@pytest.fixture
+def devtools(chromium: str) -> Iterator[DevTools]:
+    with tempfile.TemporaryDirectory() as profile:
+        browser = DevTools(chromium, profile)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+LONG_TASK = "billing.tasks." + "reconcile_" * 16 + "ledger"  # one word, 180 characters
+LONG_CLASS = "Unrecoverable" + "Ledger" * 14 + "Error"  # one word, 102 characters
+MEASURE = """(() => {
+  const cards = [...document.querySelectorAll('section.release')].map(card => {
+    const box = card.getBoundingClientRect(), table = card.querySelector('table.errors');
+    let widest = 0, culprit = '';
+    for (const el of card.querySelectorAll('*')) {
+      const r = el.getBoundingClientRect();
+      if (r.width && r.right > widest) {
+        widest = r.right; culprit = el.tagName + '.' + el.getAttribute('class');
+      }
+    }
+    return {right: box.right, scrollWidth: card.scrollWidth, clientWidth: card.clientWidth, widest, culprit,
+            table: table && {right: table.getBoundingClientRect().right, scrollWidth: table.scrollWidth,
+                             clientWidth: table.clientWidth},
+            links: [...card.querySelectorAll('tr.error')].map(tr => tr.querySelectorAll('a.payload').length),
+            more: [...card.querySelectorAll('a.more')].map(a => [a.textContent, a.getAttribute('href')])};
+  });
+  return {cards, pageWidth: document.documentElement.scrollWidth, viewport: innerWidth};
+})()"""
+
+
+def _post_events(url: str, events: list[dict[str, Any]]) -> None:
+    headers = {"Content-Type": "application/json", "Bugsnag-Api-Key": KEY, "Bugsnag-Payload-Version": "4.0",
+               "Bugsnag-Sent-At": "2026-01-01T00:00:05Z"}  # fmt: skip
+    body = {"apiKey": KEY, "payloadVersion": "4.0", "notifier": {"name": "n", "version": "1", "url": "u"},
+            "events": events}  # fmt: skip
+    assert requests.post(f"{url}/notify", json=body, headers=headers, timeout=10).status_code == 200
+
+
+@pytest.mark.parametrize(("width", "height"), [(1280, 900), (640, 900)])
+def test_no_table_is_wider_than_its_card(
+    devtools: DevTools, filled: Collector, tmp_path: Path, width: int, height: int
+) -> None:
+    """An error with 30 payloads, a task name and an error class that are one long word each:
+    the layout engine's own measures say every table (and everything else) stays inside its
+    card, at a desktop width and a narrow one. A screenshot is kept as the test's artefact."""
+    crash = {"exceptions": [{"errorClass": LONG_CLASS, "message": "x" * 400}], "severity": "error",
+             "unhandled": True, "context": LONG_TASK,
+             "app": {"version": "2.4.1", "releaseStage": "production"},
+             "session": {"id": "s-long", "startedAt": "2026-01-01T00:00:00Z"}}  # fmt: skip
+    _post_events(filled.url, [crash] * 30)
+    session = devtools.open(f"{filled.url}/", width, height)
+    measured = devtools.evaluate(session, MEASURE)
+    shot = tmp_path / f"collector-page-{width}x{height}.png"
+    devtools.screenshot(session, shot)
+    print(f"\nscreenshot of the collector's page at {width}x{height}: {shot}")
+    for card in measured["cards"]:
+        table = card["table"]
+        print(f"card right edge {card['right']}, table right edge {table['right']}, table scrollWidth/"
+              f"clientWidth {table['scrollWidth']}/{table['clientWidth']}, widest descendant {card['widest']}"
+              f" ({card['culprit']}); page {measured['pageWidth']} px")  # fmt: skip
+    assert png_summary(shot.read_bytes())[:2] == (width, height)
+    assert measured["pageWidth"] <= measured["viewport"], measured  # no horizontal scrolling at all
+    (card,) = measured["cards"]
+    assert card["table"]["scrollWidth"] <= card["table"]["clientWidth"], card
+    assert card["table"]["right"] <= card["right"] + 0.5, card
+    assert card["widest"] <= card["right"] + 0.5, f"{card['culprit']} sticks out of its card: {card}"
+    assert card["scrollWidth"] <= card["clientWidth"], card
+    assert sorted(card["links"]) == [2, 8]  # at most 8 payload links per error
+    ((text, href),) = card["more"]
+    assert text == "+22 more"
+    listed = requests.get(filled.url + href, timeout=10).json()
+    assert len(listed) == 30 and {e["context"] for e in listed} == {LONG_TASK}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -333,3 +334,35 @@ print(sorted(set(sys.modules) - before))
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", f"imported lazily on the first POST: {out.stdout}"
+
+
+def test_a_429_with_retry_after_is_honoured_then_the_rest_is_sent(endpoint: Endpoint) -> None:
+    endpoint.statuses = [429]
+    endpoint.retry_after = "1"
+    outcomes: list[str] = []
+    sender = Sender(_keep_in([]), timeout=5, attempts=3, backoff=0.05)
+    sent_at = time.monotonic()
+    sender.submit(Payload(f"{endpoint.url}/notify", KEY, "4.0", events=[{"n": 1}], on_done=outcomes.append))
+    deadline = time.monotonic() + 10
+    while not outcomes and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert outcomes == ["delivered"]
+    assert [r["status"] for r in endpoint.requests] == [429, 200]
+    assert time.monotonic() - sent_at >= 1.0  # waited as asked, not the 0.05 s backoff
+
+
+def test_a_full_send_queue_spills_the_oldest_to_the_spool_and_loses_nothing(endpoint: Endpoint) -> None:
+    endpoint.delay = 0.3  # the thread is busy with the first request while the rest queue up
+    spooled: list[Payload] = []
+    outcomes: list[str] = []
+    sender = Sender(_keep_in(spooled), timeout=5, max_queue=5, max_batch=50)
+    for n in range(20):
+        sender.submit(
+            Payload(f"{endpoint.url}/notify", KEY, "4.0", events=[{"n": n}], on_done=outcomes.append)
+        )
+    sender.flush(10)
+    delivered = sorted(e["n"] for r in endpoint.requests for e in r["body"]["events"])
+    kept = sorted(e["n"] for p in spooled for e in json.loads(p.body)["events"])
+    assert sorted(delivered + kept) == list(range(20))  # every event once: delivered or spooled
+    assert kept and max(kept) < max(delivered)  # the oldest went to the spool, the newest were sent
+    assert len(outcomes) == 20

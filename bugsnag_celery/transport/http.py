@@ -64,6 +64,7 @@ class Payload:
     kind: str = "event"
     attempts: int = 0
     unknown: int = 0  # sends whose outcome was unknown (read time-out): retried at most once
+    retry_after: float = 0.0  # seconds BugSnag asked us to wait (429 with Retry-After)
     events: list[dict[str, Any]] | None = None
     # Called with the outcome once the payload is delivered, dropped or spooled (tests, flush).
     on_done: Callable[[Outcome], None] | None = field(default=None, repr=False)
@@ -137,6 +138,8 @@ def post(payload: Payload, timeout: float) -> tuple[Outcome, str]:
                 timeout=(min(timeout, CONNECT_TIMEOUT), timeout),
             )
             status = response.status_code
+            if status == 429:
+                payload.retry_after = _retry_after(response.headers.get("Retry-After"))
             response.close()
     except requests.ReadTimeout:
         return UNKNOWN, "no answer within the read time-out (the payload may have arrived)"
@@ -149,6 +152,20 @@ def post(payload: Payload, timeout: float) -> tuple[Outcome, str]:
     if status in (408, 429) or status >= 500:
         return RETRY, f"HTTP {status}"
     return PERMANENT, f"HTTP {status}"
+
+
+#: The longest wait a Retry-After may ask of the sender thread (then it retries anyway).
+MAX_RETRY_AFTER = 60.0
+
+
+def _retry_after(value: str | None) -> float:
+    """Seconds from a Retry-After header (a number; an HTTP date is read as 'a while')."""
+    if not value:
+        return 0.0
+    try:
+        return min(max(float(value), 0.0), MAX_RETRY_AFTER)
+    except ValueError:
+        return MAX_RETRY_AFTER / 6
 
 
 def log_unknown(kind: str, count: int, again: bool) -> None:

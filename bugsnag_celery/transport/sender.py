@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..about import notifier_info
+from ..logs import log_every
 from ..payload.encoding import PayloadTooLarge, encode_payload
 from .http import DELIVERED, PERMANENT, UNKNOWN, Outcome, Payload, log_permanent, log_unknown, post
 
@@ -114,13 +115,28 @@ class Sender:
                 self._start()
             self._queue.put_nowait(payload)
         except queue.Full:
-            logger.warning(
-                "bugsnag_celery: send queue full (%d); spooling a %s", self.max_queue, payload.kind
-            )
-            self._give_up([payload], "send queue full")
+            # Memory stays bounded in an error storm: the oldest queued payload goes to the
+            # broker's spool (delivered by the next run), the new one takes its place.
+            log_every("send-queue-full", 60.0, logging.WARNING,
+                      "bugsnag_celery: send queue full (%d); spilling the oldest to the broker spool",
+                      self.max_queue)  # fmt: skip
+            self._spill_oldest_for(payload)
         except Exception:
             logger.exception("bugsnag_celery: could not queue a %s for sending", payload.kind)
             self._give_up([payload], "queueing failed")
+
+    def _spill_oldest_for(self, payload: Payload) -> None:
+        try:
+            oldest = self._queue.get_nowait()
+            self._queue.task_done()
+        except queue.Empty:
+            oldest = None
+        if oldest is not None:
+            self._give_up([oldest], "send queue full")
+        try:
+            self._queue.put_nowait(payload)
+        except queue.Full:  # another producer took the place: this one goes to the spool
+            self._give_up([payload], "send queue full")
 
     def _start(self) -> None:
         with self._start_lock:
@@ -202,7 +218,10 @@ class Sender:
                 )
                 self._give_up([payload], reason)
                 return
-            if self._stopping.wait(delay):  # shutting down: no more waiting, spool it now
+            # BugSnag's 429 says how long to wait: honoured (then the rest goes out)
+            wait = max(delay, payload.retry_after)
+            payload.retry_after = 0.0
+            if self._stopping.wait(wait):  # shutting down: no more waiting, spool it now
                 self._give_up([payload], "process shutting down")
                 return
             delay = min(delay * 2, self.max_backoff)

@@ -3,11 +3,18 @@
 Rendered on the server as plain HTML with an inline SVG chart: no JavaScript, no assets,
 nothing fetched from elsewhere, so it works on a machine with no network and in any
 browser. Everything that came from a payload is escaped: error messages are user data.
+
+Why it is built to hold any content: a task name or message can be one long word, an
+error can have thousands of events, a value can be missing. So the errors table's cells
+wrap anywhere (it is never wider than its card, the SVG chart shrinks with it), an error shows at most
+``LINKS`` payload links and then "+N more" (a link to the JSON API), a missing value is
+shown as missing ("(no task)"), never as the word ``None``, and one release that cannot be
+drawn is said to be so, without taking the rest of the page down with it.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from html import escape
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
@@ -15,19 +22,23 @@ from urllib.parse import urlencode
 if TYPE_CHECKING:
     from .server import Collector
 
-__all__ = ["render"]
+__all__ = ["LINKS", "render"]
+
+LINKS = 8  # payload links per error; the rest are behind "+N more"
 
 _STYLE = """
 body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:74em;color:#1d2330;padding:0 1em}
-h1{font-size:1.4em;margin-bottom:.2em} h2{font-size:1.15em;margin:0 0 .6em}
-.release{border:1px solid #d7dbe3;border-radius:8px;padding:1em 1.2em;margin:1.2em 0}
-.figures{display:flex;gap:2.5em;margin-bottom:.8em} .figure b{display:block;font-size:1.6em}
+h1{font-size:1.4em;margin-bottom:.2em} h2{font-size:1.15em;margin:0 0 .6em;overflow-wrap:anywhere}
+.release{border:1px solid #d7dbe3;border-radius:8px;padding:1em 1.2em;margin:1.2em 0;overflow-wrap:anywhere}
+.figures{display:flex;flex-wrap:wrap;gap:.6em 2.5em;margin-bottom:.8em}
+.figure b{display:block;font-size:1.6em}
 .good{color:#137a3a} .fair{color:#a86400} .poor{color:#b3261e}
 table{border-collapse:collapse;width:100%}
-td,th{text-align:left;padding:.25em .5em;border-bottom:1px solid #eceef2}
-th{font-weight:600;color:#555} td.n{text-align:right;font-variant-numeric:tabular-nums}
-.muted{color:#777} div.links{min-width:15em} .msg{display:block;font-size:.9em;color:#666}
-svg{display:block;margin:.4em 0 1em} a{color:#2457c5}
+td,th{text-align:left;padding:.25em .5em;border-bottom:1px solid #eceef2;vertical-align:top}
+td{overflow-wrap:anywhere} th{font-weight:600;color:#555;overflow-wrap:normal}
+td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
+.muted{color:#777} .msg{display:block;font-size:.9em;color:#666} .unreadable{color:#a86400}
+svg{display:block;margin:.4em 0 1em;max-width:100%;height:auto} a{color:#2457c5}
 """
 
 
@@ -36,6 +47,8 @@ def render(collector: Collector) -> str:
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
         "<meta http-equiv='refresh' content='5'>",
+        "<meta name='viewport' content='width=device-width,initial-scale=1'>",
+        "<link rel='icon' href='data:,'>",  # no request for /favicon.ico
         "<title>bugsnag-celery collector</title>",
         f"<style>{_STYLE}</style></head><body>",
         "<h1>bugsnag-celery collector</h1>",
@@ -46,12 +59,27 @@ def render(collector: Collector) -> str:
     if not releases:
         parts.append("<p id='empty'>Nothing received yet.</p>")
     for release in releases:
-        parts.append(_release(collector, release))
-    unreleased = _events_without_sessions(collector, releases)
-    if unreleased:
-        parts.append(unreleased)
+        parts.append(_guarded(_release, collector, release, release["appVersion"], release["releaseStage"]))
+    parts.append(_guarded(_events_without_sessions, collector, releases))
+    parts.append(_guarded(_rejections, collector))
     parts.append("</body></html>")
     return "".join(parts)
+
+
+def _guarded(draw: Any, collector: Collector, *args: Any) -> str:
+    """*draw*'s HTML, or a card saying it could not be drawn: one bad part never blanks the page."""
+    try:
+        return str(draw(collector, *args))
+    except Exception as exc:
+        why = escape(repr(exc))
+        return f"<section class='release broken'><p class='unreadable'>Not shown: {why}</p></section>"
+
+
+def _shown(value: Any, missing: str) -> str:
+    """A stored value as text, or *missing* (muted) when there is none."""
+    if value is None or value == "":
+        return f"<span class='muted'>{escape(missing)}</span>"
+    return escape(str(value))
 
 
 def _grade(stability: float | None) -> str:
@@ -60,23 +88,40 @@ def _grade(stability: float | None) -> str:
     return "good" if stability >= 99 else "fair" if stability >= 90 else "poor"
 
 
-def _release(collector: Collector, release: dict[str, Any]) -> str:
-    version, stage = release["appVersion"], release["releaseStage"]
+def _release(collector: Collector, release: dict[str, Any], version: Any, stage: Any) -> str:
     stability = release["stability"]
     shown = "n/a" if stability is None else f"{stability:.2f}%"
+    attrs = f"data-version='{escape(str(version or ''))}' data-stage='{escape(str(stage or ''))}'"
     out = [
-        f"<section class='release' data-version='{escape(str(version))}' data-stage='{escape(str(stage))}'>",
-        f"<h2>{escape(str(version or '(no version)'))} &middot; {escape(str(stage or '(no stage)'))}</h2>",
+        f"<section class='release' {attrs}>",
+        f"<h2>{_shown(version, '(no version)')} &middot; {_shown(stage, '(no stage)')}</h2>",
         "<div class='figures'>",
         f"<div class='figure'>sessions<b class='sessions'>{release['sessions']}</b></div>",
         f"<div class='figure'>crashed sessions<b class='crashed'>{release['crashedSessions']}</b></div>",
         f"<div class='figure'>stability<b class='stability {_grade(stability)}'>{shown}</b></div>",
         "</div>",
+        _unreadable(*collector.unreadable(version, stage)),
         _chart(collector.minutes(version, stage)),
-        _errors(collector.top_errors(version, stage)),
+        _errors(collector.top_errors(version, stage, ids=LINKS), version, stage),
         "</section>",
     ]
     return "".join(out)
+
+
+def _unreadable(rows: list[str], total: int) -> str:
+    """Rows of this release that cannot be read (an older version's), left out of its figures."""
+    if not total:
+        return ""
+    items = "".join(f"<li>{escape(row)}</li>" for row in rows)
+    more = f"<li>and {total - len(rows)} more</li>" if total > len(rows) else ""
+    return (
+        f"<details class='unreadable'><summary>{total} stored row(s) could not be read and are left out"
+        f" of these figures</summary><ul>{items}{more}</ul></details>"
+    )
+
+
+def _key(moment: datetime) -> str:
+    return f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T{moment.hour:02d}:{moment.minute:02d}"
 
 
 def _chart(minutes: list[dict[str, Any]], slots: int = 30) -> str:
@@ -86,7 +131,9 @@ def _chart(minutes: list[dict[str, Any]], slots: int = 30) -> str:
         return ""
     by_minute = {m["minute"]: m for m in minutes}
     last = datetime.strptime(minutes[-1]["minute"], "%Y-%m-%dT%H:%M")
-    window = [(last - timedelta(minutes=slots - 1 - i)).strftime("%Y-%m-%dT%H:%M") for i in range(slots)]
+    span = timedelta(minutes=slots - 1)
+    first = last - span if last - datetime.min >= span else datetime.min  # year 1 has no minute before it
+    window = [_key(first + timedelta(minutes=i)) for i in range(slots)]
     width, height, pad = 720, 120, 18
     top = max((by_minute.get(m, {}).get("sessions", 0) for m in window), default=0) or 1
     step = (width - 2 * pad) / slots
@@ -105,13 +152,13 @@ def _chart(minutes: list[dict[str, Any]], slots: int = 30) -> str:
             for v, fill in ((h, "#4a78d0"), (c, "#d0453a"))
         )
         bars.append(f"<g class='minute'><title>{label}</title>{rects}</g>")
-    first, end = escape(window[0][11:]), escape(window[-1][11:])
+    start, end = escape(window[0][11:]), escape(window[-1][11:])
     return (
-        f"<svg class='chart' width='{width}' height='{height}' role='img' "
+        f"<svg class='chart' width='{width}' height='{height}' viewBox='0 0 {width} {height}' role='img' "
         f"aria-label='sessions and crashed sessions per minute'>"
         f"<line x1='{pad}' y1='{height - pad}' x2='{width - pad}' y2='{height - pad}' stroke='#999'/>"
         + "".join(bars)
-        + f"<text x='{pad}' y='{height - 3}' font-size='11' fill='#555'>{first} UTC</text>"
+        + f"<text x='{pad}' y='{height - 3}' font-size='11' fill='#555'>{start} UTC</text>"
         f"<text x='{width - pad}' y='{height - 3}' font-size='11' fill='#555' text-anchor='end'>{end}</text>"
         f"<text x='{pad}' y='12' font-size='11' fill='#555'>"
         f"per minute, last {slots} minutes (max {top}) &middot; "
@@ -120,32 +167,40 @@ def _chart(minutes: list[dict[str, Any]], slots: int = 30) -> str:
 
 
 def _short(value: Any, limit: int = 120) -> str:
-    text = str(value or "")
+    text = "" if value is None else str(value)
     return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
-def _errors(errors: list[dict[str, Any]]) -> str:
+def _more(error: dict[str, Any], version: Any, stage: Any) -> str:
+    """The "+N more" link: the events of this error not linked one by one, as the JSON API lists them."""
+    hidden = int(error["events"]) - len(error["eventIds"])
+    if hidden <= 0:
+        return ""
+    filters = {"appVersion": version, "releaseStage": stage, "errorClass": error["errorClass"],
+               "task": error["context"]}  # fmt: skip
+    query = urlencode({k: str(v) for k, v in filters.items() if v is not None})
+    return f" <a class='more' href='/api/events?{escape(query)}'>+{hidden} more</a>"
+
+
+def _errors(errors: list[dict[str, Any]], version: Any, stage: Any) -> str:
     if not errors:
         return "<p class='muted'>No errors.</p>"
     rows = []
     for e in errors:
-        ids = e["eventIds"]
-        links = " ".join(f"<a class='payload' href='/api/events/{i}'>#{i}</a>" for i in ids[:40])
-        query = urlencode({"errorClass": e["errorClass"] or "", "task": e["context"] or ""})
-        more = ""
-        if len(ids) > 40:
-            more = f" <a class='muted' href='/api/events?{escape(query)}'>+{len(ids) - 40} more</a>"
+        links = " ".join(f"<a class='payload' href='/api/events/{i}'>#{i}</a>" for i in e["eventIds"][:LINKS])
         rows.append(
-            f"<tr class='error'><td><b>{escape(str(e['errorClass']))}</b>"
+            f"<tr class='error'><td><b>{_shown(e['errorClass'], '(no error class)')}</b>"
             f"<span class='msg'>{escape(_short(e['message']))}</span></td>"
-            f"<td>{escape(str(e['context']))}</td>"
+            f"<td>{_shown(e['context'], '(no task)')}</td>"
             f"<td class='n count'>{e['events']}</td><td class='n'>{e['unhandled']}</td>"
             f"<td class='n crashes'>{e['crashedSessions']}</td>"
-            f"<td><div class='links'>{links}{more}</div></td></tr>"
+            f"<td><div class='links'>{links}{_more(e, version, stage)}</div></td></tr>"
         )
     return (
-        "<table class='errors'><tr><th>top errors</th><th>task</th><th>events</th><th>unhandled</th>"
-        "<th title='sessions with an unhandled event: paused sessions do not count'>crashed sessions</th>"
+        "<table class='errors'><tr><th>top errors</th><th>task</th><th class='n'>events</th>"
+        "<th class='n'>un&shy;handled</th>"
+        "<th class='n' title='sessions with an unhandled event: paused sessions do not count'>"
+        "crashed sessions</th>"
         "<th>payloads</th></tr>" + "".join(rows) + "</table>"
     )
 
@@ -157,9 +212,27 @@ def _events_without_sessions(collector: Collector, releases: list[dict[str, Any]
     out = []
     for version, stage in sorted(others, key=str):
         out.append(
-            f"<section class='release'><h2>{escape(str(version))} &middot; {escape(str(stage))} "
-            "<span class='muted'>(no sessions received)</span></h2>"
-            + _errors(collector.top_errors(version, stage))
+            f"<section class='release'><h2>{_shown(version, '(no version)')} &middot; "
+            f"{_shown(stage, '(no stage)')} <span class='muted'>(no sessions received)</span></h2>"
+            + _errors(collector.top_errors(version, stage, ids=LINKS), version, stage)
             + "</section>"
         )
     return "".join(out)
+
+
+def _rejections(collector: Collector, shown: int = 10) -> str:
+    """The latest refused requests and why: what a sender that was turned away never sees."""
+    latest = list(collector.rejections)[-shown:][::-1]
+    if not latest:
+        return ""
+    items = "".join(
+        f"<li><span class='muted'>{datetime.fromtimestamp(r.at, timezone.utc).strftime('%H:%M:%S')}"
+        " UTC</span> "
+        f"{escape(r.request or '(no request)')} &rarr; <b>{r.status or 'closed'}</b>: {escape(r.reason)}</li>"
+        for r in latest
+    )
+    return (
+        f"<section class='release' id='rejected'><h2>Refused requests "
+        f"<span class='muted'>(latest {len(latest)} of {len(collector.rejections)} kept)</span></h2>"
+        f"<ul>{items}</ul></section>"
+    )

@@ -1,4 +1,16 @@
-"""The collector's SQLite store: what it accepted, kept across restarts, and the figures read from it."""
+"""The collector's SQLite store: what it accepted, kept across restarts, and the figures read from it.
+
+Why the figures are read so defensively: the file outlives the code. A database written by
+an earlier version can hold what that version let through -- a ``startedAt`` of
+``9999-99-99T99:99:00Z``, a count of -95, counts whose sum passes 2^63 (SQLite's ``sum()``
+then raises) -- and a page that reads it must still answer. So sums are made in Python
+(exact, unbounded), every stored time is parsed before it is used, and a row that cannot
+be read is left out of the figures and reported as such (:meth:`Store.unreadable`),
+never a 500.
+
+On the way in, values go into their columns as text whatever JSON type the sender used
+(``"version": 2`` and ``"version": "2"`` are one release), and times in one UTC form.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +18,11 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
+
+from .times import minute_key, parse_time, utc_text
+from .wire import session_count_problem, shown
 
 __all__ = ["Store"]
 
@@ -20,10 +36,34 @@ create table if not exists events (
     session_started text);
 """
 
+_SHOWN_UNREADABLE = 20  # descriptions of unreadable rows listed per release
 
-def _minute(stamp: Any) -> str:
-    """``2026-01-01T12:00:05.123Z`` -> ``2026-01-01T12:00``: the minute bucket of a time."""
-    return str(stamp or "")[:16]
+
+def _text(value: Any) -> str | None:
+    """A payload value as a column holds it: text (JSON for numbers and objects), or NULL."""
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    # a lone surrogate ("\ud800" is valid JSON) cannot be written as UTF-8: replaced
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _time(value: Any) -> str | None:
+    moment = parse_time(value)
+    return None if moment is None else utc_text(moment)
+
+
+def _order(key: tuple[Any, Any]) -> tuple[Any, ...]:
+    """SQLite's order for mixed values (NULL, numbers, text, blobs): releases as GROUP BY lists them."""
+
+    def rank(v: Any) -> tuple[int, Any]:
+        if v is None:
+            return (0, 0)
+        if isinstance(v, (int, float)):
+            return (1, v)
+        return (2, v) if isinstance(v, str) else (3, bytes(v))
+
+    return rank(key[0]) + rank(key[1])
 
 
 class Store:
@@ -46,6 +86,7 @@ class Store:
             self._db.close()
 
     def store(self, kind: str, body: dict[str, Any]) -> None:
+        """File a payload that passed the wire rules (``wire.validate``)."""
         now = time.time()
         with self._lock, self._db:
             if kind == "sessions":
@@ -54,107 +95,182 @@ class Store:
                     self._db.execute(
                         "insert into sessions (app_version, release_stage, app_type, hostname, started_at,"
                         " count, received) values (?, ?, ?, ?, ?, ?, ?)",
-                        (app.get("version"), app.get("releaseStage"), app.get("type"), device.get("hostname"),
-                         row["startedAt"], row["sessionsStarted"], now),
+                        (_text(app.get("version")), _text(app.get("releaseStage")), _text(app.get("type")),
+                         _text(device.get("hostname")), _time(row["startedAt"]), row["sessionsStarted"], now),
                     )  # fmt: skip
                 return
             for event in body["events"]:
                 app, first = event.get("app") or {}, event["exceptions"][0]
                 session = event.get("session") or {}
+                # The stage is where the sender put it: in app (BugSnag's place, this package) or
+                # at the top of the event (the official Python notifier).
+                stage = app.get("releaseStage")
+                stage = event.get("releaseStage") if stage is None else stage
                 self._db.execute(
                     "insert into events (app_version, release_stage, context, error_class, message,"
                     " unhandled, severity, session_id, payload, received, session_started)"
                     " values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (app.get("version"), app.get("releaseStage"), event.get("context"), first["errorClass"],
-                     str(first.get("message", "")), int(bool(event.get("unhandled"))), event["severity"],
-                     session.get("id"), json.dumps(event), now, session.get("startedAt")),
+                    (_text(app.get("version")), _text(stage), _text(event.get("context")),
+                     _text(first["errorClass"]), _text(first.get("message")) or "",
+                     int(bool(event.get("unhandled"))), event["severity"], _text(session.get("id")),
+                     json.dumps(event), now, _time(session.get("startedAt"))),
                 )  # fmt: skip
 
     def _query(self, sql: str, *args: Any) -> list[Any]:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
 
+    # ------------------------------------------------------------------ rows, as they can be read
+
+    def _session_rows(self, release: tuple[Any, Any] | None = None) -> Iterator[tuple[Any, ...]]:
+        """``(version, stage, row id, minute or None, count, why unreadable or None)`` per sessions row."""
+        sql = "select app_version, release_stage, id, started_at, count from sessions"
+        args: tuple[Any, ...] = ()
+        if release is not None:
+            sql, args = sql + " where app_version is ? and release_stage is ?", release
+        for version, stage, row_id, started, n in self._query(sql + " order by id", *args):
+            minute = minute_key(started)
+            problem = session_count_problem(n)
+            if problem is None and minute is None:
+                problem = f"startedAt {shown(started)} is not a time"
+            yield version, stage, row_id, minute, n, problem
+
+    def _crash_rows(self, release: tuple[Any, Any] | None = None) -> Iterator[tuple[Any, ...]]:
+        """``(version, stage, event id, session id, minute or None, why unreadable or None)`` per
+        unhandled event in a session. An event stored before session start times were kept
+        has none: not unreadable, just not in the chart."""
+        sql = (
+            "select app_version, release_stage, id, session_id, session_started from events"
+            " where unhandled = 1 and session_id is not null"
+        )
+        args: tuple[Any, ...] = ()
+        if release is not None:
+            sql, args = sql + " and app_version is ? and release_stage is ?", release
+        for version, stage, event_id, session_id, started in self._query(sql + " order by id", *args):
+            minute = minute_key(started)
+            problem = None
+            if minute is None and started is not None:
+                problem = f"its session's startedAt {shown(started)} is not a time (left out of the chart)"
+            yield version, stage, event_id, session_id, minute, problem
+
+    # ------------------------------------------------------------------ figures
+
     def releases(self) -> list[dict[str, Any]]:
         """Per release (app version + release stage): sessions, crashed sessions, stability.
 
         A crashed session is a distinct session id with at least one unhandled event, as
-        BugSnag counts it; events without a session do not count.
+        BugSnag counts it; events without a session do not count. A release with rows that
+        cannot be read (an older version's) also has ``unreadableRows``: see :meth:`unreadable`.
         """
-        sessions = self._query("select app_version, release_stage, sum(count) from sessions group by 1, 2")
-        crashed = {
-            (v, s): n
-            for v, s, n in self._query(
-                "select app_version, release_stage, count(distinct session_id) from events"
-                " where unhandled = 1 and session_id is not null group by 1, 2"
-            )
-        }
+        totals: dict[tuple[Any, Any], int] = {}
+        unreadable: dict[tuple[Any, Any], int] = {}
+        for version, stage, _id, _minute, n, problem in self._session_rows():
+            key = (version, stage)
+            totals.setdefault(key, 0)
+            if problem is None:
+                totals[key] += n
+            else:
+                unreadable[key] = unreadable.get(key, 0) + 1
+        crashed: dict[tuple[Any, Any], set[Any]] = {}
+        for version, stage, _id, session_id, _minute, problem in self._crash_rows():
+            crashed.setdefault((version, stage), set()).add(session_id)
+            if problem is not None and (version, stage) in totals:
+                unreadable[(version, stage)] = unreadable.get((version, stage), 0) + 1
         out = []
-        for version, stage, total in sessions:
-            bad = crashed.get((version, stage), 0)
+        for key in sorted(totals, key=_order):
+            total, bad = totals[key], len(crashed.get(key, ()))
             stability = round(100.0 * (1 - bad / total), 2) if total else None
-            out.append({"appVersion": version, "releaseStage": stage, "sessions": total,
-                        "crashedSessions": bad, "stability": stability})  # fmt: skip
+            release = {"appVersion": key[0], "releaseStage": key[1], "sessions": total,
+                       "crashedSessions": bad, "stability": stability}  # fmt: skip
+            if unreadable.get(key):
+                release["unreadableRows"] = unreadable[key]
+            out.append(release)
         return out
 
-    def minutes(self, version: str | None, stage: str | None) -> list[dict[str, Any]]:
-        """Sessions started and sessions crashed per minute of one release, oldest first."""
+    def unreadable(self, version: Any, stage: Any) -> tuple[list[str], int]:
+        """(descriptions of the first rows of one release that cannot be read, how many there are)."""
+        found = [
+            f"session row {i}: {p}" for _v, _s, i, _m, _n, p in self._session_rows((version, stage)) if p
+        ]
+        found += [f"event {i}: {p}" for _v, _s, i, _sid, _m, p in self._crash_rows((version, stage)) if p]
+        return found[:_SHOWN_UNREADABLE], len(found)
+
+    def minutes(self, version: Any, stage: Any) -> list[dict[str, Any]]:
+        """Sessions started and sessions crashed per UTC minute of one release, oldest first."""
         started: dict[str, int] = {}
-        for stamp, n in self._query(
-            "select started_at, count from sessions where app_version is ? and release_stage is ?",
-            version, stage,
-        ):  # fmt: skip
-            started[_minute(stamp)] = started.get(_minute(stamp), 0) + n
-        crashed: dict[str, set[str]] = {}
-        for stamp, session_id in self._query(
-            "select session_started, session_id from events where unhandled = 1 and session_id is not null"
-            " and app_version is ? and release_stage is ?",
-            version, stage,
-        ):  # fmt: skip
-            crashed.setdefault(_minute(stamp), set()).add(session_id)
+        for _v, _s, _id, minute, n, problem in self._session_rows((version, stage)):
+            if problem is None:
+                started[minute] = started.get(minute, 0) + n
+        crashed: dict[str, set[Any]] = {}
+        for _v, _s, _id, session_id, minute, _problem in self._crash_rows((version, stage)):
+            if minute is not None:
+                crashed.setdefault(minute, set()).add(session_id)
         return [
             {"minute": m, "sessions": started.get(m, 0), "crashedSessions": len(crashed.get(m, ()))}
             for m in sorted(set(started) | set(crashed))
         ]
 
-    def top_errors(self, version: str | None, stage: str | None, limit: int = 10) -> list[dict[str, Any]]:
-        """Error groups (class + task) of one release, most frequent first, with their event ids."""
+    def top_errors(self, version: Any, stage: Any, limit: int = 10, ids: int = 8) -> list[dict[str, Any]]:
+        """Error groups (class + task) of one release, most frequent first.
+
+        ``eventIds`` are the group's latest *ids* events (oldest first), not all of them: a
+        group of a million events must not make a million links; ``events`` is the count.
+        """
         rows = self._query(
-            "select error_class, context, count(*), sum(unhandled), group_concat(id),"
+            "select error_class, context, count(*), sum(unhandled = 1),"
             " count(distinct case when unhandled = 1 then session_id end), max(id)"
             " from events where app_version is ? and release_stage is ?"
             " group by 1, 2 order by 3 desc, 1 limit ?",
             version, stage, limit,
         )  # fmt: skip
-        return [
-            {
-                "errorClass": cls,
-                "context": ctx,
-                "events": n,
-                "unhandled": u,
-                "crashedSessions": crashed,
-                "message": self._message(latest),
-                "eventIds": sorted(int(i) for i in ids.split(",")),
-            }
-            for cls, ctx, n, u, ids, crashed, latest in rows
-        ]
+        out = []
+        for cls, ctx, n, unhandled, crashed, latest in rows:
+            latest_ids = self._query(
+                "select id from events where app_version is ? and release_stage is ? and error_class is ?"
+                " and context is ? order by id desc limit ?",
+                version, stage, cls, ctx, ids,
+            )  # fmt: skip
+            out.append({"errorClass": cls, "context": ctx, "events": n, "unhandled": unhandled,
+                        "crashedSessions": crashed, "message": self._message(latest),
+                        "eventIds": sorted(int(i) for (i,) in latest_ids)})  # fmt: skip
+        return out
 
     def _message(self, event_id: int) -> str:
         rows = self._query("select message from events where id = ?", event_id)
-        return str(rows[0][0]) if rows else ""
+        return "" if not rows or rows[0][0] is None else str(rows[0][0])
 
-    def events(self, task: str | None = None, error_class: str | None = None) -> list[dict[str, Any]]:
-        """Every event received (oldest first), optionally only one task's or one class's."""
+    def events(
+        self,
+        task: str | None = None,
+        error_class: str | None = None,
+        app_version: str | None = None,
+        release_stage: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Every event received (oldest first); each filter left as None matches everything."""
         sql = (
             "select id, context, error_class, message, unhandled, severity, session_id, app_version,"
             " release_stage from events where (? is null or context = ?) and (? is null or error_class = ?)"
-            " order by id"
+            " and (? is null or app_version = ?) and (? is null or release_stage = ?) order by id"
         )
         keys = ("id", "context", "errorClass", "message", "unhandled", "severity", "sessionId", "appVersion",
                 "releaseStage")  # fmt: skip
-        rows = self._query(sql, task, task, error_class, error_class)
-        return [{**dict(zip(keys, row)), "unhandled": bool(row[4])} for row in rows]
+        rows = self._query(sql, task, task, error_class, error_class, app_version, app_version,
+                           release_stage, release_stage)  # fmt: skip
+        return [{**dict(zip(keys, row)), "unhandled": row[4] == 1} for row in rows]
+
+    def payload_text(self, event_id: int) -> str | None:
+        """One event's payload as stored (None: no such event); see :meth:`payload`."""
+        rows = self._query("select payload from events where id = ?", event_id)
+        if not rows:
+            return None
+        return "" if rows[0][0] is None else str(rows[0][0])
 
     def payload(self, event_id: int) -> dict[str, Any] | None:
-        """One event exactly as it was received."""
-        rows = self._query("select payload from events where id = ?", event_id)
-        return json.loads(rows[0][0]) if rows else None
+        """One event exactly as it was received; None when there is no such event, or when its
+        stored payload cannot be read as one (a row damaged or written by hand)."""
+        text = self.payload_text(event_id)
+        try:
+            event = json.loads(text) if text is not None else None
+        except (ValueError, RecursionError):
+            return None
+        return event if isinstance(event, dict) else None

@@ -1,9 +1,18 @@
-"""BugSnag's wire rules, as the collector enforces them.
+"""BugSnag's wire rules, as the collector enforces them: what it accepts is what BugSnag accepts.
 
-Exact ``Content-Type``, a 32-hex ``Bugsnag-Api-Key`` (401 otherwise), the payload version
-header matching the body (``4.0`` events, ``1.0`` sessions), ``Bugsnag-Sent-At`` in
-ISO-8601, ``Bugsnag-Integrity`` when sent, the required fields, and the 1 MB limit (400,
-as BugSnag answers -- not 413).
+Why these rules and no others: the collector stands in for BugSnag, so a payload it accepts
+must be one BugSnag files, and one it refuses one BugSnag refuses -- with BugSnag's status
+(400, and 401 for a malformed API key), never 413 or 500. The senders it must take are
+this package and BugSnag's official Python notifier (4.9.2), whose quirks are real traffic
+that BugSnag files: sessions sent with ``Bugsnag-Payload-Version: 4.0`` (the event
+version), ``Bugsnag-Sent-At`` and ``startedAt`` with no time zone, the release stage at the
+top of an event instead of in ``app``.
+
+Checked: exact ``Content-Type``; a 32-hex API key (the header, or an event body's
+``apiKey``; both must agree); the payload version (``4``/``4.0`` events, ``1.0`` or ``4.0``
+sessions); ``Bugsnag-Sent-At`` a real time; ``Bugsnag-Integrity`` when sent; a body that is
+UTF-8 JSON (no ``NaN``); the fields the figures are made of -- times that exist, session
+counts that are whole, non-negative and fit in 64 bits. Every refusal says why.
 """
 
 from __future__ import annotations
@@ -13,74 +22,136 @@ import json
 import re
 from typing import Any
 
-__all__ = ["MAX_BYTES", "validate"]
+from .times import parse_time
+
+__all__ = ["MAX_BYTES", "MAX_COUNT", "session_count_problem", "shown", "validate"]
 
 MAX_BYTES = 1_000_000
+MAX_COUNT = 2**63 - 1  # a session count must fit a signed 64-bit integer, as BugSnag stores it
 _KEY = re.compile(r"[0-9a-fA-F]{32}")
-_SENT_AT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:[\d.]+(Z|[+-]\d{2}:\d{2})?$")
+_VERSIONS = {"notify": ("4", "4.0"), "sessions": ("1.0", "1", "4.0", "4")}
+
+Verdict = tuple[int, str, "dict[str, Any] | None"]
 
 
-def validate(kind: str, headers: Any, raw: bytes) -> tuple[int, str, dict[str, Any] | None]:
+def shown(value: Any, limit: int = 60) -> str:
+    """A sender's value as a reason quotes it: ``repr``, cut short (a reason is one log line)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def validate(kind: str, headers: Any, raw: bytes) -> Verdict:
     """(status, reason, body) for a request to the ``"notify"`` or ``"sessions"`` endpoint,
     as BugSnag would answer it. *body* is None unless the payload is accepted."""
     if len(raw) > MAX_BYTES:
         return 400, f"payload of {len(raw)} bytes is over the 1 MB limit", None
     if headers.get("Content-Type") != "application/json":
-        return 400, "Content-Type must be exactly application/json", None
-    if not _KEY.fullmatch(headers.get("Bugsnag-Api-Key") or ""):
+        return (
+            400,
+            f"Content-Type must be exactly application/json, not {shown(headers.get('Content-Type'))}",
+            None,
+        )
+    key: str | None = headers.get("Bugsnag-Api-Key")
+    if key is not None and not _KEY.fullmatch(key):
         return 401, "Bugsnag-Api-Key is not 32 hexadecimal characters", None
-    version = "1.0" if kind == "sessions" else "4.0"
-    if headers.get("Bugsnag-Payload-Version") != version:
-        return 400, f"Bugsnag-Payload-Version must be {version}", None
-    if not _SENT_AT.match(headers.get("Bugsnag-Sent-At") or ""):
-        return 400, "Bugsnag-Sent-At is not an ISO-8601 time", None
+    version = headers.get("Bugsnag-Payload-Version")
+    if version not in _VERSIONS[kind]:
+        wanted = "4.0" if kind == "notify" else "1.0 (or 4.0)"
+        return 400, f"Bugsnag-Payload-Version must be {wanted} on /{kind}, not {shown(version)}", None
+    if parse_time(headers.get("Bugsnag-Sent-At")) is None:
+        return 400, f"Bugsnag-Sent-At {shown(headers.get('Bugsnag-Sent-At'))} is not an ISO-8601 time", None
     integrity = headers.get("Bugsnag-Integrity")
     if integrity is not None and integrity != f"sha1 {hashlib.sha1(raw).hexdigest()}":
         return 400, "Bugsnag-Integrity does not match the body", None
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        return 400, "body is not JSON", None
-    if not isinstance(body, dict):
-        return 400, "body is not a JSON object", None
+    body, unreadable = _parse(raw)
+    if body is None:
+        return 400, unreadable, None
+    if kind == "notify" and key is None:  # a legacy sender puts the key in the body only
+        key = body.get("apiKey") if isinstance(body.get("apiKey"), str) else None
+        if key is None or not _KEY.fullmatch(key):
+            return 401, "no API key of 32 hexadecimal characters (Bugsnag-Api-Key or apiKey)", None
+    if key is None:
+        return 401, "Bugsnag-Api-Key is missing", None
     notifier = body.get("notifier")
     if not isinstance(notifier, dict) or not all(notifier.get(k) for k in ("name", "version", "url")):
         return 400, "notifier needs name, version and url", None
-    problem = _session_problem(body) if kind == "sessions" else _event_problem(body, headers)
+    problem = _session_problem(body) if kind == "sessions" else _event_problem(body, key)
     if problem:
         return 400, problem, None
     return (202, "accepted", body) if kind == "sessions" else (200, "ok", body)
+
+
+def _parse(raw: bytes) -> tuple[dict[str, Any] | None, str]:
+    if not raw:
+        return None, "the body is empty"
+    try:
+        body = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+    except UnicodeDecodeError:
+        return None, "body is not UTF-8"
+    except RecursionError:
+        return None, "body is nested too deeply to read"
+    except ValueError as exc:
+        return None, f"body is not JSON ({str(exc)[:80]})"
+    if not isinstance(body, dict):
+        return None, "body is not a JSON object"
+    return body, ""
+
+
+def session_count_problem(n: Any) -> str | None:
+    """Why *n* is not a number of sessions (None when it is one): whole, >= 0, 64-bit."""
+    if isinstance(n, bool) or not isinstance(n, int):
+        return f"sessionsStarted {shown(n)} is not a whole number"
+    if n < 0:
+        return f"sessionsStarted {n} is negative"
+    if n > MAX_COUNT:
+        return f"sessionsStarted {n} does not fit in 64 bits"
+    return None
 
 
 def _session_problem(body: dict[str, Any]) -> str | None:
     counts = body.get("sessionCounts")
     if "apiKey" in body or not isinstance(counts, list) or not counts:
         return "a session payload has sessionCounts and no apiKey"
-    for row in counts:
-        if not isinstance(row, dict) or not isinstance(row.get("sessionsStarted"), int):
-            return "every sessionCounts entry needs startedAt and sessionsStarted"
-        if not _SENT_AT.match(str(row.get("startedAt", ""))):
-            return "sessionCounts startedAt is not an ISO-8601 time"
+    for i, row in enumerate(counts):
+        if not isinstance(row, dict) or "startedAt" not in row or "sessionsStarted" not in row:
+            return f"sessionCounts[{i}] needs startedAt and sessionsStarted"
+        problem = session_count_problem(row["sessionsStarted"])
+        if problem:
+            return f"sessionCounts[{i}]: {problem}"
+        if parse_time(row["startedAt"]) is None:
+            return f"sessionCounts[{i}].startedAt {shown(row['startedAt'])} is not an ISO-8601 time"
     if not isinstance(body.get("app"), dict) or not isinstance(body.get("device"), dict):
-        return "a session payload needs app and device"
+        return "a session payload needs app and device objects"
     return None
 
 
-def _event_problem(body: dict[str, Any], headers: Any) -> str | None:
-    if body.get("apiKey") != headers.get("Bugsnag-Api-Key") or body.get("payloadVersion") != "4.0":
-        return "apiKey and payloadVersion must match the headers"
+def _event_problem(body: dict[str, Any], key: str) -> str | None:
+    if "apiKey" in body and body["apiKey"] != key:
+        return "the body's apiKey differs from Bugsnag-Api-Key"
+    if "payloadVersion" in body and body["payloadVersion"] not in _VERSIONS["notify"]:
+        return f"payloadVersion {shown(body['payloadVersion'])} is not 4.0"
     events = body.get("events")
     if not isinstance(events, list) or not events:
         return "events must be a non-empty list"
-    for event in events:
+    for i, event in enumerate(events):
         exceptions = event.get("exceptions") if isinstance(event, dict) else None
-        if not isinstance(exceptions, list) or not exceptions:
-            return "every event needs at least one exception"
+        if not isinstance(event, dict) or not isinstance(exceptions, list) or not exceptions:
+            return f"events[{i}] needs at least one exception"
         if not all(isinstance(e, dict) and e.get("errorClass") for e in exceptions):
-            return "every exception needs an errorClass"
+            return f"events[{i}]: every exception needs an errorClass"
         if event.get("severity") not in ("error", "warning", "info"):
-            return "severity must be error, warning or info"
+            return f"events[{i}].severity {shown(event.get('severity'))} is not error, warning or info"
+        if event.get("app") is not None and not isinstance(event["app"], dict):
+            return f"events[{i}].app is not an object"
         session = event.get("session")
-        if session is not None and not (isinstance(session, dict) and session.get("id")):
-            return "an event's session needs an id"
+        if session is None:
+            continue
+        if not (isinstance(session, dict) and session.get("id")):
+            return f"events[{i}].session needs an id"
+        if session.get("startedAt") is not None and parse_time(session["startedAt"]) is None:
+            return f"events[{i}].session.startedAt {shown(session['startedAt'])} is not an ISO-8601 time"
     return None
