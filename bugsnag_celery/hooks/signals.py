@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import logging
 import threading
+import time
 from typing import Any
 
 from celery import signals
@@ -94,7 +95,15 @@ def _on_process_shutdown(**_: Any) -> None:
     # Prefork children leave through os._exit right after this: atexit never runs.
     flush_events()
     try:
-        registry.flusher.flush_once(wait=5.0)
+        for attempt in range(3):  # a broker hiccup at the last moment: try again, briefly
+            registry.flusher.flush_once(wait=5.0)
+            if not counts.pending_total():
+                return
+            time.sleep(0.2 * (attempt + 1))
+        logger.error(
+            "bugsnag_celery: %d session count(s) could not reach the broker before this process "
+            "exited; they are lost", counts.pending_total(),
+        )  # fmt: skip
     except Exception:
         logger.exception("bugsnag_celery: moving session counts at shutdown failed")
 
