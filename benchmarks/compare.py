@@ -103,7 +103,7 @@ def redis_client() -> Any:
     from kombu.connection import Connection
 
     conn = Connection(REDIS)
-    return conn, conn.default_channel.client  # type: ignore[attr-defined]
+    return conn, conn.default_channel.client  # type: ignore[attr-defined, unused-ignore]
 
 
 def delete_own_keys(name: str) -> None:

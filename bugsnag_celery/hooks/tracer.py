@@ -12,17 +12,27 @@ the task.
 ``build_tracer`` is called by ``task.apply()`` on every eager run, by prefork children
 when they start, and by the consumer under the other pools; the consumer imported it
 by name, so its module is patched too (at ``worker_init``, before it builds tracers).
+In a worker every task takes the ``__call__`` path: Celery's stack protection replaces
+``Task.__call__`` there, which ``task_has_custom`` counts as custom.
+
+What the wrapper must not change is anything a task, Celery or a library can observe:
+it adds one frame to the stack and nothing else. ``task.run`` keeps its kind (a bound
+method stays one), its signature (Celery 5.7's ``Task.retry`` reads it), identity,
+annotations, globals and ``__wrapped__``; a replaced ``__call__`` likewise
+(``tests/test_compat_tasks.py`` and ``tests/test_compat_worker.py`` compare with plain Celery).
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import sys
 import threading
+import weakref
 from collections.abc import Callable
-from functools import partial
 from time import time as _now
-from typing import Any
+from types import FunctionType, MethodType
+from typing import Any, cast
 
 from celery import Task
 from celery.app import trace as _trace
@@ -45,6 +55,11 @@ _original_build_tracer: Callable[..., Any] | None = None
 
 
 # --------------------------------------------------------------------------- the wrapper
+#
+# The wrappers below read no global name: everything they use is a closure variable, bound
+# when the wrapper is built (``_now`` and ``report_failure`` included). That lets
+# ``_disguise`` re-create them with the *task's* globals, so ``typing.get_type_hints`` and
+# anything else that reads ``__globals__`` resolve the task's names exactly as without us.
 
 
 def _session_runner(task: Task, state: AppState, call: Callable[..., Any], mode: str) -> Callable[..., Any]:
@@ -52,12 +67,15 @@ def _session_runner(task: Task, state: AppState, call: Callable[..., Any], mode:
 
     Exceptions escaping the body are reported here, in the process that ran it, while
     the run's session is still current and the exception is the original object (not
-    the picklable substitute Celery hands its signals) with its real traceback.
+    the picklable substitute Celery hands its signals) with its real traceback. For a
+    bound ``run`` the wrapper is bound to the task too, and *call* is the function, so
+    ``self`` passes through as the first argument.
     """
     request_stack = task.request_stack
     track_eager = state.options.track_eager
-    current = CURRENT
+    current, session, now, report = CURRENT, Session, _now, report_failure
     add_to_buckets = counts.add_to_buckets
+    base_exception = BaseException
 
     if mode == TRACK:
 
@@ -76,35 +94,139 @@ def _session_runner(task: Task, state: AppState, call: Callable[..., Any], mode:
             if not track_eager and request.is_eager:
                 token = current.set(None)
             else:
-                started = _now()
-                token = current.set(Session(state.release, started, request.id, request.retries or 0))
+                started = now()
+                token = current.set(session(state.release, started, request.id, request.retries or 0))
                 add_to_buckets(state.buckets, started)
             try:
                 return call(*args, **kwargs)
-            except BaseException as exc:
-                report_failure(task, state, exc)
+            except base_exception as exc:
+                report(task, state, exc)
                 raise
             finally:
                 current.reset(token)
 
-    else:
-        # OPT_OUT: no session during the run. MANUAL: the user's calls decide; only make
-        # sure no session started inside outlives the run.
-        opt_out = mode == OPT_OUT
+        return run_in_session
 
-        def run_in_session(*args: Any, **kwargs: Any) -> Any:
-            token = current.set(None if opt_out else current.get())
+    # OPT_OUT: no session during the run. MANUAL: the user's calls decide; only make sure
+    # no session started inside outlives the run.
+    opt_out = mode == OPT_OUT
+
+    def run_without_session(*args: Any, **kwargs: Any) -> Any:
+        token = current.set(None if opt_out else current.get())
+        try:
+            return call(*args, **kwargs)
+        except base_exception as exc:
+            request = request_stack.top
+            if state.active and request is not None and not request.called_directly:
+                report(task, state, exc)
+            raise
+        finally:
+            current.reset(token)
+
+    return run_without_session
+
+
+def _call_runner(
+    task: Task, state: AppState, call: Callable[..., Any], fallback: Callable[..., Any], mode: str
+) -> Callable[..., Any]:
+    """The same, as a custom ``__call__`` of the task's class: one frame, not two.
+
+    The class can be the base of other tasks (or have other instances), so the wrapper
+    dispatches on ``self``: *task* runs in its session; any other instance goes on to
+    *fallback*, what the class resolved ``__call__`` to before (the original, or the
+    wrapper of another instrumented instance).
+    """
+    request_stack = task.request_stack
+    track_eager = state.options.track_eager
+    current, session, now, report = CURRENT, Session, _now, report_failure
+    add_to_buckets = counts.add_to_buckets
+    base_exception = BaseException
+
+    if mode == TRACK:
+
+        def call_in_session(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if self is not task:
+                return fallback(self, *args, **kwargs)
+            if not state.active:
+                return call(self, *args, **kwargs)
+            request = request_stack.top
+            if request is None or request.called_directly:
+                token = current.set(current.get())
+                try:
+                    return call(self, *args, **kwargs)
+                finally:
+                    current.reset(token)
+            if not track_eager and request.is_eager:
+                token = current.set(None)
+            else:
+                started = now()
+                token = current.set(session(state.release, started, request.id, request.retries or 0))
+                add_to_buckets(state.buckets, started)
             try:
-                return call(*args, **kwargs)
-            except BaseException as exc:
-                request = request_stack.top
-                if state.active and request is not None and not request.called_directly:
-                    report_failure(task, state, exc)
+                return call(self, *args, **kwargs)
+            except base_exception as exc:
+                report(task, state, exc)
                 raise
             finally:
                 current.reset(token)
 
-    return run_in_session
+        return call_in_session
+
+    opt_out = mode == OPT_OUT
+
+    def call_without_session(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if self is not task:
+            return fallback(self, *args, **kwargs)
+        token = current.set(None if opt_out else current.get())
+        try:
+            return call(self, *args, **kwargs)
+        except base_exception as exc:
+            request = request_stack.top
+            if state.active and request is not None and not request.called_directly:
+                report(task, state, exc)
+            raise
+        finally:
+            current.reset(token)
+
+    return call_without_session
+
+
+# What a wrapper copies from the callable it replaces (functools.WRAPPER_ASSIGNMENTS, plus
+# ``__type_params__`` on 3.12+), so that nothing that reads them can tell the two apart.
+_IDENTITY = ("__module__", "__name__", "__qualname__", "__doc__", "__annotations__", "__type_params__")
+
+
+def _disguise(wrapper: Callable[..., Any], original: Any) -> Callable[..., Any]:
+    """*wrapper*, looking like *original* to introspection.
+
+    Like ``functools.update_wrapper``, except for ``__wrapped__``: plain Celery's
+    ``task.run`` has none (unless the task function itself has one, which is copied with
+    its ``__dict__``), so neither does ours -- ``inspect.unwrap(task.run)`` and
+    ``task.run.__wrapped__`` give what they give without us. The signature comes from
+    ``__signature__`` instead (Celery 5.7's ``Task.retry`` reads ``inspect.signature(task.run)``
+    to merge positional and keyword arguments), and the globals are the original's.
+    """
+    fn: Any = wrapper
+    globals_ = getattr(original, "__globals__", None)
+    if isinstance(globals_, dict) and isinstance(wrapper, FunctionType):
+        fn = FunctionType(wrapper.__code__, globals_, wrapper.__name__, None, wrapper.__closure__)
+    for attr in _IDENTITY:
+        try:
+            setattr(fn, attr, getattr(original, attr))
+        except (AttributeError, TypeError):
+            pass
+    fn.__dict__.update(getattr(original, "__dict__", {}))
+    try:
+        fn.__signature__ = inspect.signature(original)
+    except (TypeError, ValueError):
+        # No signature to be had: then inspect.signature(wrapper) fails as the original's does.
+        fn.__wrapped__ = original
+    return cast("Callable[..., Any]", fn)
+
+
+# Our __call__ wrappers -> the original they call, so that a subclass's wrapper calls the
+# original, never another wrapper (kept here: nothing is added to the class or the function).
+_originals: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
 
 def instrument(task: Task, app: Any = None) -> None:
@@ -118,26 +240,25 @@ def instrument(task: Task, app: Any = None) -> None:
         mode = mode_for(task, state)
         if _trace.task_has_custom(task, "__call__"):
             # The tracer calls ``task(...)``: wrap the class's __call__ so the session
-            # covers the custom __call__ too. A task class can be the base of another
-            # registered task, so the wrapper dispatches on ``self`` and always calls the
-            # original (never another of our wrappers) for instances that are not ``task``.
+            # covers the custom __call__ too.
             owner: Any = type(task)
             original = owner.__dict__.get("__call__", registry.MISSING)
-            unbound = owner.__call__
-            unbound = getattr(unbound, "_bugsnag_original", unbound)
-            inner = _session_runner(task, state, partial(unbound, task), mode)
-
-            def call_in_session(self: Any, *args: Any, **kwargs: Any) -> Any:
-                if self is task:
-                    return inner(*args, **kwargs)
-                return unbound(self, *args, **kwargs)
-
-            call_in_session._bugsnag_original = unbound  # type: ignore[attr-defined]
-            owner.__call__ = call_in_session
+            resolved = owner.__call__
+            unbound = _originals.get(resolved, resolved)
+            wrapper = _disguise(_call_runner(task, state, unbound, resolved, mode), unbound)
+            _originals[wrapper] = unbound
+            owner.__call__ = wrapper
             state.wrapped.append((task, owner, "__call__", original))
         else:
             original = task.__dict__.get("run", registry.MISSING)
-            task.run = _session_runner(task, state, task.run, mode)
+            run = task.run
+            bound = isinstance(run, MethodType) and run.__self__ is task
+            if bound:
+                # ``bind=True`` or a class's ``run``: a bound method stays a bound method.
+                func = run.__func__
+                task.run = MethodType(_disguise(_session_runner(task, state, func, mode), func), task)
+            else:
+                task.run = _disguise(_session_runner(task, state, run, mode), run)
             state.wrapped.append((task, task, "run", original))
         task.__dict__[WRAPPED_ATTR] = state
     except Exception:  # never break a task over instrumentation

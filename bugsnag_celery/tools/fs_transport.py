@@ -1,12 +1,26 @@
-"""kombu's filesystem transport, with messages that appear whole.
+"""kombu's filesystem transport, with messages that appear whole and are taken once, on every kombu.
 
-kombu's ``_put`` creates ``<stamp>_<uuid>.<queue>.msg`` and then writes into it; a
-consumer polling the folder can move and read the file in between, get an empty payload,
-and die on ``JSONDecodeError`` ("Unrecoverable error" in the worker: seen in our test
-suite with 8 threads republishing retries). Here the message is written under a name the
-consumer ignores and renamed into place, which is atomic within a folder.
+The embedded broker (the demo and the test suite) is a folder. kombu's own filesystem
+channel has two races, and how it lists the folder changed between releases:
 
-The demo and the test suite use it for the embedded broker::
+- its ``_put`` creates ``<stamp>_<uuid>.<queue>.msg`` and only then writes into it, so a
+  consumer polling the folder can take the file in between and read an empty payload
+  ("Unrecoverable error: JSONDecodeError" in the worker, seen with 8 threads republishing
+  retries);
+- up to kombu 5.6 its ``_get`` takes any file whose name *contains* ``.<queue>.msg``
+  (5.7 compares the name exactly), so a temporary file named after the message, however
+  hidden, is taken while it is still being written -- the writer's rename then fails,
+  the message is published again: one lost, one duplicated.
+
+So this channel does its own file handling, on kombu's documented virtual-transport
+methods (``_put``, ``_get``, ``_purge``, ``_size``) and nothing private of the filesystem
+module: a message is written under ``.<uuid>.part`` (no ``.msg`` in it, so no kombu release
+ever takes it) and renamed into place, atomic within the folder; a consumer claims a message
+by renaming it to ``.<uuid>.claimed`` in the same folder (atomic: of two consumers exactly
+one wins; kombu moves it to the system temporary folder instead, a copy when that is
+another file system) and only then reads it. File names stay kombu's, so a plain
+``filesystem://`` peer on the same folder still reads our messages, and we read its.
+Exchange tables (``control_folder``) are kombu's own.
 
     app.conf.broker_transport = "bugsnag_celery.tools.fs_transport:Transport"  # with filesystem://
 """
@@ -15,12 +29,14 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections import deque
+from queue import Empty
 from time import monotonic
 from typing import Any
 
 from kombu.exceptions import ChannelError
 from kombu.transport import filesystem
-from kombu.utils.json import dumps
+from kombu.utils.json import dumps, loads
 
 __all__ = ["TRANSPORT", "Channel", "Transport"]
 
@@ -28,20 +44,91 @@ __all__ = ["TRANSPORT", "Channel", "Transport"]
 TRANSPORT = "bugsnag_celery.tools.fs_transport:Transport"
 
 
-class Channel(filesystem.Channel):
+def message_name(queue: str) -> str:
+    """kombu's file name for a new message: ``<stamp>_<uuid>.<queue>.msg``.
+
+    The stamp (milliseconds of the machine's monotonic clock, shared by its processes) is
+    zero-padded, so that sorting names sorts messages by age even across a digit carry.
+    """
+    return f"{round(monotonic() * 1000):016d}_{uuid.uuid4()}.{queue}.msg"
+
+
+def is_message_of(name: str, queue: str) -> bool:
+    """Exactly a message of *queue* (``<stamp>_<uuid>.<queue>.msg``), as kombu 5.7 matches.
+
+    Temporary and claimed files start with a dot, and ``a.msg`` is not a message of ``a.b``.
+    """
+    return not name.startswith(".") and name.partition(".")[2] == f"{queue}.msg"
+
+
+# kombu ships type hints from 5.7 on only: before, its classes are Any (hence ``unused-ignore``).
+class Channel(filesystem.Channel):  # type: ignore[misc, unused-ignore]
+    """The message files: written whole, claimed by one consumer, listed once per batch."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # queue -> names seen in the last listing, oldest first. A poll lists the folder
+        # only when this runs out (kombu lists and sorts it for every message).
+        self._listed: dict[str, deque[str]] = {}
+        super().__init__(*args, **kwargs)
+
     # kombu's own two base classes disagree on this signature; this is the filesystem one.
-    def _put(self, queue: Any, payload: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        name = f"{round(monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"
-        final = os.path.join(self.data_folder_out, name)
-        # A leading dot: partition(".") gives "" first, so _get never matches this name.
-        partial = os.path.join(self.data_folder_out, f".{name}.part")
+    def _put(self, queue: Any, payload: Any, **kwargs: Any) -> Any:  # type: ignore[override, unused-ignore]
+        folder = self.data_folder_out
+        final = os.path.join(folder, message_name(queue))
+        partial = os.path.join(folder, f".{uuid.uuid4().hex}.part")
         try:
             with open(partial, "wb") as fh:
                 fh.write(dumps(payload).encode())
             os.replace(partial, final)
         except OSError as exc:
+            try:
+                os.remove(partial)
+            except OSError:
+                pass
             raise ChannelError(f"Cannot add file {final!r} to directory") from exc
 
+    def _get(self, queue: Any, timeout: Any = None) -> Any:
+        folder = self.data_folder_in
+        names = self._listed.get(queue)
+        if not names:
+            names = self._listed[queue] = deque(self._names(queue))
+        while names:
+            name = names.popleft()
+            claimed = os.path.join(folder, f".{uuid.uuid4().hex}.claimed")
+            try:
+                os.rename(os.path.join(folder, name), claimed)
+            except OSError:
+                continue  # another consumer took it first
+            try:
+                with open(claimed, "rb") as fh:
+                    payload = fh.read()
+                if self.store_processed:
+                    os.replace(claimed, os.path.join(self.processed_folder, name))
+                else:
+                    os.remove(claimed)
+            except OSError as exc:
+                raise ChannelError(f"Cannot read file {name!r} from queue.") from exc
+            return loads(payload.decode())
+        raise Empty()
 
-class Transport(filesystem.Transport):
+    def _purge(self, queue: Any) -> int:
+        self._listed.pop(queue, None)
+        count = 0
+        for name in self._names(queue):
+            try:
+                os.remove(os.path.join(self.data_folder_in, name))
+            except OSError:
+                continue  # taken by a consumer meanwhile
+            count += 1
+        return count
+
+    def _size(self, queue: Any) -> int:
+        return len(self._names(queue))
+
+    def _names(self, queue: str) -> list[str]:
+        """The queue's messages now in the folder, oldest first."""
+        return sorted(n for n in os.listdir(self.data_folder_in) if is_message_of(n, queue))
+
+
+class Transport(filesystem.Transport):  # type: ignore[misc, unused-ignore]
     Channel = Channel

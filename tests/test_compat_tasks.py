@@ -1,0 +1,194 @@
+"""A configured app's tasks are indistinguishable from plain Celery's, in this process.
+
+Two apps get the same tasks (``tests/apps/compat_tasks.py``: plain, ``bind=True``, typed,
+retries that switch argument styles, a failing one, ``Task`` subclasses used as bases with
+and without a custom ``__call__``, class-based tasks, one the base of another); one app is
+configured. Every comparison is between the two, so it holds on every Celery the matrix
+runs, whatever that Celery itself does (Celery < 5.7 fails a retry that switches argument
+styles -- with and without us alike). The same workload on real workers:
+``tests/test_compat_worker.py``.
+"""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery import Celery, Task
+from endpoint import Endpoint
+
+import bugsnag_celery
+from bugsnag_celery.hooks.tracer import WRAPPED_ATTR
+
+sys.path.insert(0, str(Path(__file__).parent / "apps"))
+from compat_tasks import WORKLOAD, define, describe
+
+KEY = "0123456789abcdef0123456789abcdef"
+WRAPPER_FRAMES = ("tracer.py:run_in_session", "tracer.py:call_in_session")
+
+
+class Side:
+    """One app with the workload's tasks, and what they recorded."""
+
+    def __init__(self, configured: Endpoint | None) -> None:
+        self.app = Celery(f"compat{uuid.uuid4().hex[:6]}", broker="memory://", set_as_current=False)
+        self.records: list[dict[str, Any]] = []
+        self.tasks = define(self.app, self.record)
+        if configured is not None:
+            bugsnag_celery.configure(
+                self.app, api_key=KEY, notify_endpoint=f"{configured.url}/notify",
+                sessions_endpoint=f"{configured.url}/sessions",
+            )  # fmt: skip
+
+    def record(self, fields: dict[str, Any]) -> None:
+        self.records.append({**fields, "session": bugsnag_celery.get_current_session()})
+
+    def run(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Run *name* eagerly (Celery's real tracer, retries included) and take its outcome."""
+        del self.records[:]
+        result = self.tasks[name].apply(args=args, kwargs=kwargs)
+        if result.failed():
+            value: Any = {"raised": type(result.result).__name__, "message": str(result.result)}
+        else:
+            value = result.result
+        return {"state": result.state, "value": value, "records": list(self.records)}
+
+
+@pytest.fixture
+def sides(endpoint: Endpoint) -> Iterator[tuple[Side, Side]]:
+    from bugsnag_celery import registry
+
+    registry.flusher.enabled = False  # counts stay in this process; nothing to deliver
+    plain, configured = Side(None), Side(endpoint)
+    try:
+        yield plain, configured
+    finally:
+        bugsnag_celery.unconfigure(configured.app)
+        bugsnag_celery.take_pending_counts()
+        registry.flusher.enabled = True
+
+
+def test_every_task_runs_to_the_same_outcome(sides: tuple[Side, Side]) -> None:
+    """State, return value or exception, and what each attempt received: identical.
+
+    This is where Celery 5.7's ``Task.retry`` (it merges arguments by
+    ``inspect.signature(task.run)``) failed with our wrapper: ``TypeError: got multiple values
+    for argument 'foo'``.
+    """
+    plain, configured = sides
+    for name, args, kwargs in WORKLOAD:
+        want, got = plain.run(name, args, kwargs), configured.run(name, args, kwargs)
+        assert [r["args"] for r in got["records"]] == [r["args"] for r in want["records"]], name
+        assert (got["state"], got["value"]) == (want["state"], want["value"]), name
+
+
+def test_introspection_is_the_same(sides: tuple[Side, Side]) -> None:
+    """``describe``: signature, identity, annotations, type hints, ``__wrapped__``, ``__header__``..."""
+    plain, configured = sides
+    for name, args, kwargs in WORKLOAD:
+        plain.run(name, args, kwargs)
+        configured.run(name, args, kwargs)
+        task = configured.tasks[name]
+        # the comparison means something only if the configured task is wrapped
+        assert WRAPPED_ATTR in task.__dict__, name
+        assert "run" in task.__dict__ or type(task).__dict__.get("__call__") is not None, name
+        assert describe(task) == describe(plain.tasks[name]), name
+
+
+def test_the_wrapper_adds_one_frame(sides: tuple[Side, Side]) -> None:
+    """Below Celery's ``trace_task``, a run's stack is plain Celery's plus one frame of ours,
+    directly above the task's own code (its ``run``, or its custom ``__call__``)."""
+    plain, configured = sides
+    for name, args, kwargs in WORKLOAD:
+        want, got = plain.run(name, args, kwargs), configured.run(name, args, kwargs)
+        for plain_record, record in zip(want["records"], got["records"]):
+            assert record["stack"][0] in WRAPPER_FRAMES, (name, record["stack"])
+            assert record["stack"][1:] == plain_record["stack"], name
+
+
+def test_argument_checking_is_celerys(sides: tuple[Side, Side]) -> None:
+    """``typing=True``: a call with the wrong arguments fails at the caller, as it did."""
+    plain, configured = sides
+    for side in sides:
+        for name, args, kwargs in WORKLOAD:
+            side.run(name, args, kwargs)  # wrapped now, where configured
+    calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [
+        ("compat.plain", (), {}),
+        ("compat.plain", (1, 2, 3), {}),
+        ("compat.bound", (1,), {"nope": 2}),
+        ("compat.retry_to_keyword", (), {"bar": 1}),
+        ("compat.based_bound", (1, 2), {}),
+        ("compat.class_based", (), {"y": 1}),
+    ]
+
+    def attempt(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        try:
+            task.__header__(*args, **kwargs) if hasattr(task, "__header__") else task.run(*args, **kwargs)
+        except TypeError as exc:
+            return f"TypeError: {exc}"
+        return "accepted"
+
+    for name, args, kwargs in calls:
+        want = attempt(plain.tasks[name], args, kwargs)
+        assert want.startswith("TypeError"), (name, want)
+        assert attempt(configured.tasks[name], args, kwargs) == want, name
+    for name, args, kwargs in calls[:3]:
+        with pytest.raises(TypeError) as plain_error:
+            plain.tasks[name].apply_async(args, kwargs)
+        with pytest.raises(TypeError) as error:
+            configured.tasks[name].apply_async(args, kwargs)
+        assert str(error.value) == str(plain_error.value)
+
+
+def test_called_as_a_function_it_is_the_function(sides: tuple[Side, Side]) -> None:
+    """``task(...)`` and ``task.run(...)`` outside a run: same results, same errors, no session."""
+    for side in sides:
+        for name, args, kwargs in WORKLOAD:
+            side.run(name, args, kwargs)
+    for name, args, kwargs in WORKLOAD:
+        for how in ("call", "run"):
+            outcomes = []
+            for side in sides:
+                task = side.tasks[name]
+                try:
+                    value = task(*args, **kwargs) if how == "call" else task.run(*args, **kwargs)
+                except Exception as exc:
+                    value = f"{type(exc).__name__}: {exc}"
+                outcomes.append(value)
+            assert outcomes[0] == outcomes[1], (name, how)
+    assert bugsnag_celery.get_current_session() is None
+
+
+def test_unconfigure_restores_every_task(sides: tuple[Side, Side]) -> None:
+    """After ``unconfigure`` nothing of ours is left on a task or its class."""
+    plain, configured = sides
+    classes = {name: dict(type(task).__dict__) for name, task in configured.tasks.items()}
+    for side in sides:
+        for name, args, kwargs in WORKLOAD:
+            side.run(name, args, kwargs)
+    bugsnag_celery.unconfigure(configured.app)
+    for name, task in configured.tasks.items():
+        assert task.__dict__.keys() == plain.tasks[name].__dict__.keys(), name
+        assert dict(type(task).__dict__) == classes[name], name
+
+
+def test_the_runs_compared_ran_in_sessions(sides: tuple[Side, Side]) -> None:
+    """The other half of "indistinguishable": the configured side's runs had their sessions
+    (one per attempt), the plain side's none, and nothing outlives a run."""
+    plain, configured = sides
+    attempts = 0
+    for name, args, kwargs in WORKLOAD:
+        want, got = plain.run(name, args, kwargs), configured.run(name, args, kwargs)
+        assert [r["session"] for r in want["records"]] == [None] * len(want["records"]), name
+        assert all(r["session"] is not None for r in got["records"]), name
+        assert len({r["session"]["id"] for r in got["records"]}) == len(got["records"]), name
+        assert bugsnag_celery.get_current_session() is None, name
+        # an attempt Celery fails before the body (Celery < 5.7 on a style-switching
+        # retry) has a session but no record: count attempts from the retries seen
+        attempts += 2 if name in ("compat.retry_to_positional", "compat.retry_to_keyword") else 1
+    counted = sum(n for c in bugsnag_celery.take_pending_counts().values() for n in c.values())
+    assert counted == attempts
