@@ -195,7 +195,8 @@ def test_garbage_is_refused_with_one_line_and_the_collector_carries_on(logged: L
     hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n"  # TLS spoken to plain HTTP
     answer, _ = until_closed(connect(logged, hello), within=5)
     # http.server's page: "400 - Bad request syntax" ("HTTPStatus.BAD_REQUEST - ..." before 3.11)
-    assert answer.startswith(b"HTTP/1.0 400 ") and b" - Bad request syntax" in answer, answer
+    # (an unparsable request line gets an HTTP/0.9-style answer: the error page, no status line)
+    assert b"400" in answer and b" - Bad request syntax" in answer, answer
     (line,) = logged.lines
     assert "(400): code 400, message Bad request" in line and "\\x16" in line  # escaped, one line
     sock = connect(logged, post_head(str(len(BODY))) + b"\r\n" + BODY)
