@@ -142,7 +142,12 @@ def _at_exit() -> None:
         finally:
             done.set()
 
-    threading.Thread(target=work, name="bugsnag-celery-exit", daemon=True).start()
+    try:
+        threading.Thread(target=work, name="bugsnag-celery-exit", daemon=True).start()
+    except RuntimeError:
+        # Python 3.12+: atexit callbacks run after threading's shutdown, when no thread may
+        # start. The work is bounded by the waits it is given: run it here.
+        work()
     finished = done.wait(EXIT_FLUSH_SECONDS)
     left = counts.pending_total()
     if left or not finished:

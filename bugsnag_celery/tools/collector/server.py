@@ -220,7 +220,8 @@ class Collector(Store):
                 # http.server's own refusals: a malformed request line or headers, an unknown
                 # method, a request (or an idle connection) that timed out.
                 request = getattr(self, "requestline", "")
-                status = args[0] if format.startswith("code %d") and args else None  # send_error's
+                # send_error's code: an HTTPStatus, shown as "HTTPStatus.BAD_REQUEST" before 3.11
+                status = int(args[0]) if format.startswith("code %d") and args else None
                 collector.refuse(self.client_address[0], request, status, format % args)
 
         return Handler
