@@ -14,28 +14,15 @@ and the figure is the median over the rounds of each variant's cost minus plain'
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
+from ab import batch
 from variants import KEY, OURS, PLAIN, available
 
 OFFICIAL = "bugsnag_python"
-
-
-def _batch(apply: Callable[[], Any], runs: int) -> float:
-    gc.collect()
-    gc.disable()
-    try:
-        start = time.perf_counter()
-        for _ in range(runs):
-            apply()
-        return (time.perf_counter() - start) / runs * 1e6
-    finally:
-        gc.enable()
 
 
 def measure(rounds: int, runs: int, endpoint: str = "http://127.0.0.1:9") -> dict[str, list[float]]:
@@ -81,12 +68,12 @@ def measure(rounds: int, runs: int, endpoint: str = "http://127.0.0.1:9") -> dic
     results: dict[str, list[float]] = {v: [] for v in variants}
     for variant in variants:  # warm every path once: imports, threads
         setup(variant)
-        _batch(noop.apply, 500)
+        batch(noop.apply, 500)
         teardown(variant)
     for index in range(rounds):
         for variant in variants if index % 2 == 0 else list(reversed(variants)):
             setup(variant)
-            results[variant].append(_batch(noop.apply, runs))
+            results[variant].append(batch(noop.apply, runs))
             teardown(variant)
     return results
 
