@@ -13,6 +13,7 @@ channel) interoperates both ways without ever taking a half-written file.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import uuid
@@ -173,3 +174,60 @@ def test_purge_size_and_store_processed(folders: dict[str, str], tmp_path: Path)
         with pytest.raises(Empty):
             q.get(block=False)
         q.close()
+
+
+def bind_everywhere(
+    options: dict[str, Any], ours: bool, queue: str, exchanges: list[str], start: Any
+) -> None:
+    with connect(options, ours) as conn:
+        channel = conn.default_channel
+        start.wait()
+        for exchange in exchanges:
+            channel._queue_bind(exchange, "", "", queue)
+
+
+def test_exchange_tables_survive_concurrent_declarers(folders: dict[str, str]) -> None:
+    """4 declarers bind their queue to the same 150 new fanout tables at once: every table has all 4.
+
+    kombu creates a table with ``open("wb")`` before locking it, so a declarer that finds the
+    new file first reads it empty (the "JSONDecodeError" once seen in the suite). The same
+    run on kombu 5.7's own channel (``connect(..., ours=False)``) failed 10 trials of 10 with
+    that error; this transport must never show a half-made table.
+    """
+    exchanges = [f"bsc-fan-{i}" for i in range(150)]
+    queues = [f"bsc-fan-q{i}" for i in range(4)]
+    start = threading.Barrier(len(queues))
+    errors: list[BaseException] = []
+
+    def run(queue: str) -> None:
+        try:
+            bind_everywhere(folders, True, queue, exchanges, start)
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(q,)) for q in queues]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors
+    with connect(folders) as conn:
+        for exchange in exchanges:
+            bound = sorted(row.queue for row in conn.default_channel.get_table(exchange))
+            assert bound == queues, (exchange, bound)
+
+
+def test_an_empty_table_is_empty_and_unbinding_truncates(folders: dict[str, str]) -> None:
+    table = Path(folders["control_folder"]) / "bsc-fan.exchange"
+    table.write_bytes(b"")  # created, not yet written: what a concurrent reader can meet
+    with connect(folders) as conn:
+        channel = conn.default_channel
+        assert channel.get_table("bsc-fan") == []
+        for queue in ("bsc-fan-long-queue-name-a", "bsc-fan-b", "bsc-fan-c"):
+            channel._queue_bind("bsc-fan", "", "", queue)
+        channel._delete("bsc-fan-long-queue-name-a", "bsc-fan", "", "")
+        assert sorted(row.queue for row in channel.get_table("bsc-fan")) == ["bsc-fan-b", "bsc-fan-c"]
+        # the rewrite is exactly the table: a shorter table leaves no old tail behind
+        assert sorted(row[2] for row in json.loads(table.read_text())) == ["bsc-fan-b", "bsc-fan-c"]
+        channel._delete("bsc-fan-unbound", "bsc-fan", "", "")  # not bound: nothing changes
+        assert len(channel.get_table("bsc-fan")) == 2

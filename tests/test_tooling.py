@@ -39,6 +39,32 @@ def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one() -> Non
     assert "BUGSNAG_CELERY_REQUIRE_BROKERS=1" in ci and "-eq 5" in ci
 
 
+@pytest.mark.parametrize(
+    ("suite", "matrix", "status", "matrix_ran"),
+    [(0, 0, 0, True), (0, 3, 3, True), (1, 0, 1, False), (5, 0, 1, False)],
+    ids=["both-pass", "a-pair-fails", "suite-fails", "no-tests"],
+)  # fmt: skip
+def test_ci_runs_the_matrix_after_the_suite_and_fails_with_either(
+    tmp_path: Path, suite: int, matrix: int, status: int, matrix_ran: bool
+) -> None:
+    """.ci/run, on a README whose two commands are stand-ins: the matrix runs only after a
+    passing suite, with CI's per-pair limit, and either one failing fails CI."""
+    (tmp_path / ".ci").mkdir()
+    (tmp_path / ".ci" / "run").write_text((ROOT / ".ci" / "run").read_text())
+    (tmp_path / "README.md").write_text(
+        f"<!-- test-command -->\n```sh\necho suite-ran; exit {suite}\n```\n\n"
+        f"<!-- matrix-command -->\n```sh\nsh -c 'echo matrix-ran \"$@\"; exit {matrix}' matrix\n```\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BUGSNAG_CELERY_")}
+    out = subprocess.run(
+        ["bash", str(tmp_path / ".ci" / "run")], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert out.returncode == status, out.stdout + out.stderr
+    assert "suite-ran" in out.stdout
+    assert ("matrix-ran --timeout 1200" in out.stdout) is matrix_ran, out.stdout
+    assert readme_command("matrix-command") == "python3 .ci/matrix.py"
+
+
 DEMO_FIGURES = [  # the workload's known truth: (row, truth, received)
     (r"sessions", "282"), (r"crashed", "22"), (r"events", "32"), (r"stability", r"92\.20%"),
 ]  # fmt: skip

@@ -20,7 +20,16 @@ by renaming it to ``.<uuid>.claimed`` in the same folder (atomic: of two consume
 one wins; kombu moves it to the system temporary folder instead, a copy when that is
 another file system) and only then reads it. File names stay kombu's, so a plain
 ``filesystem://`` peer on the same folder still reads our messages, and we read its.
-Exchange tables (``control_folder``) are kombu's own.
+
+Exchange tables (``control_folder``, what fanout exchanges such as Celery's broadcast and
+``celery bugsnag status`` read) keep kombu's file and JSON format, but are updated here too:
+kombu creates a new table with ``open("wb")`` and only then locks it, so a concurrent
+declarer that finds the file in between, locks it first and reads it gets an empty file
+("JSONDecodeError" while declaring queues, seen once in the suite); and before 5.7 an unbind
+rewrote a shorter table without truncating it, leaving the old tail behind. Here a table is
+opened without truncation (``O_CREAT``), read and rewritten only under its exclusive lock, on
+the same file (a rename-into-place would let a writer lock a file already replaced), so an
+empty file simply means an empty table.
 
     app.conf.broker_transport = "bugsnag_celery.tools.fs_transport:Transport"  # with filesystem://
 """
@@ -30,6 +39,8 @@ from __future__ import annotations
 import os
 import uuid
 from collections import deque
+from collections.abc import Callable
+from pathlib import Path
 from queue import Empty
 from time import monotonic
 from typing import Any
@@ -125,9 +136,69 @@ class Channel(filesystem.Channel):  # type: ignore[misc, unused-ignore]
     def _size(self, queue: Any) -> int:
         return len(self._names(queue))
 
+    def get_table(self, exchange: Any) -> list[Any]:
+        try:
+            fd = os.open(self._table_file(exchange), os.O_RDONLY)
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise ChannelError(f"Cannot open the table of exchange {exchange!r}") from exc
+        with os.fdopen(fd, "rb") as fh:
+            filesystem.lock(fh, filesystem.LOCK_SH)
+            return [filesystem.exchange_queue_t(*row) for row in _table(fh.read())]
+
+    def _queue_bind(self, exchange: Any, routing_key: Any, pattern: Any, queue: Any) -> None:
+        row = filesystem.exchange_queue_t(routing_key or "", pattern or "", queue or "")
+        Path(self.control_folder).mkdir(parents=True, exist_ok=True)
+        self._update_table(exchange, lambda rows: rows if row in rows else [row, *rows], create=True)
+
+    def _delete(
+        self, queue: Any, exchange: Any, routing_key: Any, pattern: Any, *args: Any, **kwargs: Any
+    ) -> None:
+        # The virtual channel's own deletion (it purges the queue); kombu's filesystem
+        # override only adds the table update done here.
+        super(filesystem.Channel, self)._delete(queue, exchange, routing_key, pattern, *args, **kwargs)
+        row = filesystem.exchange_queue_t(routing_key or "", pattern or "", queue or "")
+        self._update_table(exchange, lambda rows: [r for r in rows if r != row], create=False)
+
+    def _table_file(self, exchange: Any) -> str:
+        """kombu's path for the table, checked by kombu's own name rules where it has them (5.7)."""
+        checked = getattr(super(), "_exchange_file", None)
+        if checked is not None:
+            return str(checked(exchange))
+        return str(Path(self.control_folder) / f"{exchange}.exchange")
+
+    def _update_table(self, exchange: Any, change: Callable[[list[Any]], list[Any]], create: bool) -> None:
+        flags = os.O_RDWR | (os.O_CREAT if create else 0)
+        try:
+            fd = os.open(self._table_file(exchange), flags, 0o666)
+        except FileNotFoundError:
+            return  # nothing bound: nothing to remove
+        except OSError as exc:
+            raise ChannelError(f"Cannot open the table of exchange {exchange!r}") from exc
+        with os.fdopen(fd, "r+b") as fh:
+            filesystem.lock(fh, filesystem.LOCK_EX)
+            rows = [filesystem.exchange_queue_t(*row) for row in _table(fh.read())]
+            changed = change(rows)
+            if changed != rows or not rows:
+                fh.seek(0)
+                fh.write(dumps(changed).encode())
+                fh.truncate()
+                fh.flush()
+
     def _names(self, queue: str) -> list[str]:
         """The queue's messages now in the folder, oldest first."""
         return sorted(n for n in os.listdir(self.data_folder_in) if is_message_of(n, queue))
+
+
+def _table(data: bytes) -> list[Any]:
+    """An exchange table's rows; a file just created and not yet written holds none."""
+    if not data.strip():
+        return []
+    rows = loads(data.decode())
+    if not isinstance(rows, list):
+        raise ChannelError(f"An exchange table holds {type(rows).__name__}, not a list")
+    return rows
 
 
 class Transport(filesystem.Transport):  # type: ignore[misc, unused-ignore]
