@@ -9,6 +9,11 @@ figure is each variant's median over the rounds, minus plain Celery's median.
 
     git worktree add /tmp/before main            # the version to compare with
     .venv/bin/python benchmarks/ab.py --other /tmp/before
+    .venv/bin/python benchmarks/ab.py --other /tmp/before --failure   # a raising task instead
+
+``--failure``: the task raises, and events go to an endpoint in another process that answers
+after 50 ms (``overhead.py``'s); each batch's events are flushed after its clock stops, so
+every batch starts with an idle sender.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import importlib
 import logging
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -63,8 +69,13 @@ def main() -> int:
     )
     parser.add_argument("--other", type=Path, required=True, help="a checkout of another version")
     parser.add_argument("--rounds", type=int, default=100)
-    parser.add_argument("--runs", type=int, default=1000, help="task.apply() calls per batch")
+    parser.add_argument("--runs", type=int, help="task.apply() calls per batch (1,000; 100 with --failure)")
+    parser.add_argument("--failure", action="store_true", help="a raising task against a 50 ms endpoint")
     args = parser.parse_args()
+    if args.runs is None:
+        args.runs = 100 if args.failure else 1000
+    if args.failure and args.rounds == 100:
+        args.rounds = 40
 
     from celery import Celery
 
@@ -79,27 +90,57 @@ def main() -> int:
     def noop() -> None:
         return None
 
-    options = {"api_key": KEY, "app_version": "ab", "notify_endpoint": "http://127.0.0.1:9/notify",
-               "sessions_endpoint": "http://127.0.0.1:9/sessions"}  # fmt: skip
+    def inner() -> None:
+        raise ValueError("benchmark failure")
+
+    @app.task
+    def fails() -> None:
+        inner()
+
+    endpoint, server = "http://127.0.0.1:9", None
+    if args.failure:
+        server = subprocess.Popen(
+            [sys.executable, "-c", "import time, overhead; print(overhead.serve()[1], flush=True); "
+             "time.sleep(86400)"],
+            cwd=str(Path(__file__).resolve().parent), stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert server.stdout is not None
+        endpoint = server.stdout.readline().strip()
+    task = fails if args.failure else noop
+
+    def apply() -> None:
+        try:
+            task.apply()
+        except ValueError:  # pragma: no cover - eager runs store the failure, not raise it
+            pass
+
+    options = {"api_key": KEY, "app_version": "ab", "notify_endpoint": f"{endpoint}/notify",
+               "sessions_endpoint": f"{endpoint}/sessions"}  # fmt: skip
     packages: dict[str, ModuleType | None] = {"plain": None, "this checkout": bugsnag_celery, "other": other}
     results: dict[str, list[float]] = {name: [] for name in packages}
     names = list(packages)
     for package in packages.values():  # warm every path once: imports, threads
         if package is not None:
             package.configure(app, **options)
-        batch(noop.apply, 2000)
+        batch(apply, 2 * args.runs)
         if package is not None:
+            package.flush_events(30)
             package.unconfigure(app)
     for rnd in range(args.rounds):
         for name in names if rnd % 2 == 0 else reversed(names):
             package = packages[name]
             if package is not None:
                 package.configure(app, **options)
-            results[name].append(batch(noop.apply, args.runs))
+            results[name].append(batch(apply, args.runs))
             if package is not None:
+                package.flush_events(30)
                 package.unconfigure(app)
+    if server is not None:
+        server.kill()
+        server.wait()
     plain = statistics.median(results["plain"])
-    print(f"success path, {args.rounds} rounds x {args.runs:,} task.apply() per variant, medians:")
+    path = "failure path (50 ms endpoint)" if args.failure else "success path"
+    print(f"{path}, {args.rounds} rounds x {args.runs:,} task.apply() per variant, medians:")
     print(f"  plain Celery      {plain:7.2f} us per task")
     for name in names[1:]:
         median = statistics.median(results[name])

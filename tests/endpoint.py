@@ -28,6 +28,7 @@ class Endpoint:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
                 raw = self.rfile.read(length)
+                arrived = time.monotonic()
                 with endpoint.lock:
                     status = endpoint.statuses.pop(0) if endpoint.statuses else endpoint.default
                     delay = endpoint.delay
@@ -38,6 +39,7 @@ class Endpoint:
                     "headers": dict(self.headers.items()),
                     "raw": raw,
                     "status": status,
+                    "at": arrived,
                 }
                 try:
                     record["body"] = json.loads(raw)

@@ -14,7 +14,7 @@ from typing import Any
 from .redaction import encodable
 from .text import cut, safe_repr
 
-__all__ = ["MAX_PAYLOAD_BYTES", "PayloadTooLarge", "encode_payload"]
+__all__ = ["MAX_PAYLOAD_BYTES", "PayloadTooLarge", "encode_payload", "encode_json", "envelope_around"]
 
 #: BugSnag's limit is "about 1 MB"; above it the pipeline answers 400 and the event is lost.
 MAX_PAYLOAD_BYTES = 1_000_000
@@ -59,6 +59,24 @@ def _encode(payload: Any) -> bytes:
         return text.encode("utf-8")
     except UnicodeEncodeError:
         return _SURROGATES.sub(_escape_surrogate, text).encode("utf-8")
+
+
+def encode_json(value: Any) -> bytes:
+    """UTF-8 JSON of *value*, whatever it holds: how events are encoded once, one by one."""
+    return _encode(value)
+
+
+def envelope_around(envelope: dict[str, Any]) -> tuple[bytes, bytes]:
+    """The bytes before and after the events of a v4 payload whose last key is ``events``.
+
+    ``head + b",".join(encoded events) + tail`` is then byte for byte what encoding the
+    whole payload would give: the sender encodes each event once, then packs as many as fit
+    under the size limit into one request without encoding anything again.
+    """
+    body = _encode({**envelope, "events": []})
+    if not body.endswith(b"[]}"):  # pragma: no cover - events is the last key by construction
+        raise ValueError("the envelope's last key must be events")
+    return body[:-2], b"]}"
 
 
 def _note(event: dict[str, Any], what: str) -> None:

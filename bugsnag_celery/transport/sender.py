@@ -19,11 +19,16 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 from ..about import notifier_info
 from ..logs import log_every
-from ..payload.encoding import PayloadTooLarge, encode_payload
+from ..payload.encoding import (
+    MAX_PAYLOAD_BYTES,
+    PayloadTooLarge,
+    encode_json,
+    encode_payload,
+    envelope_around,
+)
 from .http import DELIVERED, PERMANENT, UNKNOWN, Outcome, Payload, log_permanent, log_unknown, post
 
 __all__ = ["Sender", "encoded"]
@@ -31,41 +36,59 @@ __all__ = ["Sender", "encoded"]
 logger = logging.getLogger("bugsnag_celery")
 
 
-def encoded(payloads: list[Payload]) -> list[Payload]:
-    """Give every payload a body: merge event lists, split again if the merge is too big.
+def encoded(payloads: list[Payload], limit: int = MAX_PAYLOAD_BYTES) -> list[Payload]:
+    """Give every payload a body: the events of those for the same endpoint and key, merged.
 
-    Events that cannot be brought under BugSnag's 1 MB limit even alone are dropped with
-    a log line (the endpoint would answer 400 and lose them anyway).
+    Each handed-over payload's events are encoded once; then as many payloads as fit under
+    BugSnag's 1 MB go into one request (a storm of failures becomes a few requests a
+    second, not one per failure), and the next request starts where that one stopped. A
+    payload too big alone goes through :func:`encode_payload`'s trimming; one that cannot
+    be brought under the limit even then is dropped with a log line (BugSnag would answer
+    400 and lose it anyway).
     """
-    ready: list[Payload] = []
-    pending = [p for p in payloads if not p.body and p.events is not None]
-    ready.extend(p for p in payloads if p.body or p.events is None)
-    if not pending:
-        return ready
-
-    def envelope(events: list[dict[str, Any]], api_key: str) -> dict[str, Any]:
-        return {"apiKey": api_key, "payloadVersion": "4.0", "notifier": notifier_info(), "events": events}
-
-    first = pending[0]
-    events = [event for p in pending for event in (p.events or [])]
-    try:
-        body = encode_payload(envelope(events, first.api_key))
-        ready.append(Payload(first.endpoint, first.api_key, "4.0", body, kind="event", parts=pending))
-        return ready
-    except PayloadTooLarge:
-        if len(pending) == 1 and len(events) == 1:
-            logger.error("bugsnag_celery: an event is over 1 MB even after trimming; dropped")
-            Sender._done(first, PERMANENT)
-            return ready
-    for p in pending:  # too big together: one request each
-        try:
-            body = encode_payload(envelope(list(p.events or []), p.api_key))
-        except PayloadTooLarge:
-            logger.error("bugsnag_celery: an event is over 1 MB even after trimming; dropped")
-            Sender._done(p, PERMANENT)
-            continue
-        ready.append(Payload(p.endpoint, p.api_key, "4.0", body, kind="event", parts=[p]))
+    ready = [p for p in payloads if p.body or p.events is None]
+    groups: dict[tuple[str, str], list[Payload]] = {}
+    for p in payloads:
+        if not p.body and p.events is not None:
+            groups.setdefault((p.endpoint, p.api_key), []).append(p)
+    for (endpoint, api_key), pending in groups.items():
+        ready += _packed(endpoint, api_key, pending, limit)
     return ready
+
+
+def _packed(endpoint: str, api_key: str, pending: list[Payload], limit: int) -> list[Payload]:
+    """*pending* (one endpoint and key) as few requests of at most *limit* bytes, in order."""
+    envelope = {"apiKey": api_key, "payloadVersion": "4.0", "notifier": notifier_info(), "events": []}
+    head, tail = envelope_around(envelope)
+    room = limit - len(head) - len(tail)
+    out: list[Payload] = []
+    chunk: list[Payload] = []
+    fragments: list[bytes] = []
+    size = 0
+    for p in pending:
+        events = p.events or []
+        if not events:  # nothing to send: done
+            Sender._done(p, DELIVERED)
+            continue
+        fragment = b",".join(encode_json(event) for event in events)
+        if len(fragment) > room:
+            try:
+                body = encode_payload({**envelope, "events": events}, limit)
+            except PayloadTooLarge:
+                logger.error("bugsnag_celery: an event is over 1 MB even after trimming; dropped")
+                Sender._done(p, PERMANENT)
+                continue
+            out.append(Payload(endpoint, api_key, "4.0", body, kind="event", parts=[p]))
+            continue
+        if chunk and size + 1 + len(fragment) > room:
+            out.append(Payload(endpoint, api_key, "4.0", head + b",".join(fragments) + tail, parts=chunk))
+            chunk, fragments, size = [], [], 0
+        size += len(fragment) + (1 if fragments else 0)
+        chunk.append(p)
+        fragments.append(fragment)
+    if chunk:
+        out.append(Payload(endpoint, api_key, "4.0", head + b",".join(fragments) + tail, parts=chunk))
+    return out
 
 
 class Sender:
@@ -84,7 +107,8 @@ class Sender:
         attempts: int = 3,
         backoff: float = 0.5,
         max_backoff: float = 8.0,
-        max_batch: int = 50,
+        max_batch: int = 1000,
+        min_interval: float = 0.25,
     ) -> None:
         self.spool = spool
         self.timeout = timeout
@@ -93,6 +117,7 @@ class Sender:
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.max_batch = max_batch
+        self.min_interval = min_interval
         self._reset()
 
     def _reset(self) -> None:
@@ -103,6 +128,7 @@ class Sender:
         self._stopping = threading.Event()
         self._in_flight: Payload | None = None
         self._current: list[Payload] = []  # what the thread has taken from the queue
+        self._last_request = 0.0  # monotonic time the last request began
 
     # ------------------------------------------------------------------ producer side
 
@@ -157,7 +183,15 @@ class Sender:
                 if item is None:
                     return
                 batch.append(item)
-                # Merge what else is waiting for the same endpoint into one request.
+                if item.events is not None:
+                    # In a storm, wait out the rest of min_interval since the last request
+                    # began, gathering what fails meanwhile into the same request: at most
+                    # 1/min_interval requests a second from this process, whatever the rate
+                    # of failures. A lone failure goes out at once.
+                    wait = self._last_request + self.min_interval - time.monotonic()
+                    if wait > 0 and self._stopping.wait(wait):
+                        pass  # shutting down: send what we have now
+                # Merge what else is waiting into the same request(s).
                 while item.events is not None and len(batch) < self.max_batch:
                     try:
                         nxt = self._queue.get_nowait()
@@ -171,9 +205,7 @@ class Sender:
                         break
                     batch.append(nxt)
                 self._current = batch
-                merged = [p for p in batch if not p.mergeable_with(batch[0])] if len(batch) > 1 else []
-                same = [p for p in batch if p not in merged]
-                for payload in encoded(same) + encoded(merged):
+                for payload in encoded(batch):
                     if any(p.taken_over for p in payload.originals()):
                         continue  # a shutdown flush spooled it already
                     self._in_flight = payload
@@ -191,6 +223,7 @@ class Sender:
         delay = self.backoff
         while True:
             payload.attempts += 1
+            self._last_request = time.monotonic()
             outcome, reason = post(payload, self.timeout)
             if any(p.taken_over for p in payload.originals()):
                 return  # a shutdown flush spooled it while the request hung
