@@ -25,3 +25,13 @@ instrument(os.environ.get("BENCH_VARIANT", "plain"), app, os.environ["BENCH_ENDP
 @app.task(name="bench.noop")
 def noop() -> None:
     return None
+
+
+def _inner() -> None:
+    raise ValueError("storm")
+
+
+@app.task(name="bench.fails")
+def fails() -> None:
+    """The error storm's task (``storm.py``): every run raises, two frames deep."""
+    _inner()

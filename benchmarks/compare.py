@@ -13,7 +13,13 @@
 5. network: requests and bytes sent to the local endpoint per 1,000,000 ``task.apply()``
    runs (bugsnag-celery: through its broker queue and one delivery run; the peers: what
    they send on their own, then flushed). bugsnag-celery runs the full million; peers run
-   ``--network-peer-runs`` and are scaled to a million (said in the output).
+   ``--network-peer-runs`` and are scaled to a million (said in the output);
+6. success path in one process (``inprocess.py``): plain, bugsnag-celery and the official
+   notifier's per-task session alternating in short batches inside one interpreter, where
+   machine drift cancels (the separate-process figure of 1. swings by several us a day);
+7. error storm (``storm.py``): ``--storm-tasks`` queued tasks that all raise, drained by
+   ``celery worker -P prefork -c 2`` on Redis against an endpoint answering after 200 ms
+   (and 429 to each process's first request): throughput, memory, what arrived.
 
 Every variant runs in its own process (a fresh interpreter or a fresh worker), variants
 alternate with the order reversed every round, and the median and spread are printed, as
@@ -42,10 +48,12 @@ from typing import Any, ClassVar
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import overhead  # noqa: E402
+import storm  # noqa: E402
 from delivery import REDIS, fill, rss_tree  # noqa: E402
 from variants import OURS, PEERS, PLAIN, available, instrument, shutdown, versions  # noqa: E402
 from verdict import EXACT, TARGET, Check, conclude  # noqa: E402
 
+PARTS = ["success", "failure", "inprocess", "throughput", "storm", "memory", "network"]
 LABELS = {PLAIN: "plain Celery", OURS: "bugsnag-celery", "bugsnag_python": "bugsnag-python",
           "sentry": "sentry-sdk", "otel": "OpenTelemetry"}  # fmt: skip
 
@@ -286,6 +294,27 @@ def network(variant: str, runs: int, endpoint: str) -> dict[str, Any]:
 # -- the run --------------------------------------------------------------------------------
 
 
+def inprocess(rounds: int, runs: int, checks: list[Check]) -> dict[str, Any]:
+    """6: the success path in one process (``inprocess.py``, in a fresh interpreter)."""
+    print(f"\nsuccess path in one process: {rounds} alternating rounds x {runs:,} eager no-ops per variant")
+    out = subprocess.run(
+        [sys.executable, str(HERE / "inprocess.py"), "--json", "--rounds", str(rounds), "--runs", str(runs)],
+        capture_output=True, text=True, timeout=3600, check=True, cwd=str(HERE),
+    )  # fmt: skip
+    got: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"  plain           {got['plain']:9.2f} us/task")
+    for variant, added in got["added"].items():
+        print(f"  {variant:15s} added {added:+.2f} us/task")
+    official = got["added"].get("bugsnag_python")
+    if official:
+        ratio = got["added"][OURS] / official
+        got["ratio"] = ratio
+        text = (f"success (in one process): at most 1/3 of the official notifier's per-task session "
+                f"({got['added'][OURS]:+.2f} us against {official:+.2f}: {ratio:.2f})")  # fmt: skip
+        checks.append(Check(text, ratio <= 1 / 3, TARGET))
+    return got
+
+
 def stats(vals: list[float]) -> dict[str, float]:
     return {"median": statistics.median(vals), "min": min(vals), "max": max(vals)}
 
@@ -323,9 +352,12 @@ def main() -> int:
     parser.add_argument("--memory-tasks", type=int, default=200_000)
     parser.add_argument("--network-runs", type=int, default=1_000_000, help="task runs for bugsnag-celery")
     parser.add_argument("--network-peer-runs", type=int, default=200_000, help="task runs for each peer")
+    parser.add_argument("--only", nargs="+", choices=PARTS)
     parser.add_argument(
-        "--only", nargs="+", choices=["success", "failure", "throughput", "memory", "network"]
+        "--inprocess-rounds", type=int, default=40, help="rounds of the in-process success path"
     )
+    parser.add_argument("--storm-tasks", type=int, default=20_000, help="queued failing tasks per storm")
+    parser.add_argument("--storm-rounds", type=int, default=2, help="alternating storm rounds")
     parser.add_argument("--output", default=str(HERE / "RESULTS.md"))
     parser.add_argument("--network-child", help=argparse.SUPPRESS)
     parser.add_argument("--runs", type=int, help=argparse.SUPPRESS)
@@ -338,7 +370,8 @@ def main() -> int:
     if args.quick:
         args.rounds, args.throughput_rounds, args.tasks, args.memory_tasks = 1, 1, 200, 1_000
         args.network_runs = args.network_peer_runs = 1_000
-    parts = args.only or ["success", "failure", "throughput", "memory", "network"]
+        args.inprocess_rounds, args.storm_tasks, args.storm_rounds = 2, 200, 1
+    parts = args.only or PARTS
     variants, missing = available(args.variants)
     started = datetime.datetime.now(datetime.timezone.utc)
     print(f"bugsnag-celery benchmarks, {started:%Y-%m-%d %H:%M} UTC; variants: {', '.join(variants)}")
@@ -363,6 +396,8 @@ def main() -> int:
         results[scenario] = summary
         checks += overhead.verdicts(scenario, summary)
     slow_server.shutdown()
+    if "inprocess" in parts:
+        results["inprocess"] = inprocess(args.inprocess_rounds, 200 if args.quick else 2000, checks)
 
     fast = serve(Counting)
     if "throughput" in parts:
@@ -376,6 +411,13 @@ def main() -> int:
                   f"  x{s['ratio']:.3f} of plain")  # fmt: skip
         ratio = results["throughput"][OURS]["ratio"]
         checks.append(Check(f"throughput: at least 0.98 of plain (x{ratio:.3f})", ratio >= 0.98, TARGET))
+    if "storm" in parts:
+        storm_server, storm_endpoint = storm.serve()
+        results["storm"], storm_checks = storm.storm(
+            variants, args.storm_tasks, args.storm_rounds, storm_endpoint
+        )
+        checks += storm_checks
+        storm_server.shutdown()
     if "memory" in parts:
         print(
             f"\nmemory: worker RSS (main + 2 children) after a warm-up and after {args.memory_tasks:,} more"
@@ -485,9 +527,20 @@ def write_results(path: Path, started: datetime.datetime, results: dict[str, Any
                 title,
                 [f"{s[v]['median']:,.2f} (x{s[v]['ratio']:.2f}, {s[v]['added']:+,.2f})" for v in variants],
             )
+    if "inprocess" in results:
+        ip = results["inprocess"]
+        cells = {PLAIN: f"{ip['plain']:,.2f}", **{v: f"{a:+.2f}" for v, a in ip["added"].items()}}
+        row("success path in one process, us/task (added)", [cells.get(v, "not measured") for v in variants])
     if "throughput" in results:
         t = results["throughput"]
         row("worker throughput, tasks/s", [f"{t[v]['median']:,.0f} (x{t[v]['ratio']:.3f})" for v in variants])
+    if "storm" in results:
+        st = results["storm"]
+        left = storm.LEFT_OUT
+        row("error storm, tasks/s", [f"{st[v]['median']:,.0f} (x{st[v]['ratio']:.3f})" if v in st
+                                     else f"left out ({left.get(v, '?')})" for v in variants])  # fmt: skip
+        row("error storm, peak worker RSS growth", [f"{st[v]['rss_growth_mb']:+.1f} MB" if v in st else "-"
+                                                    for v in variants])  # fmt: skip
     if "memory" in results:
         mm = results["memory"]
         row("worker RSS growth per 200,000 tasks", [f"{mm[v]['growth']:+.2f} MB" for v in variants])
@@ -506,6 +559,25 @@ def write_results(path: Path, started: datetime.datetime, results: dict[str, Any
         t = results["throughput"]
         spread = "; ".join(f"{LABELS[v]} {t[v]['min']:,.0f}-{t[v]['max']:,.0f} tasks/s" for v in variants)
         lines.append(f"- throughput: {spread}.")
+    if "storm" in results:
+        st = results["storm"]
+        spread = "; ".join(
+            f"{LABELS[v]} {st[v]['min']:,.0f}-{st[v]['max']:,.0f} tasks/s" for v in variants if v in st
+        )
+        lines.append(f"- storm: {spread}.")
+        for r in st.get(OURS, {}).get("received", []):
+            lines.append(
+                f"- storm, bugsnag-celery at the endpoint: {r['unique']:,} of {r['runs']:,} failing runs' "
+                f"events, {r['duplicates']} twice; {r['sessions']:,} sessions; {r['requests']} event "
+                f"requests from {r['processes']} processes, at most {r['peak_requests_per_second']} "
+                f"from one process within a second; Retry-After waited out {r['honoured']}/{r['throttled']}."
+            )
+    if "inprocess" in results:
+        ip = results["inprocess"]
+        lines.append(
+            f"- success in one process: {ip['rounds']} rounds x {ip['runs']:,} runs, median of "
+            "per-round differences to plain."
+        )
     if "network" in results:
         scaled = {LABELS[v]: results["network"][v]["runs"] for v in variants}
         scaled = {k: r for k, r in scaled.items() if r != 1_000_000}

@@ -14,6 +14,7 @@ and the figure is the median over the rounds of each variant's cost minus plain'
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import statistics
 from collections.abc import Callable
@@ -92,10 +93,14 @@ def main() -> int:
     )
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--runs", type=int, default=2000)
+    parser.add_argument("--json", action="store_true", help="one JSON line (for compare.py)")
     args = parser.parse_args()
     results = measure(args.rounds, args.runs)
     added = summary(results)
     plain = statistics.median(results[PLAIN])
+    if args.json:
+        print(json.dumps({"plain": plain, "added": added, "rounds": args.rounds, "runs": args.runs}))
+        return 0
     print(f"success path in one process: {args.rounds} rounds x {args.runs:,} eager no-ops per variant")
     print(f"  plain Celery        {plain:7.2f} us per task")
     for variant, cost in added.items():

