@@ -159,7 +159,7 @@ def test_benchmark_smoke_mode() -> None:
 
 
 def test_comparison_benchmark_smoke_mode() -> None:
-    """benchmarks/compare.py --quick: every variant through all five measures (tiny numbers).
+    """benchmarks/compare.py --quick: every variant through all seven measures (tiny numbers).
 
     The README's test command installs the peers (the ``bench`` group), so none may be left
     out here; ``--quick`` prints no verdict and writes no results file.
@@ -170,7 +170,19 @@ def test_comparison_benchmark_smoke_mode() -> None:
     for variant in ("plain", "bugsnag_celery", "bugsnag_python", "sentry", "otel"):
         for unit in ("us/task", "tasks/s", " MB: ", " requests "):
             assert re.search(rf"\n  {variant} +[^\n]*{unit}", out.stdout), (variant, unit, out.stdout)
-    assert exact_lines(out.stdout) == ["success", "failure", "failure", "network"], out.stdout
+    assert exact_lines(out.stdout) == ["success", "failure", "failure", "storm", "network"], out.stdout
+    # the storm: every event once, every Retry-After waited out (counted by the endpoint)
+    once = re.search(
+        r"^exact: storm: every failing run's event received exactly once "
+        r"\(200 runs, 0 duplicates, for 200 runs\) -> MET$",
+        out.stdout,
+        re.M,
+    )
+    waited = re.search(
+        r"^exact: storm: every 429's Retry-After waited out \(([1-9]\d*)/\1\) -> MET$", out.stdout, re.M
+    )
+    assert once and waited, out.stdout
+    assert re.search(r"\n  bugsnag_celery +added \+[\d.]+ us/task", out.stdout), out.stdout  # in one process
     assert "smoke mode" in out.stdout
 
 
