@@ -13,7 +13,7 @@ import traceback
 from collections import namedtuple
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings
@@ -1057,7 +1057,7 @@ def test_a_custom_argsrepr_is_told_from_celerys_default(text: Any, value: Any, c
 
     class Request:
         id, retries, args, argsrepr, kwargsrepr = "t", 0, value, text, None
-        kwargs: dict[str, Any] = {}
+        kwargs: ClassVar[dict[str, Any]] = {}
 
     class Options:
         send_task_args, redacted_keys = True, DEFAULT_REDACTED_KEYS
