@@ -192,3 +192,60 @@ def test_the_runs_compared_ran_in_sessions(sides: tuple[Side, Side]) -> None:
         attempts += 2 if name in ("compat.retry_to_positional", "compat.retry_to_keyword") else 1
     counted = sum(n for c in bugsnag_celery.take_pending_counts().values() for n in c.values())
     assert counted == attempts
+
+
+def test_the_request_read_without_celerys_property_is_celerys_top() -> None:
+    """The wrapper reads the current request from Celery's ``Local`` storage directly (the
+    ``top`` property's two Python calls were a fifth of a session's cost): on this Celery it
+    must give exactly what ``request_stack.top`` gives -- empty, pushed, nested, popped, and
+    from another thread, which has a stack of its own."""
+    import threading
+
+    from bugsnag_celery.hooks.tracer import _request_storage
+
+    app = Celery(f"top{uuid.uuid4().hex[:6]}", broker="memory://", set_as_current=False)
+
+    @app.task
+    def probe() -> None:
+        return None
+
+    stack = probe.request_stack
+    local, storage = _request_storage(stack)
+    assert storage is not None, type(stack)  # Celery's own classes: the direct read is used
+
+    def direct() -> Any:
+        try:
+            return storage[local.__ident_func__()]["stack"][-1]
+        except (KeyError, IndexError):
+            return None
+
+    seen = [(direct(), stack.top)]
+    probe.push_request(id="outer")
+    seen.append((direct(), stack.top))
+    probe.push_request(id="inner")
+    seen.append((direct(), stack.top))
+    other: list[tuple[Any, Any]] = []
+    thread = threading.Thread(target=lambda: other.append((direct(), stack.top)))
+    thread.start()
+    thread.join()
+    probe.pop_request()
+    seen.append((direct(), stack.top))
+    probe.pop_request()
+    seen.append((direct(), stack.top))
+    assert [a is b for a, b in seen + other] == [True] * 6
+    assert [getattr(b, "id", None) for _, b in seen] == [None, "outer", "inner", "outer", None]
+    assert other == [(None, None)]
+
+
+def test_a_stack_of_another_kind_goes_through_top() -> None:
+    """``USE_FAST_LOCALS`` (a ``threading.local`` stack) or a subclass: no direct read."""
+    from celery.utils.threads import _FastLocalStack, _LocalStack
+
+    from bugsnag_celery.hooks.tracer import _request_storage
+
+    class Sub(_LocalStack):  # type: ignore[misc, unused-ignore]
+        pass
+
+    assert _request_storage(_FastLocalStack()) == (None, None)
+    assert _request_storage(Sub()) == (None, None)
+    assert _request_storage(object()) == (None, None)

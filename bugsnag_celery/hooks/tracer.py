@@ -85,12 +85,20 @@ def _run_hooks(
     current, session, now, report = CURRENT, Session, _now, report_failure
     set_current, get_current = current.set, current.get
     add_to_buckets = counts.add_to_buckets
+    local, storage = _request_storage(request_stack)
+    fast = storage is not None
 
     if mode == TRACK:
 
         def enter() -> Any:
             if state.active:
-                request = request_stack.top
+                if fast:  # request_stack.top, read as Celery's own property reads it
+                    try:
+                        request = storage[local.__ident_func__()]["stack"][-1]
+                    except (KeyError, IndexError):
+                        request = None
+                else:
+                    request = request_stack.top
                 if request is not None and not request.called_directly:
                     if track_eager or not request.is_eager:
                         started = now()
@@ -115,6 +123,31 @@ def _run_hooks(
             report(task, state, exc)
 
     return enter, failed
+
+
+def _request_storage(request_stack: Any) -> tuple[Any, Any]:
+    """The thread-local storage behind Celery's ``LocalStack`` (its ``Local``), if it is one.
+
+    ``request_stack.top`` is a property that reads ``self._local.stack`` through
+    ``Local.__getattr__``: two Python calls, ~0.7 us of the ~4 us a session costs per run.
+    Reading ``local.__storage__[local.__ident_func__()]["stack"][-1]`` is what they do,
+    without the calls (the ident function is read on every run, since a ``LocalManager`` may
+    replace it; greenlet idents under gevent included). Only for exactly Celery's classes
+    (``_LocalStack`` over ``Local``, the same in Celery 5.3 to 5.7); anything else -- the
+    ``threading.local`` stack of ``USE_FAST_LOCALS``, a subclass -- goes through ``top``.
+    """
+    from celery.utils import threads
+
+    local: Any = getattr(request_stack, "_local", None)
+    stack_type, local_type = getattr(threads, "_LocalStack", None), getattr(threads, "Local", None)
+    if stack_type is None or type(request_stack) is not stack_type or type(local) is not local_type:
+        return None, None
+    try:
+        storage = local.__storage__
+        local.__ident_func__  # noqa: B018  # both slots exist
+    except AttributeError:
+        return None, None
+    return (local, storage) if isinstance(storage, dict) else (None, None)
 
 
 def _session_runner(task: Task, state: AppState, call: Callable[..., Any], mode: str) -> Callable[..., Any]:
