@@ -203,7 +203,7 @@ def test_the_request_read_without_celerys_property_is_celerys_top() -> None:
 
     from bugsnag_celery.hooks.tracer import _request_storage
 
-    app = Celery(f"top{uuid.uuid4().hex[:6]}", broker="memory://", set_as_current=False)
+    app: Any = Celery(f"top{uuid.uuid4().hex[:6]}", broker="memory://", set_as_current=False)
 
     @app.task
     def probe() -> None:
