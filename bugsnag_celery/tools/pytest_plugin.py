@@ -324,13 +324,11 @@ class CollectorFixture:
 
     def _restore_apps(self) -> None:
         import bugsnag_celery
+        from bugsnag_celery import registry
         from bugsnag_celery.sessions import counts
 
-        brokers = []
-        for app, _ in self._apps:
-            options = bugsnag_celery.options_for(app)
-            if options is not None and options.queue_prefix == self.queue_prefix:
-                brokers.append(app)
+        owned = [(app, bugsnag_celery.options_for(app)) for app, _ in self._apps]
+        brokers = [app for app, o in owned if o is not None and o.queue_prefix == self.queue_prefix]
         # What this test counted and never delivered must not go out with an app configured
         # after it (the next test's, or an app restored to its real BugSnag): dropped while
         # the fixture's apps still own it, so the flusher never sees it as orphaned.
@@ -340,6 +338,8 @@ class CollectorFixture:
             if previous is not None:
                 bugsnag_celery.configure(app, **{f.name: getattr(previous, f.name) for f in fields(previous)})
         self._apps.clear()
+        if brokers:  # a flush under way (the test's last counts) must not re-create a queue
+            registry.flusher.flush_once(wait=5.0)  # deleted below: wait for it to end
         counts.restore_pending_counts(self._aside)  # what was set aside goes back where it was
         self._releases.clear()
         self._aside = {}
