@@ -414,7 +414,7 @@ def main() -> int:
     if "storm" in parts:
         storm_server, storm_endpoint = storm.serve()
         results["storm"], storm_checks = storm.storm(
-            variants, args.storm_tasks, args.storm_rounds, storm_endpoint
+            variants, args.storm_tasks, args.storm_rounds, storm_endpoint, args.quick
         )
         checks += storm_checks
         storm_server.shutdown()

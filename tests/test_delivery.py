@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -131,8 +132,8 @@ def test_exact_at_scale_two_workers_mixed_pools_several_minutes(
 
 
 def test_exact_with_a_child_per_task(fs_broker: Broker, out_dir: Path, endpoint: Endpoint) -> None:
-    # Celery replaces a recycled child about every 0.8 s here, with or without us: keep N small.
-    n = 120
+    # Celery replaces a recycled child about every 0.4 s here, with or without us: keep N small.
+    n = 60
     with Worker(
         fs_broker, out_dir, configure=config(endpoint, "h"), extra_args=("--max-tasks-per-child=1",)
     ) as w:
@@ -148,6 +149,10 @@ def test_warm_shutdown_in_the_middle_of_the_load(
 ) -> None:
     n = 1_500
     cfg = config(endpoint, "h")
+    # A message prefetched but not acknowledged when the first worker stops is redelivered
+    # after the visibility timeout (kombu 5.3's Redis transport does not always restore it at
+    # a warm shutdown: seen once, 1,499 of 1,500 runs within the 120 s below at 3,600 s).
+    redis_broker = dataclasses.replace(redis_broker, transport_options={"visibility_timeout": 20})
     with Worker(redis_broker, out_dir, configure=cfg, concurrency=2) as w:
         send_observe(redis_broker, n, delay=0.004)
         wait_for_records(out_dir, n // 3, worker=w)
