@@ -31,7 +31,10 @@ shorter table without truncating it, leaving the old tail behind. Here a new tab
 written aside and hard-linked into place (whole, and only one creator wins), and an existing
 one is read and rewritten only under its exclusive lock, on the same file (a rename into
 place would let a writer lock a file already replaced). A reader that still meets an empty
-table (a plain kombu peer creating it) waits for it to be written.
+table (a plain kombu peer creating it) waits for it to be written. Publishing also routes to
+the bindings this process declared (kombu writes them to the file only after recording them
+in memory, and a thread publishing in between lost its message), and no fork happens while a
+table is open (a child would keep its lock for life: see ``_TABLES``).
 
     app.conf.broker_transport = "bugsnag_celery.tools.fs_transport:Transport"  # with filesystem://
 """
@@ -39,6 +42,7 @@ table (a plain kombu peer creating it) waits for it to be written.
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -160,15 +164,16 @@ class Channel(filesystem.Channel):  # type: ignore[misc, unused-ignore]
     def _file_table(self, exchange: Any) -> list[Any]:
         path = self._table_file(exchange)
         for attempt in range(_EMPTY_READS):
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except FileNotFoundError:
-                return []
-            except OSError as exc:
-                raise ChannelError(f"Cannot open the table of exchange {exchange!r}") from exc
-            with os.fdopen(fd, "rb") as fh:
-                filesystem.lock(fh, filesystem.LOCK_SH)
-                data = fh.read()
+            with _TABLES:  # from open to close: see _TABLES
+                try:
+                    fd = os.open(path, os.O_RDONLY)
+                except FileNotFoundError:
+                    return []
+                except OSError as exc:
+                    raise ChannelError(f"Cannot open the table of exchange {exchange!r}") from exc
+                with os.fdopen(fd, "rb") as fh:
+                    filesystem.lock(fh, filesystem.LOCK_SH)
+                    data = fh.read()
             if data.strip() or attempt == _EMPTY_READS - 1:
                 return [filesystem.exchange_queue_t(*row) for row in _table(data)]
             # Empty: being created by a peer that writes after creating (kombu's own channel).
@@ -201,21 +206,22 @@ class Channel(filesystem.Channel):  # type: ignore[misc, unused-ignore]
         path = self._table_file(exchange)
         if create and not os.path.exists(path) and self._create_table(path, change([])):
             return
-        try:
-            fd = os.open(path, os.O_RDWR)
-        except FileNotFoundError:
-            return  # nothing bound: nothing to remove
-        except OSError as exc:
-            raise ChannelError(f"Cannot open the table of exchange {exchange!r}") from exc
-        with os.fdopen(fd, "r+b") as fh:
-            filesystem.lock(fh, filesystem.LOCK_EX)
-            rows = [filesystem.exchange_queue_t(*row) for row in _table(fh.read())]
-            changed = change(rows)
-            if changed != rows:
-                fh.seek(0)
-                fh.write(dumps(changed).encode())
-                fh.truncate()
-                fh.flush()
+        with _TABLES:  # from open to close: see _TABLES
+            try:
+                fd = os.open(path, os.O_RDWR)
+            except FileNotFoundError:
+                return  # nothing bound: nothing to remove
+            except OSError as exc:
+                raise ChannelError(f"Cannot open the table of exchange {exchange!r}") from exc
+            with os.fdopen(fd, "r+b") as fh:
+                filesystem.lock(fh, filesystem.LOCK_EX)
+                rows = [filesystem.exchange_queue_t(*row) for row in _table(fh.read())]
+                changed = change(rows)
+                if changed != rows:
+                    fh.seek(0)
+                    fh.write(dumps(changed).encode())
+                    fh.truncate()
+                    fh.flush()
 
     @staticmethod
     def _create_table(path: str, rows: list[Any]) -> bool:
@@ -244,6 +250,14 @@ class Channel(filesystem.Channel):  # type: ignore[misc, unused-ignore]
         """The queue's messages now in the folder, oldest first."""
         return sorted(n for n in os.listdir(self.data_folder_in) if is_message_of(n, queue))
 
+
+# A table's flock belongs to its open file: a fork() while one thread holds it open would
+# leave the child holding the lock for its whole life, and every later lock of that table
+# in any process would wait for the child to exit (seen: a prefork worker replacing a
+# killed child while its flusher thread declared a queue, then stuck in its warm shutdown).
+# So no fork happens while this process has a table open: forks wait for this lock.
+_TABLES = threading.Lock()
+os.register_at_fork(before=_TABLES.acquire, after_in_parent=_TABLES.release, after_in_child=_TABLES.release)
 
 #: Reads of an empty exchange table before taking it as empty (10 ms apart).
 _EMPTY_READS = 20
