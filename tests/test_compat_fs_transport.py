@@ -176,6 +176,15 @@ def test_purge_size_and_store_processed(folders: dict[str, str], tmp_path: Path)
         q.close()
 
 
+def run_all(target: Any, args: Any, timeout: float) -> None:
+    """One thread per argument, started together, each joined within *timeout*."""
+    threads = [threading.Thread(target=target, args=(arg,)) for arg in args]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+
+
 def bind_everywhere(
     options: dict[str, Any], ours: bool, queue: str, exchanges: list[str], start: Any
 ) -> None:
@@ -205,11 +214,7 @@ def test_exchange_tables_survive_concurrent_declarers(folders: dict[str, str]) -
         except BaseException as exc:  # collected and asserted below
             errors.append(exc)
 
-    threads = [threading.Thread(target=run, args=(q,)) for q in queues]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    run_all(run, queues, 60)
     assert not errors, errors
     with connect(folders) as conn:
         for exchange in exchanges:
@@ -257,11 +262,7 @@ def test_a_message_published_while_its_table_is_created_is_never_dropped(folders
             except BaseException as exc:  # collected and asserted below
                 errors.append(exc)
 
-        threads = [threading.Thread(target=send, args=(n,)) for n in range(senders)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(30)
+        run_all(send, range(senders), 30)
         assert not errors, errors
         with connect(folders) as conn:
             assert conn.default_channel._size(queue) == senders, (r, queue)
