@@ -181,6 +181,9 @@ class Worker:
                 }
             ),
             "PYTHONPATH": os.pathsep.join([str(APPS), os.environ.get("PYTHONPATH", "")]),
+            # A worker that hangs is SIGABRTed (see ``stop``): every process of it then writes
+            # each thread's stack to the log, so that a hang seen once can be explained.
+            "PYTHONFAULTHANDLER": "1",
             **(env or {}),
         }
         self.proc: subprocess.Popen[bytes] | None = None
@@ -221,9 +224,19 @@ class Worker:
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
+                self.dump_stacks()
                 self.kill()
                 raise AssertionError(f"worker did not stop in {timeout}s:\n{self.log()}") from None
         return self.proc.returncode
+
+    def dump_stacks(self) -> None:
+        """Every thread's stack of every process of the worker, into its log (faulthandler)."""
+        assert self.proc is not None
+        try:
+            os.killpg(self.proc.pid, signal.SIGABRT)
+        except ProcessLookupError:
+            return
+        time.sleep(3)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
