@@ -32,9 +32,9 @@ class AppState:
     __slots__ = (
         "active",
         "app",
-        "buckets",
         "excluded",
         "kwargs",
+        "minutes",
         "options",
         "release",
         "reporter",
@@ -46,7 +46,7 @@ class AppState:
         self.options = options
         self.kwargs = dict(kwargs or {})  # what configure() was given: the worker start resolves again
         self.release = Release(options.app_version, options.release_stage, options.app_type, options.hostname)
-        self.buckets = counts.buckets_for(self.release)
+        self.minutes = counts.minutes_for(self.release)  # the live counters the wrapper counts in
         self.excluded = options.task_excluded()
         self.active = True
         prefix = options.queue_prefix

@@ -249,3 +249,66 @@ def test_a_stack_of_another_kind_goes_through_top() -> None:
     assert _request_storage(_FastLocalStack()) == (None, None)
     assert _request_storage(Sub()) == (None, None)
     assert _request_storage(object()) == (None, None)
+
+
+def test_the_build_tracer_hook_takes_celerys_own_parameters(sides: tuple[Side, Side]) -> None:
+    """On this Celery the hook forwards positionally (no ``**kwargs`` dict per eager run):
+    the same parameters, the original's very defaults; the worker's imported name too."""
+    import inspect
+
+    from celery.app import trace
+
+    from bugsnag_celery.hooks import tracer
+
+    original = tracer._original_build_tracer
+    assert original is not None and trace.build_tracer is not original  # configured: hooked
+    hook = trace.build_tracer
+    assert hook.__defaults__ is original.__defaults__
+    assert inspect.signature(hook, follow_wrapped=False).parameters.keys() == (
+        inspect.signature(original).parameters.keys()
+    )
+
+
+def test_the_exact_hook_forwards_every_call_as_it_came() -> None:
+    """Eager (keywords), worker (positional) and every default: the original sees the same
+    arguments with the hook as without; a ``build_tracer`` another library wrapped with
+    ``*args, **kwargs`` (Sentry's integration does) gets the generic hook instead."""
+    import functools
+
+    from bugsnag_celery.hooks.tracer import _exact_hook, _generic_hook
+
+    sentinel_info, sentinel_clock, sentinel_ok = object(), object(), object()
+    sentinel_states: frozenset[str] = frozenset()
+
+    def build_tracer(  # Celery's parameters, recording what it was given
+        name: Any, task: Any, loader: Any = None, hostname: Any = None, store_errors: Any = True,
+        Info: Any = sentinel_info, eager: Any = False, propagate: Any = False, app: Any = None,
+        monotonic: Any = sentinel_clock, trace_ok_t: Any = sentinel_ok, IGNORE_STATES: Any = sentinel_states,
+    ) -> dict[str, Any]:  # fmt: skip
+        return dict(locals())
+
+    app: Any = Celery(f"hook{uuid.uuid4().hex[:6]}", broker="memory://", set_as_current=False)
+
+    @app.task
+    def job() -> None:
+        return None
+
+    calls = [
+        (("job", job), {"eager": True, "propagate": True, "app": app}),  # Task.apply
+        (("job", job, "loader", "host"), {"app": app}),  # the worker's consumer and prefork
+        (("job", job), {}),
+        (("job", job, "l", "h", False, "I", True, True, app, "m", "t", "s"), {}),
+    ]
+    exact = _exact_hook(build_tracer)
+    assert exact is not None
+    for args, kwargs in calls:
+        assert exact(*args, **kwargs) == build_tracer(*args, **kwargs)
+
+    @functools.wraps(build_tracer)
+    def wrapped_by_another(name: Any, task: Any, *args: Any, **kwargs: Any) -> Any:
+        return build_tracer(name, task, *args, **kwargs)
+
+    assert _exact_hook(wrapped_by_another) is None
+    generic = _generic_hook(wrapped_by_another)
+    for args, kwargs in calls:
+        assert generic(*args, **kwargs) == build_tracer(*args, **kwargs)

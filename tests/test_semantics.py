@@ -345,6 +345,37 @@ def test_counts_minute_buckets_and_restore() -> None:
     }
 
 
+def test_counts_taken_twice_from_one_minute_and_idle_minutes_dropped() -> None:
+    """A minute's counter is read, not emptied: a second take gives exactly what came since.
+
+    Reading never takes (``pending_total``, ``releases_with_counts``); a minute that has been
+    idle for ``IDLE_MINUTES`` is dropped at a take (memory stays bounded), the current one stays.
+    """
+    import time
+
+    from bugsnag_celery.clock import minute_iso
+
+    release = bugsnag_celery.Release("2", "production", "celery", "idle")
+    bugsnag_celery.take_pending_counts()
+    now = time.time()
+    old = now - 60 * (counts.IDLE_MINUTES + 2)
+    for _ in range(3):
+        counts.count_session(release, now)
+    counts.count_session(release, old)
+    assert counts.pending_total() == 4 and release in counts.releases_with_counts()
+    assert counts.pending_total() == 4  # reading took nothing
+    first = bugsnag_celery.take_pending_counts([release])[release]
+    assert sorted(first.values()) == [1, 3]
+    counts.count_session(release, now)
+    counts.count_session(release, now)
+    assert bugsnag_celery.take_pending_counts([release]) == {release: {minute_iso(int(now // 60)): 2}}
+    live = counts.minutes_for(release)
+    assert old // 60 not in live and now // 60 in live  # the idle old minute was dropped
+    assert counts.pending_total() == 0 and release not in counts.releases_with_counts()
+    counts.count_session(release, old)  # a late count into a dropped minute: a new counter
+    assert bugsnag_celery.take_pending_counts([release]) == {release: {minute_iso(int(old // 60)): 1}}
+
+
 def test_counts_survive_threads_exactly(app: Celery) -> None:
     @app.task
     def job() -> None:
