@@ -1,0 +1,130 @@
+"""The success path in CPU instructions: a count that machine noise cannot move.
+
+Timings of a ~50 us eager run swing by several microseconds from run to run on a shared
+machine (``inprocess.py`` alternates variants in one process to cancel the drift, and still
+its ratios spread). Counting the instructions a task run executes hardly moves (repeated
+counts of one variant agree within ~1,000 instructions per run of ~430,000: random task ids
+and the allocator's addresses differ from run to run; 300 runs smooth that to ~3,000): each
+variant runs a no-op ``task.apply()`` N times under valgrind (callgrind, one count per
+thread), once with N = 0 and once with N = ``--runs``; the difference of the *main thread's*
+counts divided by N is what one run costs, start-up and warm-up excluded, and background
+threads (flushers, session trackers, span exporters: their cost is a time share, measured by
+the worker throughput) left out. Instructions are not time -- a cache miss costs more than an
+add -- but the two move together on this path, and this one does not drift.
+
+    .venv/bin/python benchmarks/instructions.py                  # plain, ours, the peers
+    .venv/bin/python benchmarks/instructions.py --variants plain bugsnag_celery bugsnag_python
+
+Needs valgrind (``apt-get install valgrind``); without it, says so and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from variants import ALL, OURS, PLAIN, available  # noqa: E402
+
+OFFICIAL = "bugsnag_python"
+WARMUP = 300
+
+
+def child(variant: str, runs: int) -> None:
+    """Set *variant* up as a user would, warm up, then *runs* eager no-ops; leave at once."""
+    import gc
+    import logging
+
+    from celery import Celery
+    from variants import instrument
+
+    logging.disable(logging.CRITICAL)
+    app = Celery("instructions", broker="memory://", backend=None, set_as_current=True)
+    app.conf.task_store_eager_result = False
+
+    @app.task
+    def noop() -> None:
+        return None
+
+    instrument(variant, app, "http://127.0.0.1:9")  # a closed port: the success path sends nothing
+    for _ in range(WARMUP):
+        noop.apply()
+    gc.collect()
+    gc.disable()
+    for _ in range(runs):
+        noop.apply()
+    sys.stdout.flush()
+    os._exit(0)  # no exit handlers: they would run in the main thread and be counted
+
+
+def main_thread_instructions(variant: str, runs: int) -> int:
+    """Instructions the main thread of a child running *variant* executed (callgrind)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "callgrind.out"
+        subprocess.run(
+            ["valgrind", "--tool=callgrind", "--separate-threads=yes", f"--callgrind-out-file={out}",
+             sys.executable, str(Path(__file__).resolve()), "--child", variant, str(runs)],
+            check=True, capture_output=True, timeout=1800, cwd=str(HERE),
+            env={**os.environ, "PYTHONHASHSEED": "0"},  # the same dict layouts in both runs
+        )  # fmt: skip
+        main = Path(f"{out}-01")  # callgrind numbers threads from 1, the main thread first
+        for line in main.read_text().splitlines():
+            if line.startswith("totals:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no totals in callgrind's output for {variant}")
+
+
+def measure(variants: list[str], runs: int) -> dict[str, Any]:
+    per_run = {}
+    for variant in variants:
+        base = main_thread_instructions(variant, 0)
+        total = main_thread_instructions(variant, runs)
+        per_run[variant] = (total - base) / runs
+        print(f"  {variant:15s} {per_run[variant]:>12,.0f} instructions per task", flush=True)
+    plain = per_run[PLAIN]
+    added = {v: n - plain for v, n in per_run.items() if v != PLAIN}
+    result: dict[str, Any] = {"runs": runs, "per_run": per_run, "added": added}
+    if OURS in added and added.get(OFFICIAL):
+        result["ratio"] = added[OURS] / added[OFFICIAL]
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--variants", nargs="+", choices=ALL, default=list(ALL))
+    parser.add_argument("--runs", type=int, default=2000, help="task runs counted per variant")
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON line at the end")
+    parser.add_argument("--child", nargs=2, metavar=("VARIANT", "RUNS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child[0], int(args.child[1]))
+        return 0
+    if shutil.which("valgrind") is None:
+        print("valgrind missing: instructions not counted (apt-get install valgrind)")
+        return 2
+    variants, missing = available([PLAIN, *[v for v in args.variants if v != PLAIN]])
+    if missing:
+        print(f"not installed, left out: {', '.join(missing)}")
+    print(f"success path in CPU instructions (valgrind): {args.runs:,} eager no-ops per variant")
+    result = measure(variants, args.runs)
+    for variant, n in result["added"].items():
+        print(f"  {variant:15s} added {n:+,.0f} instructions per task")
+    if "ratio" in result:
+        print(f"  bugsnag-celery / official session: {result['ratio']:.2f} (target <= 0.33)")
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
