@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
-import logging
 import shutil
 import statistics
 import subprocess
@@ -32,7 +31,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
 
-from variants import KEY
+from variants import KEY, eager_app
 
 OTHER_NAME = "bugsnag_celery_other"
 
@@ -77,18 +76,10 @@ def main() -> int:
     if args.failure and args.rounds == 100:
         args.rounds = 40
 
-    from celery import Celery
-
     import bugsnag_celery
 
     other = load_other(args.other)
-    logging.disable(logging.CRITICAL)
-    app = Celery("ab", broker="memory://", backend=None, set_as_current=True)
-    app.conf.task_store_eager_result = False
-
-    @app.task
-    def noop() -> None:
-        return None
+    app, noop = eager_app("ab")
 
     def inner() -> None:
         raise ValueError("benchmark failure")

@@ -15,31 +15,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import statistics
 from collections.abc import Callable
 from typing import Any
 
 from ab import batch
-from variants import KEY, OURS, PLAIN, available
+from variants import KEY, OURS, PLAIN, available, eager_app
 
 OFFICIAL = "bugsnag_python"
 
 
 def measure(rounds: int, runs: int, endpoint: str = "http://127.0.0.1:9") -> dict[str, list[float]]:
     """us per eager no-op ``task.apply()`` of every available variant, per round."""
-    from celery import Celery
     from celery.signals import task_prerun
 
     import bugsnag_celery
 
-    logging.disable(logging.CRITICAL)
-    app = Celery("inprocess", broker="memory://", backend=None, set_as_current=True)
-    app.conf.task_store_eager_result = False
-
-    @app.task
-    def noop() -> None:
-        return None
+    app, noop = eager_app("inprocess")
 
     variants, _missing = available([PLAIN, OURS, OFFICIAL])
     official_session: Callable[..., None] | None = None
@@ -104,7 +96,7 @@ def main() -> int:
     print(f"success path in one process: {args.rounds} rounds x {args.runs:,} eager no-ops per variant")
     print(f"  plain Celery        {plain:7.2f} us per task")
     for variant, cost in added.items():
-        print(f"  {variant:<19} +{cost:.2f} us")
+        print(f"  {variant:<19} {cost:+.2f} us")
     if OFFICIAL in added and added[OFFICIAL] > 0:
         print(f"  bugsnag-celery / official session: {added[OURS] / added[OFFICIAL]:.2f} (target <= 0.33)")
     return 0

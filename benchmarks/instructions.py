@@ -32,7 +32,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from variants import ALL, OURS, PLAIN, available  # noqa: E402
+from variants import ALL, OURS, PLAIN, available, eager_app  # noqa: E402
 
 OFFICIAL = "bugsnag_python"
 WARMUP = 300
@@ -41,18 +41,10 @@ WARMUP = 300
 def child(variant: str, runs: int) -> None:
     """Set *variant* up as a user would, warm up, then *runs* eager no-ops; leave at once."""
     import gc
-    import logging
 
-    from celery import Celery
     from variants import instrument
 
-    logging.disable(logging.CRITICAL)
-    app = Celery("instructions", broker="memory://", backend=None, set_as_current=True)
-    app.conf.task_store_eager_result = False
-
-    @app.task
-    def noop() -> None:
-        return None
+    app, noop = eager_app("instructions")
 
     instrument(variant, app, "http://127.0.0.1:9")  # a closed port: the success path sends nothing
     for _ in range(WARMUP):
