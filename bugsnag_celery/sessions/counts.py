@@ -139,7 +139,7 @@ IDLE_MINUTES = 10
 def _new_counts(release: Release, now_minute: float, prune: bool) -> dict[int, int]:
     """What was counted for *release* since the last take (under the lock); marks it taken."""
     got: dict[int, int] = {}
-    taken = _taken.setdefault(release, {})
+    taken = _taken.setdefault(release, {}) if prune else _taken.get(release, {})
     minutes = _live.get(release, {})
     for minute, counter in list(minutes.items()):
         value = _value(counter)
@@ -164,7 +164,7 @@ def take_pending_counts(releases: Iterable[Release] | None = None) -> PendingCou
     out: PendingCounts = {}
     now_minute = time.time() // 60
     with _lock:
-        wanted = set(_live) | set(_kept) if releases is None else set(releases)
+        wanted = _releases() if releases is None else set(releases)
         for release in wanted:
             got = _new_counts(release, now_minute, prune=True)
             for minute, n in _kept.pop(release, {}).items():
@@ -198,6 +198,11 @@ def restore_pending_counts(pending: PendingCounts, max_buckets: int = MAX_BUCKET
                 kept[keep] += sum(kept.pop(m) for m in excess)
 
 
+def _releases() -> set[Release]:
+    """Every release group with live counters or counts given back (under the lock)."""
+    return set(_live) | set(_kept)
+
+
 def _held(release: Release) -> int:
     return sum(_new_counts(release, 0.0, prune=False).values()) + sum(_kept.get(release, {}).values())
 
@@ -205,13 +210,13 @@ def _held(release: Release) -> int:
 def pending_total() -> int:
     """Sessions counted in this process and not taken yet (what an exit would lose)."""
     with _lock:
-        return sum(_held(release) for release in set(_live) | set(_kept))
+        return sum(_held(release) for release in _releases())
 
 
 def releases_with_counts() -> list[Release]:
     """The release groups that hold counts now (the flusher's strays: no app owns them)."""
     with _lock:
-        return [release for release in list(_live) + [r for r in _kept if r not in _live] if _held(release)]
+        return [release for release in _releases() if _held(release)]
 
 
 def _after_fork_in_child() -> None:
