@@ -11,6 +11,7 @@ styles -- with and without us alike). The same workload on real workers:
 
 from __future__ import annotations
 
+import re
 import sys
 import uuid
 from collections.abc import Iterator
@@ -55,7 +56,9 @@ class Side:
             value: Any = {"raised": type(result.result).__name__, "message": str(result.result)}
         else:
             value = result.result
-        return {"state": result.state, "value": value, "records": list(self.records)}
+        # the traceback Celery formatted (what its log line, result backend and einfo hold)
+        tb = re.findall(r'^\s+File "[^"]*?([^/"]+)", line \d+, in (\S+)', result.traceback or "", re.M)
+        return {"state": result.state, "value": value, "records": list(self.records), "traceback": tb}
 
 
 @pytest.fixture
@@ -108,6 +111,22 @@ def test_the_wrapper_adds_one_frame(sides: tuple[Side, Side]) -> None:
         for plain_record, record in zip(want["records"], got["records"]):
             assert record["stack"][0] in WRAPPER_FRAMES, (name, record["stack"])
             assert record["stack"][1:] == plain_record["stack"], name
+
+
+def test_a_failures_traceback_is_plain_celerys(sides: tuple[Side, Side]) -> None:
+    """From Python 3.11 the wrapper takes its own frame off a failure's traceback before it
+    re-raises (before 3.11 the re-raise restores it: one frame more, and no other)."""
+    plain, configured = sides
+    failing = 0
+    for name, args, kwargs in WORKLOAD:
+        want, got = plain.run(name, args, kwargs), configured.run(name, args, kwargs)
+        if not want["traceback"]:
+            continue
+        failing += 1
+        ours = [f for f in got["traceback"] if ":".join(f) in WRAPPER_FRAMES]
+        assert len(ours) == (0 if sys.version_info >= (3, 11) else 1), (name, got["traceback"])
+        assert [f for f in got["traceback"] if f not in ours] == want["traceback"], name
+    assert failing >= 1  # the comparison ran on at least one failure
 
 
 def test_argument_checking_is_celerys(sides: tuple[Side, Side]) -> None:

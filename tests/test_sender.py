@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from endpoint import Endpoint
 
-from bugsnag_celery.payload.encoding import MAX_PAYLOAD_BYTES
+from bugsnag_celery.payload.encoding import MAX_PAYLOAD_BYTES, encode_json
 from bugsnag_celery.transport.http import Payload
 from bugsnag_celery.transport.sender import Sender, encoded
 
@@ -66,19 +66,24 @@ def test_a_lone_failure_is_sent_at_once(endpoint: Endpoint) -> None:
     assert endpoint.requests[1]["at"] - sent < 0.2
 
 
-def test_merged_requests_are_packed_under_the_limit_in_order() -> None:
+@pytest.mark.parametrize("form", ["events", "encoded"])
+def test_merged_requests_are_packed_under_the_limit_in_order(form: str) -> None:
     """30 payloads of ~100 kB: as few bodies as fit under 1 MB, each valid JSON, in order; a
-    payload over the limit alone is trimmed into its own request."""
+    payload over the limit alone is trimmed into its own request. The same whether the events
+    were handed over as dicts or already encoded (as the failure path hands them over)."""
     outcomes: list[str] = []
+
+    def event_payload(endpoint: str, event: dict[str, Any], **extra: Any) -> Payload:
+        if form == "encoded":
+            return Payload(endpoint, KEY, "4.0", encoded=[encode_json(event)], **extra)
+        return Payload(endpoint, KEY, "4.0", events=[event], **extra)
+
     pads = [f"{n:03d}" + "y" * 100_000 for n in range(30)]
-    payloads = [
-        Payload("http://e/notify", KEY, "4.0", events=[{"n": n, "pad": pad}]) for n, pad in enumerate(pads)
-    ]
-    huge = Payload(
-        "http://e/notify", KEY, "4.0", events=[{"n": 99, "metaData": {"big": {"v": "z" * 2_000_000}}}],
-        on_done=outcomes.append,
-    )  # fmt: skip
-    other = Payload("http://other/notify", KEY, "4.0", events=[{"n": 100}])
+    payloads = [event_payload("http://e/notify", {"n": n, "pad": pad}) for n, pad in enumerate(pads)]
+    huge = event_payload(
+        "http://e/notify", {"n": 99, "metaData": {"big": {"v": "z" * 2_000_000}}}, on_done=outcomes.append
+    )
+    other = event_payload("http://other/notify", {"n": 100})
     out = encoded([*payloads[:15], huge, other, *payloads[15:]])
     bodies = [(p.endpoint, json.loads(p.body)) for p in out]
     assert all(len(p.body) <= MAX_PAYLOAD_BYTES for p in out)

@@ -33,9 +33,7 @@ VERSION = 2
 
 
 def _message(payload: Payload) -> dict[str, Any]:
-    events = payload.events
-    if events is None:
-        events = json.loads(payload.body)["events"]
+    events = payload.event_dicts() if payload.holds_events() else json.loads(payload.body)["events"]
     return {"v": VERSION, "kind": payload.kind, "payload_version": payload.payload_version,
             "events": events, "unknown": payload.unknown}  # fmt: skip
 

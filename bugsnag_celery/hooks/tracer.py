@@ -16,7 +16,8 @@ In a worker every task takes the ``__call__`` path: Celery's stack protection re
 ``Task.__call__`` there, which ``task_has_custom`` counts as custom.
 
 What the wrapper must not change is anything a task, Celery or a library can observe:
-it adds one frame to the stack and nothing else. ``task.run`` keeps its kind (a bound
+it adds one frame to the stack and nothing else (a failure's traceback, from Python 3.11,
+is plain Celery's: see ``_drop_own_frame``). ``task.run`` keeps its kind (a bound
 method stays one), its signature (Celery 5.7's ``Task.retry`` reads it), identity,
 annotations, globals and ``__wrapped__``; a replaced ``__call__`` likewise
 (``tests/test_compat_tasks.py`` and ``tests/test_compat_worker.py`` compare with plain Celery).
@@ -31,7 +32,7 @@ import threading
 import weakref
 from collections.abc import Callable
 from time import time as _now
-from types import FunctionType, MethodType
+from types import CodeType, FunctionType, MethodType
 from typing import Any, cast
 
 from celery import Task
@@ -119,11 +120,28 @@ def _run_hooks(
             return set_current(None if opt_out else get_current())
 
     def failed(exc: BaseException) -> None:
+        _drop_own_frame(exc)
         request = request_stack.top
         if state.active and request is not None and not request.called_directly:
             report(task, state, exc)
 
     return enter, failed
+
+
+def _drop_own_frame(exc: BaseException) -> None:
+    """Take the wrapper's frame off the head of *exc*'s traceback before it is re-raised.
+
+    The exception passed through the wrapper, so its traceback starts with the wrapper's
+    frame; on Python 3.11+ a bare ``raise`` re-raises with ``exc.__traceback__`` as it is
+    then, so Celery (and the worker log, and the user's ``task_failure`` handlers) see the
+    traceback of plain Celery. It also saves the failure path what each frame costs there:
+    billiard's ``ExceptionInfo`` copies every frame's ``co_positions()`` and ``traceback``
+    parses each frame's line to place its carets. Before 3.11 the re-raise restores the
+    traceback from when the handler was entered: the frame stays (and costs less there).
+    """
+    tb = exc.__traceback__
+    if tb is not None and tb.tb_frame.f_code in _WRAPPER_CODES:
+        exc.__traceback__ = tb.tb_next
 
 
 def _request_storage(request_stack: Any) -> tuple[Any, Any]:
@@ -202,6 +220,13 @@ def _call_runner(
 
     return call_in_session
 
+
+# The code of the two wrappers above (every wrapper built shares its def's code object).
+_WRAPPER_CODES = frozenset(
+    c for runner in (_session_runner, _call_runner) for c in runner.__code__.co_consts
+    if isinstance(c, CodeType) and c.co_name in ("run_in_session", "call_in_session")
+)  # fmt: skip
+assert len(_WRAPPER_CODES) == 2, _WRAPPER_CODES
 
 # What a wrapper copies from the callable it replaces (functools.WRAPPER_ASSIGNMENTS, plus
 # ``__type_params__`` on 3.12+), so that nothing that reads them can tell the two apart.

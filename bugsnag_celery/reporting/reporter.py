@@ -1,8 +1,8 @@
 """Failure -> event: building a BugSnag v4 event and handing it to the process's sender.
 
 This is the failure path. It runs on the task's thread only for as long as it takes to
-build the event (well under a millisecond for an ordinary traceback); encoding and the
-HTTP request happen on the process's background sender (``transport/sender.py``).
+build and encode the event (well under a millisecond for an ordinary traceback); merging
+and the HTTP request happen on the process's background sender (``transport/sender.py``).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 from ..about import runtime_versions
 from ..clock import now_iso
 from ..config import Options
+from ..payload.encoding import encode_json
 from ..payload.exceptions import exception_entries
 from ..payload.redaction import Redacted, redact
 from ..sessions.counts import Release
@@ -127,8 +128,9 @@ class Reporter:
                     return False
             except Exception:
                 logger.exception("bugsnag_celery: before_notify callback %r raised; skipped", callback)
-        # Encoding (and merging with other queued events) happens on the sender thread.
-        self.sender.submit(Payload(self.notify_endpoint, opts.api_key, "4.0", events=[event]))
+        # Encoded here, once (see ``Payload.encoded``); merged with other queued events into
+        # one request on the sender thread.
+        self.sender.submit(Payload(self.notify_endpoint, opts.api_key, "4.0", encoded=[encode_json(event)]))
         return True
 
 

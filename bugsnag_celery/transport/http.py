@@ -15,6 +15,7 @@ slow answer gets the whole ``delivery_timeout``, since deliveries run off the ta
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -34,6 +35,7 @@ import netrc  # noqa: F401  # isort: skip
 import shlex  # noqa: F401  # isort: skip
 
 from ..clock import now_iso
+from ..payload.encoding import encode_json
 
 __all__ = [
     "Payload", "Outcome", "DELIVERED", "PERMANENT", "RETRY", "UNKNOWN", "post", "headers_for",
@@ -51,10 +53,11 @@ Outcome = str
 class Payload:
     """One request to BugSnag: where, with which key and payload version, and the body.
 
-    An event payload may be handed over as ``events`` (dicts) rather than a body: the
-    sender thread encodes it, off the task's path, and merges the events queued for the
-    same endpoint and key into one request (BugSnag's v4 payload carries a list), so a
-    burst of failures against a slow endpoint does not become a backlog of requests.
+    An event payload may be handed over as its events rather than a body: ``encoded`` (each
+    event's JSON, as the failure path hands them over) or ``events`` (dicts, encoded by the
+    sender thread). The sender merges the events queued for the same endpoint and key into
+    one request (BugSnag's v4 payload carries a list), so a burst of failures against a
+    slow endpoint does not become a backlog of requests.
     """
 
     endpoint: str
@@ -66,6 +69,11 @@ class Payload:
     unknown: int = 0  # sends whose outcome was unknown (read time-out): retried at most once
     retry_after: float = 0.0  # seconds BugSnag asked us to wait (429 with Retry-After)
     events: list[dict[str, Any]] | None = None
+    # Events already encoded, one JSON object each. The failure path encodes on the task's
+    # thread (~12 us an event): bytes waiting in the sender's queue give the cyclic garbage
+    # collector nothing to walk, where a storm's queued event dicts made every collection
+    # of the busy task thread longer, and the sender thread holds the GIL for less.
+    encoded: list[bytes] | None = None
     # Called with the outcome once the payload is delivered, dropped or spooled (tests, flush).
     on_done: Callable[[Outcome], None] | None = field(default=None, repr=False)
     parts: list[Payload] = field(default_factory=list, repr=False)
@@ -77,10 +85,29 @@ class Payload:
     def originals(self) -> list[Payload]:
         return self.parts or [self]
 
+    def holds_events(self) -> bool:
+        """Events still to be packed into a body (encoded or not)."""
+        return self.events is not None or self.encoded is not None
+
+    def event_count(self) -> int:
+        return len(self.encoded if self.encoded is not None else self.events or ())
+
+    def event_fragments(self) -> list[bytes]:
+        """Each event's JSON: as handed over, or encoded now."""
+        if self.encoded is not None:
+            return self.encoded
+        return [encode_json(event) for event in self.events or ()]
+
+    def event_dicts(self) -> list[dict[str, Any]]:
+        """The events as dicts (to trim one over the size limit, or to spool them)."""
+        if self.events is not None:
+            return self.events
+        return [json.loads(fragment) for fragment in self.encoded or ()]
+
     def mergeable_with(self, other: Payload) -> bool:
         return (
-            self.events is not None
-            and other.events is not None
+            self.holds_events()
+            and other.holds_events()
             and not self.body
             and not other.body
             and (self.endpoint, self.api_key) == (other.endpoint, other.api_key)

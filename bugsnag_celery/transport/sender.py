@@ -25,7 +25,6 @@ from ..logs import log_every
 from ..payload.encoding import (
     MAX_PAYLOAD_BYTES,
     PayloadTooLarge,
-    encode_json,
     encode_payload,
     envelope_around,
 )
@@ -46,10 +45,10 @@ def encoded(payloads: list[Payload], limit: int = MAX_PAYLOAD_BYTES) -> list[Pay
     be brought under the limit even then is dropped with a log line (BugSnag would answer
     400 and lose it anyway).
     """
-    ready = [p for p in payloads if p.body or p.events is None]
+    ready = [p for p in payloads if p.body or not p.holds_events()]
     groups: dict[tuple[str, str], list[Payload]] = {}
     for p in payloads:
-        if not p.body and p.events is not None:
+        if not p.body and p.holds_events():
             groups.setdefault((p.endpoint, p.api_key), []).append(p)
     for (endpoint, api_key), pending in groups.items():
         ready += _packed(endpoint, api_key, pending, limit)
@@ -66,14 +65,14 @@ def _packed(endpoint: str, api_key: str, pending: list[Payload], limit: int) -> 
     fragments: list[bytes] = []
     size = 0
     for p in pending:
-        events = p.events or []
-        if not events:  # nothing to send: done
+        encoded_events = p.event_fragments()
+        if not encoded_events:  # nothing to send: done
             Sender._done(p, DELIVERED)
             continue
-        fragment = b",".join(encode_json(event) for event in events)
+        fragment = b",".join(encoded_events)
         if len(fragment) > room:
             try:
-                body = encode_payload({**envelope, "events": events}, limit)
+                body = encode_payload({**envelope, "events": p.event_dicts()}, limit)
             except PayloadTooLarge:
                 logger.error("bugsnag_celery: an event is over 1 MB even after trimming; dropped")
                 Sender._done(p, PERMANENT)
@@ -183,7 +182,7 @@ class Sender:
                 if item is None:
                     return
                 batch.append(item)
-                if item.events is not None:
+                if item.holds_events():
                     # In a storm, wait out the rest of min_interval since the last request
                     # began, gathering what fails meanwhile into the same request: at most
                     # 1/min_interval requests a second from this process, whatever the rate
@@ -192,7 +191,7 @@ class Sender:
                     if wait > 0 and self._stopping.wait(wait):
                         pass  # shutting down: send what we have now
                 # Merge what else is waiting into the same request(s).
-                while item.events is not None and len(batch) < self.max_batch:
+                while item.holds_events() and len(batch) < self.max_batch:
                     try:
                         nxt = self._queue.get_nowait()
                     except queue.Empty:
@@ -236,7 +235,7 @@ class Sender:
                 return
             if outcome == UNKNOWN:
                 payload.unknown += 1
-                count = sum(len(p.events or ()) for p in payload.originals())
+                count = sum(p.event_count() for p in payload.originals())
                 if payload.unknown > 1:  # it may have arrived twice already: never a third time
                     log_unknown(payload.kind, count, again=True)
                     self._done(payload, UNKNOWN)
