@@ -15,6 +15,7 @@ from endpoint import Endpoint
 from forking import in_child
 
 import bugsnag_celery
+from bugsnag_celery.payload.encoding import encode_json
 from bugsnag_celery.sessions import current as sessions
 from bugsnag_celery.transport.http import Payload
 from bugsnag_celery.transport.sender import Sender
@@ -366,3 +367,22 @@ def test_a_full_send_queue_spills_the_oldest_to_the_spool_and_loses_nothing(endp
     assert sorted(delivered + kept) == list(range(20))  # every event once: delivered or spooled
     assert kept and max(kept) < max(delivered)  # the oldest went to the spool, the newest were sent
     assert len(outcomes) == 20
+
+
+def test_the_send_queue_is_bounded_in_bytes_too(endpoint: Endpoint) -> None:
+    """Encoded events of 100 kB against a 1 MB cap: never more than ~1 MB waits; the oldest
+    spill to the spool, and every event is delivered or spooled exactly once."""
+    endpoint.delay = 0.3
+    spooled: list[Payload] = []
+    sender = Sender(_keep_in(spooled), timeout=5, max_queue=1_000, max_queue_bytes=1_000_000, max_batch=5)
+    peak = 0
+    for n in range(40):
+        event = encode_json({"n": n, "pad": "x" * 100_000})
+        sender.submit(Payload(f"{endpoint.url}/notify", KEY, "4.0", encoded=[event]))
+        peak = max(peak, sender._queue.bytes)  # type: ignore[attr-defined]
+    sender.flush(20)
+    assert peak <= 1_000_000 + 100_100  # the cap, plus the one that found it full
+    delivered = [e["n"] for r in endpoint.requests for e in r["body"]["events"]]
+    kept = [e["n"] for p in spooled for e in json.loads(p.body)["events"]]
+    assert sorted(delivered + kept) == list(range(40))
+    assert kept and max(kept) < max(delivered)  # the oldest spilled, the newest were sent

@@ -90,6 +90,44 @@ def _packed(endpoint: str, api_key: str, pending: list[Payload], limit: int) -> 
     return out
 
 
+def _size(item: Payload | None) -> int:
+    """Bytes a queued payload holds (events not yet encoded count 1 KB each: tests, spool)."""
+    if item is None:
+        return 0
+    if item.encoded is not None:
+        return sum(len(fragment) for fragment in item.encoded)
+    return len(item.body) + 1024 * len(item.events or ())
+
+
+class _PayloadQueue(queue.Queue):  # type: ignore[type-arg]
+    """A FIFO bounded by payloads *and* bytes: full when either cap is reached.
+
+    Encoded events make the bytes known at the door. ``_put``/``_get``/``_qsize`` are
+    ``queue.Queue``'s own extension points, called with its mutex held, so the byte count
+    needs no lock of its own. A queue over its byte cap reports itself as full (``_qsize``
+    says ``maxsize``) while it still holds items, so ``put_nowait`` raises ``queue.Full``
+    and the sender spills the oldest, as for the payload cap.
+    """
+
+    def __init__(self, maxsize: int, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        super().__init__(maxsize)
+
+    def _qsize(self) -> int:
+        n = len(self.queue)
+        return self.maxsize if n and self.bytes >= self.max_bytes else n
+
+    def _put(self, item: Payload | None) -> None:
+        self.queue.append(item)
+        self.bytes += _size(item)
+
+    def _get(self) -> Payload | None:
+        item: Payload | None = self.queue.popleft()
+        self.bytes -= _size(item)
+        return item
+
+
 class Sender:
     """A per-process background sender with a bounded queue.
 
@@ -102,7 +140,8 @@ class Sender:
         spool: Callable[[list[Payload]], bool] | None = None,
         *,
         timeout: float = 10.0,
-        max_queue: int = 1000,
+        max_queue: int = 10_000,
+        max_queue_bytes: int = 16_000_000,
         attempts: int = 3,
         backoff: float = 0.5,
         max_backoff: float = 8.0,
@@ -111,7 +150,11 @@ class Sender:
     ) -> None:
         self.spool = spool
         self.timeout = timeout
+        # Memory stays bounded: at most this many payloads and bytes of encoded events wait
+        # (an error storm outruns a slow BugSnag); beyond either, the oldest spill to the
+        # broker's spool. The byte cap binds first for ordinary events (~2.5 kB: ~6,400).
         self.max_queue = max_queue
+        self.max_queue_bytes = max_queue_bytes
         self.attempts = attempts
         self.backoff = backoff
         self.max_backoff = max_backoff
@@ -121,7 +164,7 @@ class Sender:
 
     def _reset(self) -> None:
         self._pid = os.getpid()
-        self._queue: queue.Queue[Payload | None] = queue.Queue(self.max_queue)
+        self._queue: queue.Queue[Payload | None] = _PayloadQueue(self.max_queue, self.max_queue_bytes)
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._stopping = threading.Event()
@@ -143,8 +186,8 @@ class Sender:
             # Memory stays bounded in an error storm: the oldest queued payload goes to the
             # broker's spool (delivered by the next run), the new one takes its place.
             log_every("send-queue-full", 60.0, logging.WARNING,
-                      "bugsnag_celery: send queue full (%d); spilling the oldest to the broker spool",
-                      self.max_queue)  # fmt: skip
+                      "bugsnag_celery: send queue full (%d payloads or %d bytes); spilling the oldest "
+                      "to the broker spool", self.max_queue, self.max_queue_bytes)  # fmt: skip
             self._spill_oldest_for(payload)
         except Exception:
             logger.exception("bugsnag_celery: could not queue a %s for sending", payload.kind)
