@@ -433,6 +433,8 @@ def main() -> int:
         counted = instructions(300 if args.quick else 2000, counted_variants, checks)
         if counted is not None:
             results["instructions"] = counted
+        else:
+            results["instructions_missing"] = True
 
     fast = serve(Counting)
     if "throughput" in parts:
@@ -530,10 +532,23 @@ NOTES = """\
   switched off), the request lookup, the clock, the count and the session object.
 - The "1/5 of the cheapest peer" line is a report, not a target: it asks for ~1.6 us on a
   ~50 us run, below the floor of an exact, current session per run in pure Python.
-- The failure path includes building the event (frames with code, causes, task metadata,
-  redaction) in the task and the sender thread's encoding and HTTP competing for the GIL.
+- Where the failure path goes (2026-12-03; `benchmarks/ab.py --failure`: one process, CPU of
+  every thread, delivery included, the garbage collector on). Plain Celery's own failing
+  eager run is 550-850 us: about a third is the garbage collector (a failure leaves
+  reference cycles), ~190 us is billiard's `ExceptionInfo` copying the `co_positions()` of
+  Celery's `trace_task` frame. bugsnag-celery adds ~5 us for the wrapper and session, ~40
+  us to build the event (frames with code, causes, task metadata, redaction), ~13 us to
+  encode it, and the rest to hand it over and deliver it (a POST costs the sender 1-2 ms
+  of CPU in `requests`, shared by the events it merges). Removed that day: the wrapper's
+  frame in every failure's traceback (dropped before the re-raise, Python 3.11+) and event
+  dicts waiting in the sender's queue, which every collection walked (full collections
+  22 -> 35-39 per 12,000 failures; now encoded bytes): +402 -> +262 us in the same rounds.
 - Storm: plain Celery's own worker RSS grows in a failing storm (result and traceback
-  objects), so memory is judged against plain's growth, not against zero.
+  objects), so memory is judged against plain's growth, not against zero. Where a pool
+  child's time goes (py-spy, 2026-12-03): Celery's failure handling is most of it
+  (`ExceptionInfo` alone ~24% of samples, then pickled to the main process); bugsnag-celery
+  ~2.4% building and handing over events, ~1.9% the per-second flush of session counts (a
+  new broker connection for each), ~1% the sender thread.
 """
 
 
@@ -625,7 +640,7 @@ def write_results(path: Path, started: datetime.datetime, results: dict[str, Any
             f"- success in CPU instructions: {results['instructions']['runs']:,} runs, main thread only, "
             "counted by valgrind (callgrind); repeated counts agree within ~1,000 per run."
         )
-    elif "instructions" in PARTS:
+    elif results.get("instructions_missing"):  # asked for, but no valgrind here
         lines.append("- success in CPU instructions: not counted (valgrind missing).")
     if "network" in results:
         scaled = {LABELS[v]: results["network"][v]["runs"] for v in variants}
