@@ -104,15 +104,6 @@ class Payload:
             return self.events
         return [json.loads(fragment) for fragment in self.encoded or ()]
 
-    def mergeable_with(self, other: Payload) -> bool:
-        return (
-            self.holds_events()
-            and other.holds_events()
-            and not self.body
-            and not other.body
-            and (self.endpoint, self.api_key) == (other.endpoint, other.api_key)
-        )
-
 
 def headers_for(payload: Payload) -> dict[str, str]:
     return {
