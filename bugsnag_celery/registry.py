@@ -13,9 +13,9 @@ from typing import Any
 from celery import Celery, Task
 from celery._state import get_current_task
 
-from .config import Options
 from .delivery.flusher import Flusher, FlushTarget
 from .delivery.spool import spool_payloads
+from .options.declared import Options
 from .reporting.reporter import Reporter
 from .sessions import counts
 from .sessions.counts import Release

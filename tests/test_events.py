@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from bugsnag_celery.config import DEFAULT_REDACTED_KEYS
+from bugsnag_celery.options.declared import DEFAULT_REDACTED_KEYS
 from bugsnag_celery.payload.encoding import MAX_PAYLOAD_BYTES, PayloadTooLarge, encode_payload
 from bugsnag_celery.payload.exceptions import error_class, exception_entries
 from bugsnag_celery.payload.redaction import redact
@@ -1052,7 +1052,7 @@ def test_a_custom_argsrepr_is_told_from_celerys_default(text: Any, value: Any, c
     """What the worker sees: arguments after JSON, and the sender's argsrepr. Celery's default
     (``saferepr`` of the sender's values) is no wish to hide anything; a text naming a key we
     redact is never sent."""
-    from bugsnag_celery.config import DEFAULT_REDACTED_KEYS
+    from bugsnag_celery.options.declared import DEFAULT_REDACTED_KEYS
     from bugsnag_celery.reporting.task_tab import task_metadata
 
     class Request:

@@ -13,8 +13,8 @@ which never run. The layers, highest first::
     transport                           HTTP post, sender thread, broker queues
     payload                             pure functions: exceptions, redaction, encoding
     sessions                            the current session, the counts
-    settings                            where options come from (reads config)
-    about, clock, config, logs          the base: import nothing of the package
+    options                             what an option may be (declared), where it comes from (sources)
+    about, clock, logs                  the base: import nothing of the package
 
 A module may import its own layer's modules and those below; never above.
 """
@@ -41,8 +41,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("transport",),
     ("payload",),
     ("sessions",),
-    ("settings",),
-    ("about", "clock", "config", "logs"),
+    ("options",),
+    ("about", "clock", "logs"),
 ]
 MAX_LINES = 400
 

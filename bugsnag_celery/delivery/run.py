@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from ..clock import now_iso
-from ..config import Options
+from ..options.declared import Options
 from .sessions import deliver_session_counts
 from .spool import drain_spooled_events
 from .status import record_status

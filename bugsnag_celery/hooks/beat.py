@@ -17,9 +17,9 @@ from typing import Any
 from celery import Celery, Task
 
 from .. import registry
-from ..config import Options
 from ..delivery.run import deliver_all
 from ..delivery.status import read_status, record_status
+from ..options.declared import Options
 from .signals import flush_events
 
 __all__ = ["DELIVER_TASK", "deliver", "flush", "register_delivery", "unregister_delivery"]

@@ -27,7 +27,7 @@ import sys
 from typing import Any
 
 from .. import registry
-from ..config import DEFAULT_NOTIFY_ENDPOINT, DEFAULT_SESSIONS_ENDPOINT, Options
+from ..options.declared import DEFAULT_NOTIFY_ENDPOINT, DEFAULT_SESSIONS_ENDPOINT, Options
 from ..reporting.reporter import raised_while_paused
 from ..sessions.current import current_session
 from .modes import TRACK, mode_for

@@ -18,10 +18,10 @@ from celery import signals as celery_signals
 
 from .. import registry
 from ..about import __version__
-from ..config import Options
+from ..options.declared import Options
+from ..options.sources import django_settings_pending, resolve_options
 from ..registry import AppState
 from ..sessions import current
-from ..settings import django_settings_pending, resolve_options
 from . import official, signals
 from .beat import DELIVER_TASK, register_delivery, unregister_delivery
 from .tracer import WRAPPED_ATTR, install_hook, remove_hook

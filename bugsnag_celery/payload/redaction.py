@@ -12,7 +12,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from ..config import DEFAULT_REDACTED_KEYS
+from ..options.declared import DEFAULT_REDACTED_KEYS
 from .text import ELLIPSIS, clean_text, safe_repr, type_name
 
 __all__ = ["REDACTED", "Redacted", "redact", "encodable", "is_secret"]

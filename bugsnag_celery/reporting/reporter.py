@@ -14,7 +14,7 @@ from typing import Any
 
 from ..about import runtime_versions
 from ..clock import now_iso
-from ..config import Options
+from ..options.declared import Options
 from ..payload.encoding import encode_json
 from ..payload.exceptions import exception_entries
 from ..payload.redaction import Redacted, redact

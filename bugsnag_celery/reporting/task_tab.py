@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from typing import TypeGuard
 
-from ..config import Options
+from ..options.declared import Options
 from ..payload.redaction import Redacted, is_secret, redact
 from ..payload.text import safe_repr
 

@@ -33,7 +33,7 @@ import pytest
 if TYPE_CHECKING:
     from celery import Celery
 
-    from ..config import Options
+    from ..options.declared import Options
     from ..sessions.counts import PendingCounts, Release
     from .collector import Collector
 

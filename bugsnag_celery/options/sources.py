@@ -20,37 +20,31 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Protocol
 
-from .config import Options, check_unknown, validate
+from .declared import DECLARED, Options, check_unknown, validate
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 __all__ = ["resolve_options", "django_settings_pending"]
 
+# The tables below are read off the declarations in ``declared.py``: one field per option.
+
 # Environment variables BugSnag's notifiers document.
-_ENV = {
-    "api_key": "BUGSNAG_API_KEY",
-    "release_stage": "BUGSNAG_RELEASE_STAGE",
-    "app_version": "BUGSNAG_APP_VERSION",
-}
+_ENV = {name: declared.env for name, declared in DECLARED.items() if declared.env}
 
-# settings.BUGSNAG keys of the official Django integration -> our option names.
-_DJANGO_KEYS = {
-    "api_key": "api_key",
-    "release_stage": "release_stage",
-    "app_version": "app_version",
-    "app_type": "app_type",
-    "hostname": "hostname",
-    "auto_capture_sessions": "auto_track_sessions",
-    "notify_release_stages": "enabled_release_stages",
-    "enabled_release_stages": "enabled_release_stages",
-    "project_root": "project_root",
-    "send_code": "send_code",
-    "endpoint": "notify_endpoint",
-    "session_endpoint": "sessions_endpoint",
+# settings.BUGSNAG keys of the official Django integration (the official client's names)
+# -> our option names; a later spelling of the same option wins.
+_DJANGO_KEYS = {theirs: name for name, declared in DECLARED.items() for theirs in declared.official}
+
+# bugsnag.configuration attributes read as a source -> our option names.
+_OFFICIAL_CLIENT = {
+    declared.official[0]: name for name, declared in DECLARED.items() if declared.from_official_client
 }
 
 
-def _celery_conf(app: Any) -> dict[str, Any]:
+def _celery_conf(app: Celery) -> dict[str, object]:
     """The app's Celery config keys for this package, prefix removed.
 
     ``bugsnag_<option>`` (Celery's lowercase style), and with a namespace -- Celery's
@@ -58,7 +52,7 @@ def _celery_conf(app: Any) -> dict[str, Any]:
     -- ``CELERY_BUGSNAG_<OPTION>``, as Celery reads its own settings there. Never a bare
     ``BUGSNAG_*``: in a Django project those are the project's own settings, not options.
     """
-    found: dict[str, Any] = {}
+    found: dict[str, object] = {}
     conf = app.conf
     namespace = getattr(app, "namespace", None)
     prefixes = ["bugsnag_"] + ([f"{namespace}_BUGSNAG_".upper()] if namespace else [])
@@ -73,11 +67,18 @@ def _celery_conf(app: Any) -> dict[str, Any]:
     return found
 
 
-def _environment() -> dict[str, Any]:
+def _environment() -> dict[str, object]:
     return {name: os.environ[var] for name, var in _ENV.items() if os.environ.get(var)}
 
 
-def _loaded_django_settings() -> Any:
+class _DjangoSettings(Protocol):
+    """What is read of ``django.conf.settings`` besides ``BUGSNAG``."""
+
+    configured: bool
+    DEBUG: bool
+
+
+def _loaded_django_settings() -> _DjangoSettings | None:
     """Django's settings if they are loaded in this process, else None (never loads them)."""
     conf = sys.modules.get("django.conf")
     if conf is None:
@@ -89,7 +90,7 @@ def _loaded_django_settings() -> Any:
         return None
 
 
-def _django_settings() -> dict[str, Any]:
+def _django_settings() -> dict[str, object]:
     """``settings.BUGSNAG``, the dict the official Django integration reads."""
     settings = _loaded_django_settings()
     raw = getattr(settings, "BUGSNAG", None) if settings is not None else None
@@ -98,7 +99,7 @@ def _django_settings() -> dict[str, Any]:
     return {ours: raw[theirs] for theirs, ours in _DJANGO_KEYS.items() if raw.get(theirs) is not None}
 
 
-def _django_defaults() -> dict[str, Any]:
+def _django_defaults() -> dict[str, object]:
     """What the official Django integration defaults to: ``development`` under ``DEBUG``."""
     settings = _loaded_django_settings()
     try:
@@ -115,19 +116,13 @@ def django_settings_pending() -> bool:
     return bool(os.environ.get("DJANGO_SETTINGS_MODULE")) and _loaded_django_settings() is None
 
 
-def _official_bugsnag() -> dict[str, Any]:
+def _official_bugsnag() -> dict[str, object]:
     module = sys.modules.get("bugsnag")
     configuration = getattr(module, "configuration", None) if module is not None else None
     if configuration is None or not getattr(configuration, "api_key", None):
         return {}  # imported perhaps, but never configured
-    found: dict[str, Any] = {}
-    for theirs, ours in (
-        ("api_key", "api_key"),
-        ("release_stage", "release_stage"),
-        ("app_version", "app_version"),
-        ("app_type", "app_type"),
-        ("hostname", "hostname"),
-    ):
+    found: dict[str, object] = {}
+    for theirs, ours in _OFFICIAL_CLIENT.items():
         try:
             value = getattr(configuration, theirs, None)
         except Exception:
@@ -139,7 +134,7 @@ def _official_bugsnag() -> dict[str, Any]:
     return found
 
 
-def resolve_options(app: Any, kwargs: Mapping[str, Any]) -> Options:
+def resolve_options(app: Celery, kwargs: Mapping[str, object]) -> Options:
     """Merge every source by precedence and validate; raise ``ValueError`` naming the option.
 
     Only the value that wins is validated: a malformed value in a source that a higher one
@@ -155,14 +150,14 @@ def resolve_options(app: Any, kwargs: Mapping[str, Any]) -> Options:
         ("bugsnag.configuration", _official_bugsnag()),
         ("Django's DEBUG (as the official Django integration)", _django_defaults()),
     ]
-    winners: dict[str, tuple[str, Any]] = {}
+    winners: dict[str, tuple[str, object]] = {}
     for where, values in reversed(sources):  # lowest precedence first, overwritten upwards
         for name, value in values.items():
             winners[name] = (where, value)
-    merged: dict[str, Any] = {}
+    merged: dict[str, object] = {}
     for name, (where, value) in winners.items():
         try:
             merged.update(validate({name: value}))
         except ValueError as exc:
             raise ValueError(f"{exc} (from {where})") from None
-    return Options(**merged)
+    return Options(**merged)  # type: ignore[arg-type]  # each value checked by its declaration
