@@ -45,7 +45,7 @@ class AppState:
         self.app = app
         self.options = options
         self.kwargs = dict(kwargs or {})  # what configure() was given: the worker start resolves again
-        self.release = Release(options.app_version, options.release_stage, options.app_type, options.hostname)
+        self.release = Release.of(options)
         self.minutes = counts.minutes_for(self.release)  # the live counters the wrapper counts in
         self.excluded = options.task_excluded()
         self.active = True

@@ -29,9 +29,12 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from ..clock import minute_from_iso, minute_iso
+
+if TYPE_CHECKING:
+    from ..options.declared import Options
 
 __all__ = [
     "Release",
@@ -57,6 +60,11 @@ class Release(NamedTuple):
     release_stage: str
     app_type: str
     hostname: str
+
+    @classmethod
+    def of(cls, options: Options) -> Release:
+        """The release group of an app's options: the one place a ``Release`` is built from them."""
+        return cls(options.app_version, options.release_stage, options.app_type, options.hostname)
 
 
 #: ``{release: {"2026-11-28T01:14:00Z": sessions_started, ...}}``

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from ..clock import format_timestamp
+from ..options.declared import Options
 from . import counts
 from .counts import Release
 
@@ -133,7 +133,7 @@ def set_default_release(release: Release | None) -> None:
 def default_release() -> Release:
     global _default_release
     if _default_release is None:
-        _default_release = Release(None, "production", "celery", socket.gethostname())
+        _default_release = Release.of(Options())  # the defaults: no app configured
     return _default_release
 
 

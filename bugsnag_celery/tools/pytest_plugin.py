@@ -382,7 +382,7 @@ def _release_of(options: Options | None) -> Release | None:
         return None
     from bugsnag_celery.sessions.counts import Release
 
-    return Release(options.app_version, options.release_stage, options.app_type, options.hostname)
+    return Release.of(options)
 
 
 def _describe(**filters: str | None) -> str:
