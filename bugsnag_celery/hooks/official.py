@@ -16,23 +16,34 @@ part of the task run instead of a second, unaware reporter:
 
 Outside a task run, and in paused or opted-out runs, the official client is left alone.
 Only the official *default* client (``bugsnag.notify``, ``bugsnag.configure``) is adopted.
+What adoption changed (the callback, the ``start_session`` guard, the failure handler it
+disconnected) is kept in one :class:`Adoption`; :func:`undo_adoption` puts it back when the
+last app is unconfigured. Values filled in on the official client stay: they are its
+configuration now, which the user's own ``bugsnag.notify`` calls may rely on.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 import os
 import sys
-from typing import Any
+from collections.abc import Callable
+from types import ModuleType
+from typing import TYPE_CHECKING, Protocol
 
 from .. import registry
-from ..options.declared import DEFAULT_NOTIFY_ENDPOINT, DEFAULT_SESSIONS_ENDPOINT, Options
+from ..logs import log_every
+from ..options.declared import DEFAULT_NOTIFY_ENDPOINT, DEFAULT_SESSIONS_ENDPOINT, Options, official_name
 from ..reporting.reporter import raised_while_paused
 from ..sessions.current import current_session
 from .modes import TRACK, mode_for
 
-__all__ = ["adopt", "official_module", "take_notes"]
+if TYPE_CHECKING:
+    from celery import Task
+
+__all__ = ["Adoption", "adopt", "undo_adoption", "official_module", "take_notes"]
 
 logger = logging.getLogger("bugsnag_celery")
 
@@ -40,11 +51,57 @@ logger = logging.getLogger("bugsnag_celery")
 OFFICIAL_NOTIFY = "https://notify.bugsnag.com"
 OFFICIAL_SESSIONS = "https://sessions.bugsnag.com"
 
-_adopted: set[int] = set()  # id() of official Configuration objects we added our callback to
-_said: set[str] = set()  # one log line per kind per process
+_NOT_SET = object()  # no instance attribute of that name before ours
 
 
-def official_module(load: bool) -> Any:
+class MiddlewareStack(Protocol):
+    """The official client's ``configuration.middleware``: its callbacks, in order."""
+
+    stack: list[object]
+
+
+class Adoption:
+    """What adopting the official client changed in this process, so that it can be undone."""
+
+    __slots__ = ("callback_in", "dropped_handler", "guarded", "notes")
+
+    def __init__(self) -> None:
+        #: The official clients' callback stacks our ``before_notify`` callback was added to.
+        self.callback_in: list[MiddlewareStack] = []
+        #: ``(session tracker, our guard, its start_session instance attribute before)``.
+        self.guarded: list[tuple[object, Callable[[], None], object]] = []
+        #: ``bugsnag.celery.failure_handler``, when we disconnected it from ``task_failure``.
+        self.dropped_handler: Callable[..., object] | None = None
+        #: What adoption said, for the worker's start-up lines (see :func:`take_notes`).
+        self.notes: list[str] = []
+
+    def undo(self) -> None:
+        """Put the official client back as it was: callback removed, guard off, handler back."""
+        for middleware in self.callback_in:
+            # bugsnag has no public way to remove a before_notify callback: its
+            # MiddlewareStack keeps each as a SimpleMiddleware whose ``before`` it is.
+            kept = [m for m in middleware.stack if getattr(m, "before", None) is not before_notify]
+            middleware.stack[:] = kept
+        self.callback_in.clear()
+        for tracker, guard, before in self.guarded:
+            if vars(tracker).get("start_session") is not guard:
+                continue  # replaced again since: not ours to put back
+            if before is _NOT_SET:
+                del vars(tracker)["start_session"]
+            else:
+                vars(tracker)["start_session"] = before
+        self.guarded.clear()
+        handler, self.dropped_handler = self.dropped_handler, None
+        if handler is not None:
+            from celery.signals import task_failure
+
+            task_failure.connect(handler, weak=False)  # as bugsnag.celery.connect_failure_handler
+
+
+_adoption = Adoption()
+
+
+def official_module(load: bool) -> ModuleType | None:
     """The ``bugsnag`` module if it is in use (imported), or, with *load*, installed."""
     module = sys.modules.get("bugsnag")
     if module is None and load and importlib.util.find_spec("bugsnag") is not None:
@@ -52,24 +109,19 @@ def official_module(load: bool) -> Any:
     return module
 
 
-_notes: list[str] = []  # what was said, for the worker's start-up lines (see take_notes)
-
-
-def _say_once(kind: str, message: str, *args: Any) -> None:
-    if kind not in _said:
-        _said.add(kind)
-        _notes.append(message % args)
-        logger.info(message, *args)
+def _say_once(kind: str, message: str, *args: object) -> None:
+    if log_every(f"official.{kind}", math.inf, logging.INFO, message, *args):
+        _adoption.notes.append(message % args)
 
 
 def take_notes() -> list[str]:
     """What adoption said so far (``worker_init`` runs before Celery sets up logging)."""
-    notes = list(_notes)
-    _notes.clear()
+    notes = list(_adoption.notes)
+    _adoption.notes.clear()
     return notes
 
 
-def _in_task_run() -> Any:
+def _in_task_run() -> Task | None:
     """The running task of a configured app, or None (outside runs, or another app's)."""
     reporter, task, request = registry.current_reporter()
     if reporter is None or task is None or request is None:
@@ -84,17 +136,23 @@ def _in_tracked_task_run() -> bool:
     return state is not None and mode_for(task, state) == TRACK
 
 
-def _is_official_celery_failure(event: Any) -> bool:
+def _is_official_celery_failure(event: object) -> bool:
     reason = getattr(event, "severity_reason", None) or {}
     attributes = reason.get("attributes") or {}
     return bool(getattr(event, "unhandled", False)) and attributes.get("framework") == "Celery"
 
 
-def _task_of_configured_app(name: Any) -> bool:
+def _task_of_configured_app(name: object) -> bool:
     return any(state.options.sends and name in state.app.tasks for state in registry.states())
 
 
-def before_notify(event: Any) -> Any:
+class OfficialEvent(Protocol):
+    """What is written on an event of the official client (the rest is read defensively)."""
+
+    session: object
+
+
+def before_notify(event: OfficialEvent) -> bool | None:
     """The official client's callback: False drops the event; anything else sends it."""
     try:
         if not registry.states():
@@ -128,7 +186,7 @@ def before_notify(event: Any) -> Any:
     return None
 
 
-def _configure_unset(module: Any, options: Options) -> None:
+def _configure_unset(module: ModuleType, options: Options) -> None:
     """Fill in what the user left unset on the official client, from our resolved options.
 
     An official client without an API key (Django's middleware configures it in web
@@ -136,22 +194,27 @@ def _configure_unset(module: Any, options: Options) -> None:
     endpoints. Release stage and version are filled where they are still the official
     defaults, so that its events and ours land in the same release (``development`` under
     Django's ``DEBUG``, as the official Django integration sets in web processes).
+    Its names are the declared ones (``official_name``): those ``sources.py`` reads.
     """
     config = module.configuration
-    values: dict[str, Any] = {}
-    if not getattr(config, "api_key", None) and options.api_key:
-        values["api_key"] = options.api_key
+    values: dict[str, object] = {}
+
+    def official(option: str) -> object:
+        return getattr(config, official_name(option))
+
+    if not getattr(config, official_name("api_key"), None) and options.api_key:
+        values[official_name("api_key")] = options.api_key
         notify, sessions = options.endpoints
-        if config.endpoint in (None, OFFICIAL_NOTIFY) and notify != DEFAULT_NOTIFY_ENDPOINT:
-            values["endpoint"] = notify
+        if official("notify_endpoint") in (None, OFFICIAL_NOTIFY) and notify != DEFAULT_NOTIFY_ENDPOINT:
+            values[official_name("notify_endpoint")] = notify
         ours = sessions not in (None, DEFAULT_SESSIONS_ENDPOINT)
-        if config.session_endpoint in (None, OFFICIAL_SESSIONS) and ours:
-            values["session_endpoint"] = sessions
-    stage_unset = config.release_stage == "production" and not os.environ.get("BUGSNAG_RELEASE_STAGE")
+        if official("sessions_endpoint") in (None, OFFICIAL_SESSIONS) and ours:
+            values[official_name("sessions_endpoint")] = sessions
+    stage_unset = official("release_stage") == "production" and not os.environ.get("BUGSNAG_RELEASE_STAGE")
     if stage_unset and options.release_stage != "production":
-        values["release_stage"] = options.release_stage
-    if config.app_version is None and options.app_version is not None:
-        values["app_version"] = options.app_version
+        values[official_name("release_stage")] = options.release_stage
+    if official("app_version") is None and options.app_version is not None:
+        values[official_name("app_version")] = options.app_version
     if not values:
         return
     module.configure(**values)
@@ -163,11 +226,12 @@ def _configure_unset(module: Any, options: Options) -> None:
     )
 
 
-def _drop_failure_handler(module: Any) -> None:
+def _drop_failure_handler() -> None:
     from celery.signals import task_failure
 
     handler = getattr(sys.modules.get("bugsnag.celery"), "failure_handler", None)
     if handler is not None and task_failure.disconnect(handler):
+        _adoption.dropped_handler = handler
         _say_once(
             "disconnected",
             "bugsnag_celery: disconnected bugsnag.celery's failure handler: bugsnag_celery reports "
@@ -175,12 +239,12 @@ def _drop_failure_handler(module: Any) -> None:
         )
 
 
-def _guard_start_session(module: Any) -> None:
+def _guard_start_session(module: ModuleType) -> None:
     """``bugsnag.start_session()`` inside a tracked task run: the run is already a session."""
     tracker = module.legacy.default_client.session_tracker
-    original = tracker.start_session
-    if getattr(original, "_bugsnag_celery", False):
+    if any(guarded is tracker for guarded, _, _ in _adoption.guarded):
         return
+    original = tracker.start_session
 
     def start_session() -> None:
         # (task_prerun, where the official docs start it, runs before the run's session opens)
@@ -193,7 +257,7 @@ def _guard_start_session(module: Any) -> None:
             return
         original()
 
-    start_session._bugsnag_celery = True  # type: ignore[attr-defined]
+    _adoption.guarded.append((tracker, start_session, vars(tracker).get("start_session", _NOT_SET)))
     tracker.start_session = start_session
 
 
@@ -207,13 +271,21 @@ def adopt(options: Options, *, load: bool) -> None:
         module = official_module(load)
         if module is None:
             return
-        config = module.configuration
-        if id(config) not in _adopted:
-            _adopted.add(id(config))
+        middleware = module.configuration.middleware  # where module.before_notify adds to
+        if not any(adopted is middleware for adopted in _adoption.callback_in):
+            _adoption.callback_in.append(middleware)
             module.before_notify(before_notify)
-        _drop_failure_handler(module)
+        _drop_failure_handler()
         _guard_start_session(module)
         if load:
             _configure_unset(module, options)
     except Exception:
         logger.exception("bugsnag_celery: could not adopt the official bugsnag client")
+
+
+def undo_adoption() -> None:
+    """Undo :func:`adopt` (``unconfigure()`` of the last configured app): see :meth:`Adoption.undo`."""
+    try:
+        _adoption.undo()
+    except Exception:
+        logger.exception("bugsnag_celery: could not undo the adoption of the official bugsnag client")

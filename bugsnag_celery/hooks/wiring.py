@@ -31,7 +31,7 @@ __all__ = ["configure", "unconfigure", "is_configured", "options_for", "status_l
 logger = logging.getLogger("bugsnag_celery")
 
 
-def configure(app: Celery, **options: Any) -> None:
+def configure(app: Celery, **options: object) -> None:
     """Make every task run of *app* a BugSnag session. Call once, where the app is defined.
 
     Idempotent: a second call replaces the options and connects nothing twice.
@@ -132,7 +132,8 @@ def _teardown(app: Celery) -> AppState | None:
 
 
 def unconfigure(app: Celery) -> None:
-    """Undo :func:`configure`: disconnect, unwrap the tasks, forget the app.
+    """Undo :func:`configure`: disconnect, unwrap the tasks, forget the app; with the last
+    app, give the official client back its own (``hooks/official.py``).
 
     Counts already taken stay where they are (take them with ``take_pending_counts``).
     """
@@ -148,6 +149,7 @@ def unconfigure(app: Celery) -> None:
         celery_signals.worker_init.disconnect(dispatch_uid=_WORKER_START)
         celery_signals.worker_ready.disconnect(dispatch_uid=_WORKER_READY)
         remove_hook()
+        official.undo_adoption()  # the callback, the start_session guard, the failure handler
 
 
 def is_configured(app: Celery) -> bool:
