@@ -43,7 +43,7 @@ def deliver_session_counts(
     Groups that fail with a retryable error go back to the queue as one new message. An
     unknown outcome (no answer in time: it may have arrived) goes back once, marked; a
     second unknown outcome drops it with a log line, so a slow BugSnag sees a count at
-    most twice. Permanent 4xx: dropped with one log line.
+    most twice. Permanent 4xx: dropped with one log line. (The policy is ``transport/outcome.py``'s.)
     """
     stats = {"messages": 0, "sessions": 0, "delivered": 0, "dropped": 0, "retry": 0, "requests": 0}
     stages = None if enabled_release_stages is None else set(enabled_release_stages)
@@ -101,7 +101,7 @@ def deliver_session_counts(
                     if step is Next.RETRY:
                         logger.warning("bugsnag_celery: session delivery failed (%s); kept for the next run",
                                        reason)  # fmt: skip
-                    mark = 1 if step is Next.SEND_AGAIN else unknown
+                    mark = unknown + 1 if step is Next.SEND_AGAIN else unknown
                     retry[mark].setdefault(release, {}).update(chunk)
                     stats["retry"] += sent
         left = bool(stats["delivered"] or stats["dropped"])

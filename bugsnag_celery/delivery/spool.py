@@ -110,7 +110,7 @@ def drain_spooled_events(
                 stats["dropped"] += 1
             else:  # retry, or send again once: this message and all behind it wait for the next run
                 if step is Next.SEND_AGAIN:
-                    data = {**data, "v": VERSION, "events": events, "unknown": 1,
+                    data = {**data, "v": VERSION, "events": events, "unknown": unknown + 1,
                             "payload_version": EVENTS_VERSION, "kind": "event"}  # fmt: skip
                     data.pop("body", None)
                     data.pop("endpoint", None)
