@@ -20,10 +20,11 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from bugsnag_celery.options.declared import DEFAULT_REDACTED_KEYS
-from bugsnag_celery.payload.encoding import MAX_PAYLOAD_BYTES, PayloadTooLarge, encode_payload
+from bugsnag_celery.payload.encoding import PayloadTooLarge, encode_payload
 from bugsnag_celery.payload.exceptions import error_class, exception_entries
 from bugsnag_celery.payload.redaction import redact
 from bugsnag_celery.payload.text import safe_repr
+from bugsnag_celery.payload.wire import MAX_BODY_BYTES
 
 HERE = Path(__file__).resolve()
 ROOT = str(HERE.parent.parent)  # /work/main: this file is in the project
@@ -515,7 +516,7 @@ def test_recursion_error_is_capped() -> None:
     assert len(entry["stacktrace"]) == 200
     assert {frame["method"] for frame in entry["stacktrace"]} == {"_recurse_forever"}
     body = encode_payload(_payload([entry]))
-    assert len(body) <= MAX_PAYLOAD_BYTES
+    assert len(body) <= MAX_BODY_BYTES
 
 
 # ---------------------------------------------------------------------------------------------
@@ -920,7 +921,7 @@ TREES = st.recursive(
     ),
     max_leaves=30,
 )
-LIMITS = st.sampled_from([700, 2_000, 20_000, MAX_PAYLOAD_BYTES])  # an empty event is ~630 bytes
+LIMITS = st.sampled_from([700, 2_000, 20_000, MAX_BODY_BYTES])  # an empty event is ~630 bytes
 
 
 def _mutable_containers(value: Any) -> list[Any]:
@@ -1005,7 +1006,7 @@ def test_property_exception_messages_encode(message: str, exc_type: type[Excepti
     assert len(body) <= limit
     sent = _decode(body)["events"][0]["exceptions"][0]["message"]
     expected = str(exc)
-    if limit == MAX_PAYLOAD_BYTES and len(expected) <= 1024:
+    if limit == MAX_BODY_BYTES and len(expected) <= 1024:
         if not any(0xD800 <= ord(c) <= 0xDFFF for c in expected):
             assert sent == expected
         else:

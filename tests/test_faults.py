@@ -33,7 +33,7 @@ from bugsnag_celery.clock import minute_iso
 from bugsnag_celery.delivery.flusher import publish_counts
 from bugsnag_celery.delivery.sessions import deliver_session_counts
 from bugsnag_celery.delivery.spool import drain_spooled_events, spool_payloads
-from bugsnag_celery.transport.http import Payload
+from bugsnag_celery.transport.http import Request
 from bugsnag_celery.transport.queues import publish, queue_names
 
 KEY = "c0ffee00c0ffee00c0ffee00c0ffee00"
@@ -93,7 +93,7 @@ def test_slow_endpoint_with_the_default_timeout_is_sent_exactly_once(
 
 def test_slow_endpoint_sends_a_spooled_event_at_most_twice(redis_broker: Broker, endpoint: Endpoint) -> None:
     event = {"exceptions": [{"errorClass": "E", "message": "once", "stacktrace": []}], "severity": "error"}
-    payload = Payload(f"{endpoint.url}/notify", KEY, "4.0", events=[event])
+    payload = Request(f"{endpoint.url}/notify", KEY, "4.0", events=[event])
     assert spool_payloads(redis_broker.producer(), [payload], redis_broker.queue)
     endpoint.delay = 3.0
     for _ in range(4):
@@ -111,7 +111,7 @@ def test_the_spool_holds_no_endpoint_nor_key_and_a_bad_message_blocks_nothing(
 
     app = redis_broker.producer()
     event = {"exceptions": [{"errorClass": "E", "message": "m", "stacktrace": []}], "severity": "error"}
-    assert spool_payloads(app, [Payload("http://elsewhere.invalid/notify", KEY, "4.0", events=[event])],
+    assert spool_payloads(app, [Request("http://elsewhere.invalid/notify", KEY, "4.0", events=[event])],
                           redis_broker.queue)  # fmt: skip
     name = queue_names(redis_broker.queue).events
     # a list (redis < 8, on Python 3.9, types lrange as ``Awaitable[list] | list``)

@@ -17,7 +17,7 @@ from forking import in_child
 import bugsnag_celery
 from bugsnag_celery.payload.encoding import encode_json
 from bugsnag_celery.sessions import current as sessions
-from bugsnag_celery.transport.http import Payload
+from bugsnag_celery.transport.http import Request
 from bugsnag_celery.transport.sender import Sender
 
 KEY = "0123456789abcdef0123456789abcdef"
@@ -192,11 +192,11 @@ def test_the_api_key_never_reaches_logs_or_metadata(
 
 def test_sender_restarts_after_fork_and_delivers_from_the_child(endpoint: Endpoint) -> None:
     sender = Sender(timeout=5)
-    sender.submit(Payload(f"{endpoint.url}/notify", KEY, "4.0", b'{"events": []}'))
+    sender.submit(Request(f"{endpoint.url}/notify", KEY, "4.0", b'{"events": []}'))
     sender.flush(5)
 
     def child() -> str:  # the child inherits a thread object that is not running there
-        sender.submit(Payload(f"{endpoint.url}/notify", KEY, "4.0", b'{"events": []}'))
+        sender.submit(Request(f"{endpoint.url}/notify", KEY, "4.0", b'{"events": []}'))
         sender.flush(5)
         return "flushed"
 
@@ -204,10 +204,10 @@ def test_sender_restarts_after_fork_and_delivers_from_the_child(endpoint: Endpoi
     assert len(endpoint.requests) == 2
 
 
-def _keep_in(spooled: list[Payload]) -> Callable[[list[Payload]], bool]:
+def _keep_in(spooled: list[Request]) -> Callable[[list[Request]], bool]:
     """A spool stand-in: keeps what it is handed and reports success."""
 
-    def spool(payloads: list[Payload]) -> bool:
+    def spool(payloads: list[Request]) -> bool:
         spooled.extend(payloads)
         return True
 
@@ -215,12 +215,12 @@ def _keep_in(spooled: list[Payload]) -> Callable[[list[Payload]], bool]:
 
 
 def test_sender_retries_with_backoff_then_spools(endpoint: Endpoint) -> None:
-    spooled: list[Payload] = []
+    spooled: list[Request] = []
     outcomes: list[str] = []
     endpoint.default = 503
     sender = Sender(_keep_in(spooled), timeout=5, attempts=3, backoff=0.1)
     start = time.monotonic()
-    sender.submit(Payload(f"{endpoint.url}/notify", KEY, "4.0", b"{}", on_done=outcomes.append))
+    sender.submit(Request(f"{endpoint.url}/notify", KEY, "4.0", b"{}", on_done=outcomes.append))
     while not outcomes and time.monotonic() - start < 10:
         time.sleep(0.01)
     assert outcomes == ["spooled"] and len(spooled) == 1
@@ -232,7 +232,7 @@ def test_dead_broker_loses_nothing_silently(endpoint: Endpoint, caplog: pytest.L
     from bugsnag_celery.delivery.spool import spool_payloads
 
     app = Celery("dead", broker="redis://127.0.0.1:1/0", set_as_current=False)
-    payload = Payload(f"{endpoint.url}/notify", KEY, "4.0", b"{}")
+    payload = Request(f"{endpoint.url}/notify", KEY, "4.0", b"{}")
     assert spool_payloads(app, [payload]) is False
     assert "could not spool" in caplog.text
 
@@ -269,10 +269,10 @@ def test_a_burst_against_a_slow_endpoint_is_merged_not_queued(make_app: Any, end
 
 
 def test_shutdown_flush_spools_a_failing_payload_exactly_once(endpoint: Endpoint) -> None:
-    spooled: list[Payload] = []
+    spooled: list[Request] = []
     endpoint.default = 503
     sender = Sender(_keep_in(spooled), timeout=5, attempts=10, backoff=5.0)
-    sender.submit(Payload(f"{endpoint.url}/notify", KEY, "4.0", b"{}"))
+    sender.submit(Request(f"{endpoint.url}/notify", KEY, "4.0", b"{}"))
     deadline = time.monotonic() + 5
     while not endpoint.requests and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -324,9 +324,9 @@ def test_the_first_post_imports_nothing(endpoint: Endpoint) -> None:
     script = f"""
 import sys
 import bugsnag_celery, bugsnag_celery.registry
-from bugsnag_celery.transport.http import Payload, post
+from bugsnag_celery.transport.http import Request, post
 before = set(sys.modules)
-payload = Payload(kind="events", endpoint={endpoint.url + "/notify"!r}, api_key={KEY!r},
+payload = Request(kind="events", endpoint={endpoint.url + "/notify"!r}, api_key={KEY!r},
                   payload_version="4.0", body=b"{{}}")
 outcome, _ = post(payload, 5.0)
 assert outcome == "delivered", outcome
@@ -343,7 +343,7 @@ def test_a_429_with_retry_after_is_honoured_then_the_rest_is_sent(endpoint: Endp
     outcomes: list[str] = []
     sender = Sender(_keep_in([]), timeout=5, attempts=3, backoff=0.05)
     sent_at = time.monotonic()
-    sender.submit(Payload(f"{endpoint.url}/notify", KEY, "4.0", events=[{"n": 1}], on_done=outcomes.append))
+    sender.submit(Request(f"{endpoint.url}/notify", KEY, "4.0", events=[{"n": 1}], on_done=outcomes.append))
     deadline = time.monotonic() + 10
     while not outcomes and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -354,12 +354,12 @@ def test_a_429_with_retry_after_is_honoured_then_the_rest_is_sent(endpoint: Endp
 
 def test_a_full_send_queue_spills_the_oldest_to_the_spool_and_loses_nothing(endpoint: Endpoint) -> None:
     endpoint.delay = 0.3  # the thread is busy with the first request while the rest queue up
-    spooled: list[Payload] = []
+    spooled: list[Request] = []
     outcomes: list[str] = []
     sender = Sender(_keep_in(spooled), timeout=5, max_queue=5, max_batch=50)
     for n in range(20):
         sender.submit(
-            Payload(f"{endpoint.url}/notify", KEY, "4.0", events=[{"n": n}], on_done=outcomes.append)
+            Request(f"{endpoint.url}/notify", KEY, "4.0", events=[{"n": n}], on_done=outcomes.append)
         )
     sender.flush(10)
     delivered = sorted(e["n"] for r in endpoint.requests for e in r["body"]["events"])
@@ -373,12 +373,12 @@ def test_the_send_queue_is_bounded_in_bytes_too(endpoint: Endpoint) -> None:
     """Encoded events of 100 kB against a 1 MB cap: never more than ~1 MB waits; the oldest
     spill to the spool, and every event is delivered or spooled exactly once."""
     endpoint.delay = 0.3
-    spooled: list[Payload] = []
+    spooled: list[Request] = []
     sender = Sender(_keep_in(spooled), timeout=5, max_queue=1_000, max_queue_bytes=1_000_000, max_batch=5)
     peak = 0
     for n in range(40):
         event = encode_json({"n": n, "pad": "x" * 100_000})
-        sender.submit(Payload(f"{endpoint.url}/notify", KEY, "4.0", encoded=[event]))
+        sender.submit(Request(f"{endpoint.url}/notify", KEY, "4.0", encoded=[event]))
         peak = max(peak, sender._queue.bytes)  # type: ignore[attr-defined]
     sender.flush(20)
     assert peak <= 1_000_000 + 100_100  # the cap, plus the one that found it full

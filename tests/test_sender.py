@@ -15,15 +15,16 @@ from typing import Any
 import pytest
 from endpoint import Endpoint
 
-from bugsnag_celery.payload.encoding import MAX_PAYLOAD_BYTES, encode_json
-from bugsnag_celery.transport.http import Payload
+from bugsnag_celery.payload.encoding import encode_json
+from bugsnag_celery.payload.wire import MAX_BODY_BYTES
+from bugsnag_celery.transport.http import Request
 from bugsnag_celery.transport.sender import Sender, encoded
 
 KEY = "a" * 32
 
 
-def keep_in(spooled: list[Payload]) -> Any:
-    def spool(payloads: list[Payload]) -> bool:
+def keep_in(spooled: list[Request]) -> Any:
+    def spool(payloads: list[Request]) -> bool:
         spooled.extend(payloads)
         return True
 
@@ -37,11 +38,11 @@ def test_a_storm_becomes_a_few_requests_a_second_and_every_event_arrives_once(
     """1,500 failures in about 1.5 s against an endpoint answering after 200 ms, or at once:
     every event delivered exactly once, nothing spooled, requests ``min_interval`` apart."""
     endpoint.delay = delay
-    spooled: list[Payload] = []
+    spooled: list[Request] = []
     sender = Sender(keep_in(spooled), timeout=5)
     start = time.monotonic()
     for n in range(1500):
-        sender.submit(Payload(f"{endpoint.url}/notify", KEY, "4.0", events=[{"n": n, "pad": "x" * 300}]))
+        sender.submit(Request(f"{endpoint.url}/notify", KEY, "4.0", events=[{"n": n, "pad": "x" * 300}]))
         if n % 10 == 9:
             time.sleep(0.01)
     took = time.monotonic() - start
@@ -52,16 +53,16 @@ def test_a_storm_becomes_a_few_requests_a_second_and_every_event_arrives_once(
     gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
     assert min(gaps) >= 0.2, gaps  # min_interval 0.25 s between starts, less the network's jitter
     assert len(endpoint.requests) <= (took + 1) / 0.25 + 2, (len(endpoint.requests), took)
-    assert all(len(r["raw"]) <= MAX_PAYLOAD_BYTES for r in endpoint.requests)
+    assert all(len(r["raw"]) <= MAX_BODY_BYTES for r in endpoint.requests)
 
 
 def test_a_lone_failure_is_sent_at_once(endpoint: Endpoint) -> None:
     sender = Sender(timeout=5)
-    sender.submit(Payload(f"{endpoint.url}/notify", KEY, "4.0", events=[{"n": 0}]))
+    sender.submit(Request(f"{endpoint.url}/notify", KEY, "4.0", events=[{"n": 0}]))
     sender.flush(5)
     time.sleep(0.5)  # idle longer than min_interval: the next one does not wait either
     sent = time.monotonic()
-    sender.submit(Payload(f"{endpoint.url}/notify", KEY, "4.0", events=[{"n": 1}]))
+    sender.submit(Request(f"{endpoint.url}/notify", KEY, "4.0", events=[{"n": 1}]))
     sender.flush(5)
     assert endpoint.requests[1]["at"] - sent < 0.2
 
@@ -73,10 +74,10 @@ def test_merged_requests_are_packed_under_the_limit_in_order(form: str) -> None:
     were handed over as dicts or already encoded (as the failure path hands them over)."""
     outcomes: list[str] = []
 
-    def event_payload(endpoint: str, event: dict[str, Any], **extra: Any) -> Payload:
+    def event_payload(endpoint: str, event: dict[str, Any], **extra: Any) -> Request:
         if form == "encoded":
-            return Payload(endpoint, KEY, "4.0", encoded=[encode_json(event)], **extra)
-        return Payload(endpoint, KEY, "4.0", events=[event], **extra)
+            return Request(endpoint, KEY, "4.0", encoded=[encode_json(event)], **extra)
+        return Request(endpoint, KEY, "4.0", events=[event], **extra)
 
     pads = [f"{n:03d}" + "y" * 100_000 for n in range(30)]
     payloads = [event_payload("http://e/notify", {"n": n, "pad": pad}) for n, pad in enumerate(pads)]
@@ -86,7 +87,7 @@ def test_merged_requests_are_packed_under_the_limit_in_order(form: str) -> None:
     other = event_payload("http://other/notify", {"n": 100})
     out = encoded([*payloads[:15], huge, other, *payloads[15:]])
     bodies = [(p.endpoint, json.loads(p.body)) for p in out]
-    assert all(len(p.body) <= MAX_PAYLOAD_BYTES for p in out)
+    assert all(len(p.body) <= MAX_BODY_BYTES for p in out)
     same = [body for endpoint, body in bodies if endpoint == "http://e/notify"]
     ns = [e["n"] for body in same for e in body["events"]]
     assert sorted(ns) == [*range(30), 99]

@@ -19,6 +19,8 @@ import logging
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from celery import Celery
+
 from ..transport.queues import connection, publish, take_batch
 
 __all__ = ["Sent", "Drained", "drain"]
@@ -40,7 +42,7 @@ class Drained(NamedTuple):
 
 
 def drain(
-    app: Any,
+    app: Celery,
     queue: str,
     send: Callable[[list[Any]], Sent],
     *,

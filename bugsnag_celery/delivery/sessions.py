@@ -11,10 +11,14 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from ..payload.sessions import MAX_SESSION_BODY, counts_from_message, counts_message, session_bodies
+from celery import Celery
+
+from ..payload.sessions import counts_from_message, counts_message, session_bodies
+from ..payload.wire import MAX_BODY_BYTES, SESSIONS_VERSION
 from ..sessions import counts
 from ..sessions.counts import PendingCounts, Release
-from ..transport.http import DELIVERED, PERMANENT, UNKNOWN, Payload, log_permanent, log_unknown, post
+from ..transport.http import Request, post
+from ..transport.outcome import Next, decide, log_decision
 from ..transport.queues import DEFAULT_PREFIX, message_count, queue_names
 from .drain import Sent, drain
 
@@ -24,7 +28,7 @@ logger = logging.getLogger("bugsnag_celery")
 
 
 def deliver_session_counts(
-    app: Any,
+    app: Celery,
     *,
     api_key: str | None,
     endpoint: str | None,
@@ -32,14 +36,14 @@ def deliver_session_counts(
     timeout: float = 10.0,
     limit: int = 100_000,
     prefix: str = DEFAULT_PREFIX,
-    max_body: int = MAX_SESSION_BODY,
+    max_body: int = MAX_BODY_BYTES,
 ) -> dict[str, int]:
     """Drain the sessions queue, post the payloads of each release group, ack after a 2xx.
 
     Groups that fail with a retryable error go back to the queue as one new message. An
     unknown outcome (no answer in time: it may have arrived) goes back once, marked; a
     second unknown outcome drops it with a log line, so a slow BugSnag sees a count at
-    most twice. Permanent 4xx: dropped with one log line.
+    most twice. Permanent 4xx: dropped with one log line. (The policy is ``transport/outcome.py``'s.)
     """
     stats = {"messages": 0, "sessions": 0, "delivered": 0, "dropped": 0, "retry": 0, "requests": 0}
     stages = None if enabled_release_stages is None else set(enabled_release_stages)
@@ -84,24 +88,20 @@ def deliver_session_counts(
                 continue
             for chunk, body in session_bodies(release, buckets, max_body):
                 sent = sum(chunk.values())
-                payload = Payload(endpoint, api_key, "1.0", body, kind="session")
-                outcome, reason = post(payload, timeout)
+                request = Request(endpoint, api_key, SESSIONS_VERSION, body, kind="session")
+                outcome, reason = post(request, timeout)
                 stats["requests"] += 1
-                if outcome == DELIVERED:
+                step = decide(outcome, unknown)
+                log_decision(step, request.kind, sent, reason)
+                if step is Next.DONE:
                     stats["delivered"] += sent
-                elif outcome == PERMANENT:
-                    log_permanent(payload, reason)
+                elif step is Next.DROP or step is Next.GIVE_UP:
                     stats["dropped"] += sent
-                elif outcome == UNKNOWN and unknown:
-                    log_unknown("session", sent, again=True)
-                    stats["dropped"] += sent
-                else:
-                    if outcome == UNKNOWN:
-                        log_unknown("session", sent, again=False)
-                    else:
+                else:  # retry, or send again once (marked): in the next run
+                    if step is Next.RETRY:
                         logger.warning("bugsnag_celery: session delivery failed (%s); kept for the next run",
                                        reason)  # fmt: skip
-                    mark = 1 if outcome == UNKNOWN else unknown
+                    mark = unknown + 1 if step is Next.SEND_AGAIN else unknown
                     retry[mark].setdefault(release, {}).update(chunk)
                     stats["retry"] += sent
         left = bool(stats["delivered"] or stats["dropped"])
@@ -120,6 +120,6 @@ def deliver_session_counts(
     return stats
 
 
-def pending_session_messages(app: Any, prefix: str = DEFAULT_PREFIX) -> int:
+def pending_session_messages(app: Celery, prefix: str = DEFAULT_PREFIX) -> int:
     """Messages of session counts waiting on the broker for a delivery run."""
     return message_count(app, queue_names(prefix).sessions)

@@ -19,9 +19,13 @@ import json
 import logging
 from typing import Any
 
-from ..about import notifier_info
-from ..payload.encoding import PayloadTooLarge, encode_payload
-from ..transport.http import DELIVERED, PERMANENT, UNKNOWN, Payload, log_permanent, log_unknown, post
+from celery import Celery
+
+from ..payload.encoding import PayloadTooLarge
+from ..payload.packing import event_body, event_dicts
+from ..payload.wire import EVENTS_VERSION
+from ..transport.http import Request, post
+from ..transport.outcome import Next, decide, log_decision
 from ..transport.queues import DEFAULT_PREFIX, message_count, publish, queue_names
 from .drain import Sent, drain
 
@@ -32,19 +36,19 @@ logger = logging.getLogger("bugsnag_celery")
 VERSION = 2
 
 
-def _message(payload: Payload) -> dict[str, Any]:
-    events = payload.event_dicts() if payload.holds_events() else json.loads(payload.body)["events"]
-    return {"v": VERSION, "kind": payload.kind, "payload_version": payload.payload_version,
-            "events": events, "unknown": payload.unknown}  # fmt: skip
+def _message(request: Request) -> dict[str, object]:
+    events = event_dicts(request) if request.holds_events() else json.loads(request.body)["events"]
+    return {"v": VERSION, "kind": request.kind, "payload_version": request.payload_version,
+            "events": events, "unknown": request.unknown}  # fmt: skip
 
 
-def spool_payloads(app: Any, payloads: list[Payload], prefix: str = DEFAULT_PREFIX) -> bool:
-    """Publish *payloads* to the spool queue. True if the broker took all of them."""
+def spool_payloads(app: Celery, requests: list[Request], prefix: str = DEFAULT_PREFIX) -> bool:
+    """Publish the events of *requests* to the spool queue. True if the broker took all of them."""
     try:
-        publish(app, queue_names(prefix).events, [_message(p) for p in payloads])
+        publish(app, queue_names(prefix).events, [_message(r) for r in requests])
         return True
     except Exception as exc:
-        logger.error("bugsnag_celery: could not spool %d payload(s) to the broker: %s", len(payloads), exc)
+        logger.error("bugsnag_celery: could not spool %d payload(s) to the broker: %s", len(requests), exc)
         return False
 
 
@@ -62,7 +66,7 @@ def _events_of(data: Any) -> tuple[list[Any], int]:
 
 
 def drain_spooled_events(
-    app: Any,
+    app: Celery,
     *,
     api_key: str | None,
     endpoint: str,
@@ -86,9 +90,9 @@ def drain_spooled_events(
         for index, data in enumerate(bodies):
             try:
                 events, unknown = _events_of(data)
-                envelope = {"apiKey": api_key, "payloadVersion": "4.0", "notifier": notifier_info(),
-                            "events": events}  # fmt: skip
-                payload = Payload(endpoint, api_key, "4.0", encode_payload(envelope), kind="event")
+                request = Request(
+                    endpoint, api_key, EVENTS_VERSION, event_body(api_key, events), kind="event"
+                )
             except PayloadTooLarge:
                 logger.error("bugsnag_celery: dropping a spooled event over 1 MB even after trimming")
                 stats["dropped"] += 1
@@ -97,20 +101,17 @@ def drain_spooled_events(
                 logger.error("bugsnag_celery: dropping a malformed spooled message (%s)", type(exc).__name__)
                 stats["dropped"] += 1
                 continue
-            outcome, reason = post(payload, timeout)
-            if outcome == DELIVERED:
+            outcome, reason = post(request, timeout)
+            step = decide(outcome, unknown)
+            log_decision(step, request.kind, len(events), reason)
+            if step is Next.DONE:
                 stats["delivered"] += 1
-            elif outcome == PERMANENT:
-                log_permanent(payload, reason)
+            elif step is Next.DROP or step is Next.GIVE_UP:
                 stats["dropped"] += 1
-            elif outcome == UNKNOWN and unknown:
-                log_unknown("event", len(events), again=True)
-                stats["dropped"] += 1
-            else:
-                if outcome == UNKNOWN:
-                    log_unknown("event", len(events), again=False)
-                    data = {**data, "v": VERSION, "events": events, "unknown": 1, "payload_version": "4.0",
-                            "kind": "event"}  # fmt: skip
+            else:  # retry, or send again once: this message and all behind it wait for the next run
+                if step is Next.SEND_AGAIN:
+                    data = {**data, "v": VERSION, "events": events, "unknown": unknown + 1,
+                            "payload_version": EVENTS_VERSION, "kind": "event"}  # fmt: skip
                     data.pop("body", None)
                     data.pop("endpoint", None)
                 stats["requeued"] = len(bodies) - index
@@ -122,6 +123,6 @@ def drain_spooled_events(
     return stats
 
 
-def spooled_event_count(app: Any, prefix: str = DEFAULT_PREFIX) -> int:
+def spooled_event_count(app: Celery, prefix: str = DEFAULT_PREFIX) -> int:
     """Events waiting in the spool for a delivery run."""
     return message_count(app, queue_names(prefix).events)

@@ -2,8 +2,10 @@
 
     exceptions.py  (with frames.py)  an exception chain -> the event's ``exceptions``
     redaction.py                     task arguments, metadata -> JSON-safe, secrets removed
-    encoding.py                      an event payload -> UTF-8 JSON under 1 MB
+    packing.py                       encoded events -> as few v4 bodies as fit under the limit
+    encoding.py                      an event payload -> UTF-8 JSON under the limit (trimmed)
     sessions.py                      minute buckets -> a session payload, and their broker message
+    wire.py                          BugSnag's API, written once: versions, body limit, v4 envelope
     text.py                          the safe-text helpers all of them share
 
 Everything here runs at the worst possible moment -- while a task is failing, sometimes

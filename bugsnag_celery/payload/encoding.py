@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from .redaction import encodable
 from .text import cut, safe_repr
+from .wire import MAX_BODY_BYTES
 
-__all__ = ["MAX_PAYLOAD_BYTES", "PayloadTooLarge", "encode_payload", "encode_json", "envelope_around"]
-
-#: BugSnag's limit is "about 1 MB"; above it the pipeline answers 400 and the event is lost.
-MAX_PAYLOAD_BYTES = 1_000_000
+__all__ = ["PayloadTooLarge", "encode_payload", "encode_json"]
 
 _SURROGATES = re.compile("[\ud800-\udfff]")
 
@@ -34,7 +33,7 @@ class PayloadTooLarge(ValueError):
         self.size = size
 
 
-def _json_default(value: Any) -> Any:
+def _json_default(value: object) -> object:
     if isinstance(value, (bytes, bytearray)):
         return bytes(value).decode("utf-8", "backslashreplace")
     return safe_repr(value)
@@ -49,7 +48,7 @@ def _escape_surrogate(match: re.Match[str]) -> str:
     return f"\\\\u{ord(match.group()):04x}"
 
 
-def _encode(payload: Any) -> bytes:
+def _encode(payload: object) -> bytes:
     """UTF-8 JSON for anything: the C encoder on the fast path, a cleaned copy otherwise."""
     try:
         text = _ENCODER.encode(payload)
@@ -61,22 +60,9 @@ def _encode(payload: Any) -> bytes:
         return _SURROGATES.sub(_escape_surrogate, text).encode("utf-8")
 
 
-def encode_json(value: Any) -> bytes:
+def encode_json(value: object) -> bytes:
     """UTF-8 JSON of *value*, whatever it holds: how events are encoded once, one by one."""
     return _encode(value)
-
-
-def envelope_around(envelope: dict[str, Any]) -> tuple[bytes, bytes]:
-    """The bytes before and after the events of a v4 payload whose last key is ``events``.
-
-    ``head + b",".join(encoded events) + tail`` is then byte for byte what encoding the
-    whole payload would give: the sender encodes each event once, then packs as many as fit
-    under the size limit into one request without encoding anything again.
-    """
-    body = _encode({**envelope, "events": []})
-    if not body.endswith(b"[]}"):  # pragma: no cover - events is the last key by construction
-        raise ValueError("the envelope's last key must be events")
-    return body[:-2], b"]}"
 
 
 def _note(event: dict[str, Any], what: str) -> None:
@@ -222,7 +208,7 @@ def _prepare_events(work: dict[str, Any], original: int) -> list[dict[str, Any]]
     return events
 
 
-def encode_payload(payload: dict[str, Any], limit: int = MAX_PAYLOAD_BYTES) -> bytes:
+def encode_payload(payload: Mapping[str, object], limit: int = MAX_BODY_BYTES) -> bytes:
     """The UTF-8 JSON body of a v4 payload, at most ``limit`` bytes; raises :class:`PayloadTooLarge`.
 
     A body over the limit is trimmed step by step, cheapest loss first -- long strings,

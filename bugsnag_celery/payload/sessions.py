@@ -15,22 +15,17 @@ from typing import Any
 from ..about import notifier_info, runtime_versions
 from ..clock import minute_from_iso
 from ..sessions.counts import PendingCounts, Release
+from .wire import MAX_BODY_BYTES
 
-__all__ = [
-    "session_payload", "session_bodies", "counts_message", "counts_from_message", "MAX_SESSION_BODY",
-    "MAX_COUNT",
-]  # fmt: skip
+__all__ = ["session_payload", "session_bodies", "counts_message", "counts_from_message", "MAX_COUNT"]
 
-
-#: BugSnag refuses bodies over 1 MB; a backlog (18 days of minute buckets) is split below it.
-MAX_SESSION_BODY = 1_000_000
 #: No process starts more sessions than this in one minute: anything above is garbage.
 MAX_COUNT = 10**9
 #: How far in the future a minute may be (clocks of other hosts drift a little).
 MAX_SKEW_MINUTES = 5
 
 
-def session_payload(release: Release, buckets: dict[str, int]) -> dict[str, Any]:
+def session_payload(release: Release, buckets: dict[str, int]) -> dict[str, object]:
     """The body BugSnag's session API takes for one release group (``sessionCounts`` by minute)."""
     return {
         "notifier": notifier_info(),
@@ -47,9 +42,11 @@ def session_payload(release: Release, buckets: dict[str, int]) -> dict[str, Any]
 
 
 def session_bodies(
-    release: Release, buckets: dict[str, int], limit: int = MAX_SESSION_BODY
+    release: Release, buckets: dict[str, int], limit: int = MAX_BODY_BYTES
 ) -> list[tuple[dict[str, int], bytes]]:
     """The encoded payloads for *buckets*, each under *limit* bytes, with the buckets each carries.
+
+    BugSnag refuses bodies over its limit, and a backlog (18 days of minute buckets) is one.
 
     A backlog of any age goes out whole: the minutes are split across as many bodies as it
     takes (an entry is ~60 bytes, so one body carries some 16,000 minutes).
@@ -70,13 +67,13 @@ def session_bodies(
     return out
 
 
-def counts_message(pending: PendingCounts, unknown: int = 0) -> dict[str, Any]:
+def counts_message(pending: PendingCounts, unknown: int = 0) -> dict[str, object]:
     """The broker message for *pending* (one per flush of a process).
 
-    *unknown*: these counts were sent once already with no answer (see ``transport/http.py``).
+    *unknown*: these counts were sent once already with no answer (see ``transport/outcome.py``).
     """
     groups = [{"release": list(release), "counts": buckets} for release, buckets in pending.items()]
-    message: dict[str, Any] = {"v": 1, "pid": os.getpid(), "at": round(time.time(), 3), "groups": groups}
+    message: dict[str, object] = {"v": 1, "pid": os.getpid(), "at": round(time.time(), 3), "groups": groups}
     if unknown:
         message["unknown"] = unknown
     return message

@@ -18,9 +18,10 @@ from ..options.declared import Options
 from ..payload.encoding import encode_json
 from ..payload.exceptions import exception_entries
 from ..payload.redaction import Redacted, redact
+from ..payload.wire import EVENTS_VERSION
 from ..sessions.counts import Release
 from ..sessions.current import PAUSED_MARK, Session
-from ..transport.http import Payload
+from ..transport.http import Request
 from ..transport.sender import Sender
 
 __all__ = ["Reporter", "UNHANDLED_REASON", "raised_while_paused"]
@@ -43,7 +44,7 @@ class Reporter:
     """Builds and sends the events of one configured app."""
 
     def __init__(
-        self, options: Options, release: Release, spool: Callable[[list[Payload]], bool] | None
+        self, options: Options, release: Release, spool: Callable[[list[Request]], bool] | None
     ) -> None:
         """*spool* keeps what the sender could not deliver (the app's broker queue)."""
         self.options = options
@@ -128,9 +129,11 @@ class Reporter:
                     return False
             except Exception:
                 logger.exception("bugsnag_celery: before_notify callback %r raised; skipped", callback)
-        # Encoded here, once (see ``Payload.encoded``); merged with other queued events into
+        # Encoded here, once (see ``Request.encoded``); merged with other queued events into
         # one request on the sender thread.
-        self.sender.submit(Payload(self.notify_endpoint, opts.api_key, "4.0", encoded=[encode_json(event)]))
+        self.sender.submit(
+            Request(self.notify_endpoint, opts.api_key, EVENTS_VERSION, encoded=[encode_json(event)])
+        )
         return True
 
 
