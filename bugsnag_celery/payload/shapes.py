@@ -17,13 +17,15 @@ from __future__ import annotations
 
 from typing import TypedDict, Union
 
+from ..sessions.current import EventCounts
+
 __all__ = [
     "JSON", "JSONObject", "Frame", "ExceptionEntry", "SeverityReason", "EventCounts", "SessionRef",
     "session_reference", "EventApp", "EventDevice", "Event", "Notifier", "SessionApp", "SessionDevice",
     "SessionCount", "SessionPayload",
 ]  # fmt: skip
 
-#: Any JSON value: what redacted task arguments, metadata tabs and users are made of.
+#: A JSON value: what redacted task arguments, metadata tabs and users are made of.
 JSON = Union[None, bool, int, float, str, list["JSON"], dict[str, "JSON"]]
 #: A JSON object.
 JSONObject = dict[str, JSON]
@@ -65,13 +67,6 @@ class SeverityReason(_SeverityReasonFields, total=False):
     """Why the event has its severity: ``handledException``, ``unhandledExceptionMiddleware``..."""
 
     attributes: dict[str, str]
-
-
-class EventCounts(TypedDict):
-    """The events of a session so far, this one included."""
-
-    handled: int
-    unhandled: int
 
 
 class SessionRef(TypedDict):
