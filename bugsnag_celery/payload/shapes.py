@@ -1,6 +1,6 @@
 """The shapes of what BugSnag receives: the v4 event and the v1.0 session payload, as types.
 
-Why types and not ``dict[str, Any]``: an event is built in several modules (the exception
+Why types and not plain dicts: an event is built in several modules (the exception
 chain here in ``payload/``, the event around it in ``reporting/``, the ``task`` tab, the
 session reference) and read by others (the encoder that trims it, the tests, the collector
 that stands in for BugSnag). With one declaration of each field, a misspelt key or a
