@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
 
 __all__ = ["log_every"]
 
@@ -19,7 +18,7 @@ _last: dict[str, tuple[float, int]] = {}  # key -> (when last written, lines hel
 _lock = threading.Lock()
 
 
-def log_every(key: str, period: float, level: int, message: str, *args: Any) -> bool:
+def log_every(key: str, period: float, level: int, message: str, *args: object) -> bool:
     """Log *message* unless a line of *key* was written less than *period* seconds ago.
 
     Returns whether it was written.

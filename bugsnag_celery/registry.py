@@ -8,10 +8,12 @@ wrapper, the worker signals, ``notify()`` and the tools read it through
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 from celery import Celery, Task
 from celery._state import get_current_task
+from celery.app.task import Context
 
 from .delivery.flusher import Flusher, FlushTarget
 from .delivery.spool import spool_payloads
@@ -41,7 +43,7 @@ class AppState:
         "wrapped",
     )
 
-    def __init__(self, app: Celery, options: Options, kwargs: dict[str, Any] | None = None) -> None:
+    def __init__(self, app: Celery, options: Options, kwargs: Mapping[str, object] | None = None) -> None:
         self.app = app
         self.options = options
         self.kwargs = dict(kwargs or {})  # what configure() was given: the worker start resolves again
@@ -62,7 +64,7 @@ _states: dict[Celery, AppState] = {}
 _lock = threading.Lock()
 
 
-def state_for(app: Any) -> AppState | None:
+def state_for(app: object) -> AppState | None:
     """The state of *app*, if it is configured (one dict lookup: the wrapper's hot path uses it)."""
     return _states.get(app)
 
@@ -82,7 +84,7 @@ def remove(app: Celery) -> AppState | None:
         return _states.pop(app, None)
 
 
-def current_reporter() -> tuple[Reporter | None, Task | None, Any]:
+def current_reporter() -> tuple[Reporter | None, Task | None, Context | None]:
     """The reporter of the task running here (else of the last configured app), the task and its request."""
     task = get_current_task()
     state = _states.get(task.app) if task is not None else None

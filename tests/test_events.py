@@ -23,6 +23,7 @@ from bugsnag_celery.options.declared import DEFAULT_REDACTED_KEYS
 from bugsnag_celery.payload.encoding import PayloadTooLarge, encode_payload
 from bugsnag_celery.payload.exceptions import error_class, exception_entries
 from bugsnag_celery.payload.redaction import redact
+from bugsnag_celery.payload.shapes import ExceptionEntry, Frame
 from bugsnag_celery.payload.text import safe_repr
 from bugsnag_celery.payload.wire import MAX_BODY_BYTES
 
@@ -71,7 +72,7 @@ def _load_module(path: Path, source: str) -> ModuleType:
 
 
 def _payload(
-    exceptions: list[dict[str, Any]] | None = None, meta: dict[str, Any] | None = None
+    exceptions: list[ExceptionEntry] | None = None, meta: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     event = {
         "severity": "error",
@@ -257,9 +258,10 @@ def test_pseudo_file_names_are_kept_verbatim() -> None:
 
 
 def test_exception_never_raised_has_no_frames() -> None:
-    assert exception_entries(ValueError("x"), project_root=ROOT) == [
+    expected: list[ExceptionEntry] = [
         {"errorClass": "ValueError", "message": "x", "type": "python", "stacktrace": []}
     ]
+    assert exception_entries(ValueError("x"), project_root=ROOT) == expected
 
 
 # ---------------------------------------------------------------------------------------------
@@ -472,7 +474,10 @@ def test_long_message_is_cut_to_10000() -> None:
 
 def test_not_an_exception_at_all() -> None:
     entries = exception_entries("just a string", project_root=ROOT)  # type: ignore[arg-type]
-    assert entries == [{"errorClass": "str", "message": "just a string", "type": "python", "stacktrace": []}]
+    expected: list[ExceptionEntry] = [
+        {"errorClass": "str", "message": "just a string", "type": "python", "stacktrace": []}
+    ]
+    assert entries == expected
 
 
 # ---------------------------------------------------------------------------------------------
@@ -523,7 +528,7 @@ def test_recursion_error_is_capped() -> None:
 # traceback text (what Celery's main process has for a killed child)
 
 
-def _frames_only(frames: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+def _frames_only(frames: list[Frame]) -> list[tuple[Any, ...]]:
     return [(f["file"], f["lineNumber"], f["method"], f["inProject"], f.get("code")) for f in frames]
 
 
@@ -800,7 +805,7 @@ def test_encode_drops_largest_tabs_first() -> None:
 
 def _frames_payload(exceptions: int = 3, frames: int = 200) -> dict[str, Any]:
     code = {str(n): "x = 1  # " + "c" * 150 for n in range(1, 8)}
-    entries = [
+    entries: list[ExceptionEntry] = [
         {
             "errorClass": f"E{e}",
             "message": "m",

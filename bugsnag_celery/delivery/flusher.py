@@ -29,7 +29,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from ..logs import log_every
 from ..payload.sessions import counts_message
@@ -37,6 +37,9 @@ from ..sessions import counts
 from ..sessions.counts import PendingCounts, Release
 from ..transport.queues import DEFAULT_PREFIX, publish, queue_names
 from .status import delivery_problem
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 __all__ = ["FlushTarget", "Flusher", "publish_counts"]
 
@@ -46,14 +49,14 @@ logger = logging.getLogger("bugsnag_celery")
 class FlushTarget(NamedTuple):
     """Where the counts of one configured app go."""
 
-    app: Any
+    app: Celery
     releases: list[Release]
     sends: bool  # False outside enabled_release_stages or without an API key: discarded
     prefix: str
     delivery_interval: float = 30.0  # the beat's: a delivery older than 3 of them means no beat
 
 
-def publish_counts(app: Any, pending: PendingCounts, prefix: str = DEFAULT_PREFIX) -> bool:
+def publish_counts(app: Celery, pending: PendingCounts, prefix: str = DEFAULT_PREFIX) -> bool:
     """Put *pending* on the broker as one JSON message. True if the broker took it."""
     if not pending:
         return True

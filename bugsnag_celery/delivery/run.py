@@ -9,22 +9,25 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..clock import now_iso
 from ..options.declared import Options
 from .sessions import deliver_session_counts
 from .spool import drain_spooled_events
-from .status import record_status
+from .status import DeliveryStatus, record_status
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 __all__ = ["deliver_all"]
 
 logger = logging.getLogger("bugsnag_celery")
 
 
-def deliver_all(app: Any, opts: Options) -> dict[str, Any]:
+def deliver_all(app: Celery, opts: Options) -> DeliveryStatus:
     """Run the delivery for *app* with its options; never raises (the outcome is in the status)."""
-    status: dict[str, Any] = {"last_run": now_iso(), "last_run_at": time.time(), "hostname": opts.hostname}
+    status: DeliveryStatus = {"last_run": now_iso(), "last_run_at": time.time(), "hostname": opts.hostname}
     try:
         status["sessions"] = deliver_session_counts(
             app, api_key=opts.api_key if opts.sends else None, endpoint=opts.endpoints.sessions,

@@ -9,16 +9,36 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict
 
 from ..transport.queues import DEFAULT_PREFIX, bound_queue, connection, message_count, publish, queue_names
 
-__all__ = ["record_status", "read_status", "delivery_problem"]
+if TYPE_CHECKING:
+    from celery import Celery
+
+__all__ = ["DeliveryStatus", "record_status", "read_status", "delivery_problem"]
+
+
+class DeliveryStatus(TypedDict, total=False):
+    """The outcome of a delivery run (``deliver``/``flush``), as kept on ``<prefix>.status``.
+
+    A run claims itself with ``last_run_at`` alone first (see ``hooks/beat.py``); the last
+    delivery and error are carried forward from the previous status when a run has none.
+    """
+
+    last_run: str  # when the run started (ISO-8601)
+    last_run_at: float  # the same, in seconds since the epoch
+    hostname: str
+    sessions: dict[str, int]  # delivery/sessions.py's counts (messages, delivered, retry...)
+    events: dict[str, int]  # delivery/spool.py's counts (delivered, requeued, dropped...)
+    last_delivery: str | None  # the last run that got everything through
+    last_error: str | None
+
 
 logger = logging.getLogger("bugsnag_celery")
 
 
-def record_status(app: Any, status: dict[str, Any], prefix: str = DEFAULT_PREFIX) -> None:
+def record_status(app: Celery, status: DeliveryStatus, prefix: str = DEFAULT_PREFIX) -> None:
     """Replace the kept status with *status* (filling in what it does not say from the last one)."""
     name = queue_names(prefix).status
     try:
@@ -31,25 +51,25 @@ def record_status(app: Any, status: dict[str, Any], prefix: str = DEFAULT_PREFIX
                     break
                 previous = message.decode()
             if previous:
-                for key in ("last_delivery", "last_error"):
-                    status.setdefault(key, previous.get(key))
+                status.setdefault("last_delivery", previous.get("last_delivery"))
+                status.setdefault("last_error", previous.get("last_error"))
         publish(app, name, [status])
     except Exception as exc:
         logger.warning("bugsnag_celery: could not record the delivery status: %s", exc)
 
 
-def read_status(app: Any, prefix: str = DEFAULT_PREFIX) -> dict[str, Any] | None:
+def read_status(app: Celery, prefix: str = DEFAULT_PREFIX) -> DeliveryStatus | None:
     """The kept status, left in place; None before the first delivery run."""
     with connection(app, write=False) as conn:
         message = bound_queue(conn, queue_names(prefix).status).get(no_ack=False, accept=["json"])
         if message is None:
             return None
-        data: dict[str, Any] = message.decode()
+        data: DeliveryStatus = message.decode()
         message.requeue()
         return data
 
 
-def _oldest_publish_time(app: Any, name: str) -> float | None:
+def _oldest_publish_time(app: Celery, name: str) -> float | None:
     """When the message at the head of *name* was published (``"at"``), left in place."""
     with connection(app, write=False) as conn:
         message = bound_queue(conn, name).get(no_ack=False, accept=["json"])
@@ -62,7 +82,7 @@ def _oldest_publish_time(app: Any, name: str) -> float | None:
     return float(at) if isinstance(at, (int, float)) and not isinstance(at, bool) else None
 
 
-def delivery_problem(app: Any, prefix: str, interval: float, now: float | None = None) -> str | None:
+def delivery_problem(app: Celery, prefix: str, interval: float, now: float | None = None) -> str | None:
     """Why counts wait on the broker, if no delivery ran for 3 intervals; None if all is well.
 
     The likely cause is that no beat runs: nothing else schedules the delivery task.
@@ -75,7 +95,8 @@ def delivery_problem(app: Any, prefix: str, interval: float, now: float | None =
     oldest = _oldest_publish_time(app, name)
     if oldest is not None and now - oldest <= 3 * interval:
         return None  # they have not waited long: a delivery run may well be on its way
-    last = (read_status(app, prefix) or {}).get("last_run_at")
+    status = read_status(app, prefix)
+    last = status.get("last_run_at") if status else None
     if isinstance(last, (int, float)) and now - last <= 3 * interval:
         return None
     since = f"{now - last:.0f} s ago" if isinstance(last, (int, float)) else "never"

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TypedDict
 
 from celery import Celery, Task
 
 from .. import registry
 from ..delivery.run import deliver_all
-from ..delivery.status import read_status, record_status
+from ..delivery.status import DeliveryStatus, read_status, record_status
 from ..options.declared import Options
 from .signals import flush_events
 
@@ -30,7 +30,14 @@ DELIVER_TASK = "bugsnag_celery.deliver_sessions"
 logger = logging.getLogger("bugsnag_celery")
 
 
-def deliver(app: Celery) -> dict[str, Any]:
+class SkippedRun(TypedDict):
+    """The delivery task's result when a backlog run did nothing (see the module docstring)."""
+
+    skipped: bool
+    previous_run_seconds_ago: float
+
+
+def deliver(app: Celery) -> DeliveryStatus:
     """One delivery run: every session count on the broker, then every spooled event.
 
     What the periodic task ``bugsnag_celery.deliver_sessions`` does; safe to run in
@@ -42,19 +49,20 @@ def deliver(app: Celery) -> dict[str, Any]:
     return deliver_all(app, state.options)
 
 
-def flush(app: Celery, timeout: float = 10.0) -> dict[str, Any]:
+def flush(app: Celery, timeout: float = 10.0) -> DeliveryStatus:
     """Synchronously: move this process's counts and events out, then deliver everything."""
     flush_events(timeout)
     registry.flusher.flush_once()
     return deliver(app)
 
 
-def _deliver_task(self: Task) -> dict[str, Any]:
+def _deliver_task(self: Task) -> DeliveryStatus | SkippedRun:
     state = registry.state_for(self.app)
     if state is not None:
         opts = state.options
         try:
-            last = (read_status(self.app, opts.queue_prefix) or {}).get("last_run_at")
+            status = read_status(self.app, opts.queue_prefix)
+            last = status.get("last_run_at") if status else None
         except Exception:  # the broker: the delivery itself will say what is wrong
             last = None
         now = time.time()

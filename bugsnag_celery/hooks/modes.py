@@ -5,7 +5,7 @@ Decided once per task when its wrapper is installed, so a run pays nothing for i
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from celery import Task
 
@@ -32,7 +32,7 @@ def no_session(task: F) -> F:
     Works above or below ``@app.task``. Errors inside it are still reported, without
     a session, so they do not count against stability.
     """
-    target: Any = task
+    target: object = task
     try:
         # A lazy task (``@app.task`` before the app is finalized) is a PromiseProxy:
         # mark the function it will build from rather than forcing it into existence.

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
 
 from .. import registry
+from ..payload.shapes import SeverityReason
 from ..reporting.task_tab import task_metadata
 from ..sessions.current import current_session
 
@@ -21,7 +21,7 @@ logger = logging.getLogger("bugsnag_celery")
 _VALID_SEVERITIES = ("error", "warning", "info")
 
 
-def severity_of(severity: str | None) -> tuple[str, dict[str, Any]]:
+def severity_of(severity: str | None) -> tuple[str, SeverityReason]:
     if severity is None:
         return "warning", {"type": "handledException"}
     if severity not in _VALID_SEVERITIES:
@@ -34,10 +34,10 @@ def severity_of(severity: str | None) -> tuple[str, dict[str, Any]]:
 def notify(
     exception: BaseException,
     severity: str | None = None,
-    metadata: Mapping[str, Any] | None = None,
+    metadata: Mapping[str, object] | None = None,
     context: str | None = None,
     grouping_hash: str | None = None,
-    user: Mapping[str, Any] | None = None,
+    user: Mapping[str, object] | None = None,
 ) -> None:
     """Report a handled exception from any code, attributed to the current session unless paused."""
     if not isinstance(exception, BaseException):  # notify(None): the caller's bug, say so
@@ -48,7 +48,7 @@ def notify(
         if reporter is None:
             logger.warning("bugsnag_celery.notify: no configured app; event not sent")
             return
-        meta: dict[str, Any] = dict(metadata or {})
+        meta: dict[str, object] = dict(metadata or {})
         if task is not None and request is not None and "task" not in meta:
             meta["task"] = task_metadata(task, request, reporter.options)
         if context is None and task is not None:

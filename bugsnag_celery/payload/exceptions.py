@@ -11,9 +11,9 @@ from __future__ import annotations
 import builtins
 import itertools
 import sys
-from typing import Any
 
 from .frames import Root, frames_from_text, frames_from_traceback, make_root
+from .shapes import ExceptionEntry, Frame
 from .text import ELLIPSIS, clean_text, plain_str, type_name, utf8_safe
 
 __all__ = ["error_class", "exception_entries"]
@@ -33,7 +33,7 @@ _TYPE_NAME = type.__dict__["__name__"]
 _TYPE_MODULE = type.__dict__["__module__"]
 # Python 3.11+; on 3.9/3.10 there are no exception groups to flatten (the ``exceptiongroup``
 # backport is handled in :func:`_sub_exceptions` if the application loaded it).
-_BASE_EXCEPTION_GROUP: Any = getattr(builtins, "BaseExceptionGroup", None)
+_BASE_EXCEPTION_GROUP: type[BaseException] | None = getattr(builtins, "BaseExceptionGroup", None)
 
 
 def error_class(exc: BaseException) -> str:
@@ -90,7 +90,7 @@ def _is_exception(value: object) -> bool:
 
 def _sub_exceptions(exc: BaseException, cap: int) -> list[BaseException]:
     """The direct members of an exception group (at most ``cap``), else ``[]``."""
-    subs: Any = None
+    subs: object = None
     if _BASE_EXCEPTION_GROUP is not None and issubclass(type(exc), _BASE_EXCEPTION_GROUP):
         subs = _BASE_EXCEPTION_GROUP.__dict__["exceptions"].__get__(exc)
     else:
@@ -145,7 +145,7 @@ def _collect_exceptions(exc: BaseException, max_chain: int) -> list[BaseExceptio
     return found
 
 
-def _stacktrace(exc: BaseException, root: Root, send_code: bool, text: str | None) -> list[dict[str, Any]]:
+def _stacktrace(exc: BaseException, root: Root, send_code: bool, text: str | None) -> list[Frame]:
     tb = _TRACEBACK.__get__(exc) if _is_exception(exc) else None
     if tb is not None:
         return frames_from_traceback(tb, root, send_code)
@@ -154,8 +154,8 @@ def _stacktrace(exc: BaseException, root: Root, send_code: bool, text: str | Non
     return []
 
 
-def _entry(exc: BaseException, root: Root, send_code: bool, text: str | None) -> dict[str, Any]:
-    entry: dict[str, Any] = {
+def _entry(exc: BaseException, root: Root, send_code: bool, text: str | None) -> ExceptionEntry:
+    entry: ExceptionEntry = {
         "errorClass": error_class(exc),
         "message": _message(exc),
         "type": "python",
@@ -175,7 +175,7 @@ def exception_entries(
     send_code: bool = True,
     traceback_text: str | None = None,
     max_chain: int = 32,
-) -> list[dict[str, Any]]:
+) -> list[ExceptionEntry]:
     """The ``exceptions`` list of a BugSnag event for ``exc``; never raises.
 
     The raised exception comes first, then (depth-first) the members of an exception
@@ -186,7 +186,7 @@ def exception_entries(
     try:
         root = make_root(project_root)
         chain = _collect_exceptions(exc, max(1, max_chain))
-        entries: list[dict[str, Any]] = []
+        entries: list[ExceptionEntry] = []
         for index, current in enumerate(chain):
             try:
                 entries.append(_entry(current, root, send_code, traceback_text if index == 0 else None))

@@ -16,8 +16,9 @@ import sysconfig
 import time
 from collections import deque
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
+from .shapes import Frame
 from .text import cut, plain_str, utf8_safe
 
 __all__ = ["MAX_FRAMES", "Root", "make_root", "frames_from_traceback", "frames_from_text"]
@@ -160,9 +161,9 @@ def _build_code(lines: list[str], lineno: int) -> dict[str, str] | None:
     return code
 
 
-def _frame(filename: str, lineno: int, method: str, root: Root, send_code: bool) -> dict[str, Any]:
+def _frame(filename: str, lineno: int, method: str, root: Root, send_code: bool) -> Frame:
     file, in_project = _place(filename, root.prefix)
-    frame: dict[str, Any] = {
+    frame: Frame = {
         "file": file,
         "lineNumber": lineno,
         "method": utf8_safe(method),
@@ -175,7 +176,7 @@ def _frame(filename: str, lineno: int, method: str, root: Root, send_code: bool)
     return frame
 
 
-_UNKNOWN_FRAME: dict[str, Any] = {
+_UNKNOWN_FRAME: Frame = {
     "file": "<unknown>",
     "lineNumber": 0,
     "method": "<unknown>",
@@ -183,7 +184,7 @@ _UNKNOWN_FRAME: dict[str, Any] = {
 }
 
 
-def frames_from_traceback(tb: TracebackType, root: Root, send_code: bool) -> list[dict[str, Any]]:
+def frames_from_traceback(tb: TracebackType, root: Root, send_code: bool) -> list[Frame]:
     """Innermost first, the innermost :data:`MAX_FRAMES` only (the top of a deep recursion
     is where the error is; its bottom is the same few frames of worker plumbing)."""
     window: deque[TracebackType] = deque(maxlen=MAX_FRAMES)
@@ -191,7 +192,7 @@ def frames_from_traceback(tb: TracebackType, root: Root, send_code: bool) -> lis
     while current is not None:
         window.append(current)
         current = current.tb_next
-    frames: list[dict[str, Any]] = []
+    frames: list[Frame] = []
     for entry in reversed(window):
         try:
             code = entry.tb_frame.f_code
@@ -206,7 +207,7 @@ def frames_from_traceback(tb: TracebackType, root: Root, send_code: bool) -> lis
                 )
             )
         except Exception:
-            frames.append(dict(_UNKNOWN_FRAME))
+            frames.append(_UNKNOWN_FRAME.copy())
     return frames
 
 
@@ -222,7 +223,7 @@ _CHAIN_SEPARATORS = frozenset(
 )
 
 
-def frames_from_text(text: str, root: Root, send_code: bool) -> list[dict[str, Any]]:
+def frames_from_text(text: str, root: Root, send_code: bool) -> list[Frame]:
     """Frames of the *raised* exception in a formatted traceback, innermost first.
 
     Celery's main process only has the text of a traceback for a child that died (the

@@ -9,10 +9,11 @@ from __future__ import annotations
 import functools
 import math
 import sys
-from collections.abc import Mapping
-from typing import Any, NamedTuple
+from collections.abc import Iterable, Mapping, Sized
+from typing import Any, NamedTuple, Union
 
 from ..options.declared import DEFAULT_REDACTED_KEYS
+from .shapes import JSON
 from .text import ELLIPSIS, clean_text, safe_repr, type_name
 
 __all__ = ["REDACTED", "Redacted", "redact", "encodable", "is_secret"]
@@ -20,7 +21,7 @@ __all__ = ["REDACTED", "Redacted", "redact", "encodable", "is_secret"]
 REDACTED = "[REDACTED]"
 
 
-class Redacted(dict):  # type: ignore[type-arg]
+class Redacted(dict[str, JSON]):
     """A metadata tab built from values that are redacted already (the ``task`` tab): the
     event builder sends it as is instead of walking it a second time."""
 
@@ -44,7 +45,7 @@ class _Limits(NamedTuple):
 _KEY_SEPARATORS = str.maketrans("", "", "-_ .")
 
 
-def _key_words(keys: Any) -> tuple[str, ...]:
+def _key_words(keys: Iterable[object]) -> tuple[str, ...]:
     try:
         return _cached_key_words(tuple(keys))
     except TypeError:  # unhashable entries: not worth caching
@@ -52,12 +53,12 @@ def _key_words(keys: Any) -> tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=64)
-def _cached_key_words(keys: tuple[Any, ...]) -> tuple[str, ...]:
+def _cached_key_words(keys: tuple[object, ...]) -> tuple[str, ...]:
     """The options' keys, normalised once (every failure redacts with the same ones)."""
     return _normalised(keys)
 
 
-def _normalised(keys: Any) -> tuple[str, ...]:
+def _normalised(keys: Iterable[object]) -> tuple[str, ...]:
     words = (key.lower().translate(_KEY_SEPARATORS) for key in keys if isinstance(key, str))
     return tuple(word for word in words if word)
 
@@ -77,7 +78,7 @@ def is_secret(text: str, keys: tuple[str, ...]) -> bool:
 MAX_KEY_CHECKED = 1 << 20
 
 
-def _key(key: Any, limits: _Limits) -> tuple[str, bool]:
+def _key(key: object, limits: _Limits) -> tuple[str, bool]:
     """A key as shown (cut to ``max_string``), and whether the *whole* key names a secret."""
     if isinstance(key, str):
         whole = str.__str__(key)
@@ -89,7 +90,7 @@ def _key(key: Any, limits: _Limits) -> tuple[str, bool]:
     return clean_text(whole, limits.max_string), secret
 
 
-def _too_deep(value: Any, limits: _Limits) -> str:
+def _too_deep(value: Sized, limits: _Limits) -> str:
     """A container nested past ``max_depth``: its kind and size, never its contents.
 
     A short repr could show a secret whose key the repr cut short; the kind and size say
@@ -102,12 +103,18 @@ def _too_deep(value: Any, limits: _Limits) -> str:
     return f"<{type_name(value)} of {size} item(s), nested too deep>"
 
 
-def _jsonable(value: Any, limits: _Limits, depth: int, path: set[int]) -> Any:
-    """One step of :func:`redact`; never raises (a failing value becomes a placeholder)."""
+def _jsonable(value: Any, limits: _Limits, depth: int, path: set[int]) -> JSON:
+    """One step of :func:`redact`; never raises (a failing value becomes a placeholder).
+
+    *value* is left dynamic, not ``object``: it is dispatched on its exact type (``kind is str``,
+    the cheapest test on the failure path), which a type checker does not narrow on.
+    """
     try:
         kind = type(value)
-        if value is None or kind is bool:
-            return value
+        if value is None:
+            return None
+        if kind is bool:
+            return value is True  # the same object, typed
         if kind is str:
             return clean_text(value, limits.max_string)
         if kind is int:
@@ -130,7 +137,11 @@ def _jsonable(value: Any, limits: _Limits, depth: int, path: set[int]) -> Any:
         return f"<unrepresentable {type_name(value)}>"
 
 
-def _container(value: Any, limits: _Limits, depth: int, path: set[int]) -> Any:
+#: What :func:`_container` walks: mappings by their keys, sequences by their items.
+_Container = Union[Mapping[object, object], list[object], tuple[object, ...]]
+
+
+def _container(value: _Container, limits: _Limits, depth: int, path: set[int]) -> JSON:
     if id(value) in path:
         return "<cycle>"
     if depth >= limits.max_depth:
@@ -139,7 +150,7 @@ def _container(value: Any, limits: _Limits, depth: int, path: set[int]) -> Any:
     try:
         if isinstance(value, (dict, Mapping)):
             # Every mapping by its keys (UserDict, MappingProxyType...), never by its repr.
-            result: dict[str, Any] = {}
+            result: dict[str, JSON] = {}
             pairs = dict.items(value) if isinstance(value, dict) else value.items()
             total = dict.__len__(value) if isinstance(value, dict) else len(value)
             for index, (key, item) in enumerate(pairs):
@@ -153,7 +164,7 @@ def _container(value: Any, limits: _Limits, depth: int, path: set[int]) -> Any:
         if isinstance(value, tuple) and isinstance(fields, tuple) and len(fields) == len(value):
             # A namedtuple: its field names are keys, and keys are what redaction looks at.
             return _container(dict(zip(fields, value)), limits, depth, path)
-        items: list[Any] = []
+        items: list[JSON] = []
         total = len(value)
         for index, item in enumerate(value):
             if index >= limits.max_items:
@@ -166,7 +177,7 @@ def _container(value: Any, limits: _Limits, depth: int, path: set[int]) -> Any:
 
 
 def redact(
-    value: Any,
+    value: object,
     keys: tuple[str, ...] = DEFAULT_REDACTED_KEYS,
     *,
     max_depth: int = 8,
@@ -181,6 +192,9 @@ def redact(
     -- depth, items per container, string length -- because task arguments can be
     arbitrarily large, and a cycle becomes ``"<cycle>"``. Unknown objects become their
     (bounded) ``repr``.
+
+    The result is JSON of the input's shape (a dict for a mapping, a list for a sequence),
+    which is why it is left dynamic: callers index it as the shape they passed in.
     """
     try:
         limits = _Limits(_key_words(keys), max_depth, max(max_items, 0), max(max_string, 0))
@@ -194,6 +208,6 @@ def redact(
 _ENCODABLE = _Limits((), 64, sys.maxsize, sys.maxsize)
 
 
-def encodable(value: Any) -> Any:
+def encodable(value: object) -> JSON:
     """A JSON-safe copy of *value* that redacts and cuts nothing (for the encoder's slow path)."""
     return _jsonable(value, _ENCODABLE, 0, set())

@@ -7,8 +7,6 @@ lone surrogates, and none of that may stop a report (see :mod:`bugsnag_celery.pa
 
 from __future__ import annotations
 
-from typing import Any
-
 __all__ = ["ELLIPSIS", "cut", "plain_str", "utf8_safe", "clean_text", "type_name", "safe_repr"]
 
 ELLIPSIS = "…"
@@ -62,7 +60,7 @@ def type_name(value: object) -> str:
         return "object"
 
 
-def safe_repr(value: Any, limit: int = 1024) -> str:
+def safe_repr(value: object, limit: int = 1024) -> str:
     """``repr(value)`` that never raises and is at most ``limit`` characters (plus ``…``).
 
     Task arguments and exception attributes are arbitrary objects: their ``__repr__``

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from ..about import runtime_versions
 from ..clock import now_iso
@@ -18,6 +18,7 @@ from ..options.declared import Options
 from ..payload.encoding import encode_json
 from ..payload.exceptions import exception_entries
 from ..payload.redaction import Redacted, redact
+from ..payload.shapes import JSON, Event, Frame, SessionRef, SeverityReason, session_reference
 from ..payload.wire import EVENTS_VERSION
 from ..sessions.counts import Release
 from ..sessions.current import PAUSED_MARK, Session
@@ -28,14 +29,17 @@ __all__ = ["Reporter", "UNHANDLED_REASON", "raised_while_paused"]
 
 logger = logging.getLogger("bugsnag_celery")
 
-UNHANDLED_REASON = {"type": "unhandledExceptionMiddleware", "attributes": {"framework": "Celery"}}
+UNHANDLED_REASON: SeverityReason = {
+    "type": "unhandledExceptionMiddleware",
+    "attributes": {"framework": "Celery"},
+}
 
 # The hooks layer (the task wrapper) is ours: its frames are never the user's stack. Matched
 # on the path as reported (relative to the project root, or absolute).
 _HOOKS_DIR = "/bugsnag_celery/hooks/"
 
 
-def _is_own_frame(frame: dict[str, Any]) -> bool:
+def _is_own_frame(frame: Frame) -> bool:
     path = "/" + str(frame.get("file", "")).replace(os.sep, "/")
     return _HOOKS_DIR in path
 
@@ -61,26 +65,26 @@ class Reporter:
         *,
         unhandled: bool,
         severity: str,
-        severity_reason: dict[str, Any],
+        severity_reason: SeverityReason,
         context: str | None,
         session: Session | None,
-        metadata: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, object] | None = None,
         grouping_hash: str | None = None,
-        user: Mapping[str, Any] | None = None,
+        user: Mapping[str, object] | None = None,
         traceback_text: str | None = None,
-        session_override: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
+        session_override: Mapping[str, object] | None = None,
+    ) -> Event:
         opts = self.options
         entries = exception_entries(
             exc, project_root=opts.project_root, send_code=opts.send_code, traceback_text=traceback_text
         )
         for entry in entries:  # our own wrapper frames are not the user's stack
             entry["stacktrace"] = [f for f in entry["stacktrace"] if not _is_own_frame(f)]
-        meta: dict[str, Any] = {}
+        meta: dict[str, JSON] = {}
         for tab, values in (metadata or {}).items():
             # the task tab's arguments are redacted where it is built: not walked twice
             meta[str(tab)] = values if type(values) is Redacted else redact(values, opts.redacted_keys)
-        event: dict[str, Any] = {
+        event: Event = {
             "exceptions": entries,
             "unhandled": unhandled,
             "severity": severity,
@@ -98,22 +102,22 @@ class Reporter:
         if grouping_hash:
             event["groupingHash"] = grouping_hash
         if session_override is not None:
-            event["session"] = session_override
+            # a reference made by hooks/failures.py: SessionRef once it builds it with
+            # session_reference(); until then it is typed as any mapping (no run-time cost)
+            event["session"] = cast(SessionRef, session_override)
         elif session is not None and not session.paused and not raised_while_paused(exc):
             if unhandled:
                 session.unhandled += 1
             else:
                 session.handled += 1
-            event["session"] = {
-                "id": session.id,
-                "startedAt": session.started_at,
-                "events": {"handled": session.handled, "unhandled": session.unhandled},
-            }
+            event["session"] = session_reference(
+                session.id, session.started_at, session.handled, session.unhandled
+            )
         return event
 
     # ------------------------------------------------------------------ sending
 
-    def send(self, event: dict[str, Any]) -> bool:
+    def send(self, event: Event) -> bool:
         """Run callbacks, encode, hand over. True if it was handed to the sender."""
         opts = self.options
         if not opts.sends:
@@ -125,7 +129,8 @@ class Reporter:
             return False
         for callback in opts.before_notify:
             try:
-                if callback(event) is False:
+                # The option's callbacks take a plain dict (which an event is at run time).
+                if callback(cast("dict[str, Any]", event)) is False:
                     return False
             except Exception:
                 logger.exception("bugsnag_celery: before_notify callback %r raised; skipped", callback)

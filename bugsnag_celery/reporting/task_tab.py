@@ -9,13 +9,17 @@ from __future__ import annotations
 import ast
 import json
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from typing import TypeGuard
 
+    from celery import Task
+    from celery.app.task import Context
+
 from ..options.declared import Options
 from ..payload.redaction import Redacted, is_secret, redact
+from ..payload.shapes import JSON
 from ..payload.text import safe_repr
 
 __all__ = ["task_metadata", "set_worker_pool"]
@@ -30,10 +34,10 @@ def set_worker_pool(pool: str | None) -> None:
     _worker_pool = pool
 
 
-def task_metadata(task: Any, request: Any, options: Options) -> dict[str, Any]:
+def task_metadata(task: Task, request: Context, options: Options) -> Redacted:
     """The ``task`` tab: what a person debugging the failure wants to know about the run."""
     info = getattr(request, "delivery_info", None) or {}
-    meta: dict[str, Any] = {
+    meta: dict[str, JSON] = {
         "id": getattr(request, "id", None),
         "name": getattr(task, "name", None),
         "retries": getattr(request, "retries", 0) or 0,
@@ -63,7 +67,7 @@ def task_metadata(task: Any, request: Any, options: Options) -> dict[str, Any]:
     return Redacted((k, v) for k, v in meta.items() if v is not None)
 
 
-def _set_by_caller(text: Any, value: Any, keys: tuple[str, ...]) -> TypeGuard[str]:
+def _set_by_caller(text: object, value: object, keys: tuple[str, ...]) -> TypeGuard[str]:
     """Did the caller pass ``argsrepr``/``kwargsrepr`` to hide the arguments?
 
     Celery fills both in by default with ``saferepr(args)`` of the *sender's* values: that
@@ -92,7 +96,7 @@ def _set_by_caller(text: Any, value: Any, keys: tuple[str, ...]) -> TypeGuard[st
 _SHAPE = str.maketrans("()", "[]")
 
 
-def _plain_repr(value: Any) -> str | None:
+def _plain_repr(value: object) -> str | None:
     """``repr`` of arguments after JSON, with tuples' brackets as lists'; None if it raises."""
     try:
         return repr(value).translate(_SHAPE).replace(",]", "]")
@@ -100,7 +104,7 @@ def _plain_repr(value: Any) -> str | None:
         return None
 
 
-def _same_data(text: str, value: Any) -> bool:
+def _same_data(text: str, value: object) -> bool:
     """Is *text* a Python literal of the same data as *value*, seen through JSON?
 
     The sender's default repr was of the values before JSON (``{1: 2}``), the worker sees
@@ -111,7 +115,7 @@ def _same_data(text: str, value: Any) -> bool:
     try:
         literal = ast.literal_eval(text)
 
-        def through_json(data: Any) -> Any:
+        def through_json(data: object) -> object:
             return json.loads(json.dumps(data, default=repr))
 
         return bool(through_json(literal) == through_json(value))
@@ -119,7 +123,7 @@ def _same_data(text: str, value: Any) -> bool:
         return False
 
 
-def _text(value: Any) -> str | None:
+def _text(value: object) -> str | None:
     if value is None:
         return None
     return value if isinstance(value, str) else safe_repr(value, 64)

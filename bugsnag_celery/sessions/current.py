@@ -23,7 +23,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextvars import ContextVar
-from typing import Any
+from typing import TypedDict
 
 from ..clock import format_timestamp
 from ..options.declared import Options
@@ -32,6 +32,8 @@ from .counts import Release
 
 __all__ = [
     "Session",
+    "SessionSnapshot",
+    "EventCounts",
     "start_session",
     "pause_session",
     "resume_session",
@@ -62,6 +64,22 @@ def task_session_id(task_id: str, retries: int) -> str:
     digest[8] = (digest[8] & 0x3F) | 0x80
     h = digest.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+class EventCounts(TypedDict):
+    """A session's events so far (BugSnag counts a session with an unhandled one as crashed)."""
+
+    handled: int
+    unhandled: int
+
+
+class SessionSnapshot(TypedDict):
+    """What :func:`get_current_session` tells about the current session (a copy)."""
+
+    id: str
+    startedAt: str
+    paused: bool
+    events: EventCounts
 
 
 class Session:
@@ -99,7 +117,7 @@ class Session:
     def started_at(self) -> str:
         return format_timestamp(self.started)
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> SessionSnapshot:
         """The public description of the session (a copy: mutating it changes nothing)."""
         return {
             "id": self.id,
@@ -179,7 +197,7 @@ def resume_session() -> bool:
     return False
 
 
-def get_current_session() -> dict[str, Any] | None:
+def get_current_session() -> SessionSnapshot | None:
     """``None`` when no session is active, else a snapshot of it.
 
     ``{"id": str, "startedAt": str, "paused": bool, "events": {"handled": int, "unhandled": int}}``

@@ -6,14 +6,17 @@ click is Celery's own CLI library, so this costs no new dependency.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 __all__ = ["bugsnag"]
 
 
-def _app(ctx: click.Context) -> Any:
+def _app(ctx: click.Context) -> Celery:
     import bugsnag_celery
 
     app = ctx.obj.app

@@ -49,13 +49,17 @@ from collections.abc import Callable
 from pathlib import Path
 from queue import Empty
 from time import monotonic, sleep
-from typing import Any
+from typing import TYPE_CHECKING
 
 from kombu.exceptions import ChannelError
 from kombu.transport import filesystem
 from kombu.utils.json import dumps, loads
 
 __all__ = ["TRANSPORT", "Channel", "Transport"]
+
+if TYPE_CHECKING:
+    #: A row of an exchange table: kombu's ``exchange_queue_t`` (routing key, pattern, queue).
+    Row = tuple[str, str, str]
 
 #: The value for ``broker_transport`` (Celery) or ``transport`` (kombu).
 TRANSPORT = "bugsnag_celery.tools.fs_transport:Transport"
@@ -82,14 +86,14 @@ def is_message_of(name: str, queue: str) -> bool:
 class Channel(filesystem.Channel):  # type: ignore[misc, unused-ignore]
     """The message files: written whole, claimed by one consumer, listed once per batch."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: object, **kwargs: object) -> None:
         # queue -> names seen in the last listing, oldest first. A poll lists the folder
         # only when this runs out (kombu lists and sorts it for every message).
         self._listed: dict[str, deque[str]] = {}
         super().__init__(*args, **kwargs)
 
     # kombu's own two base classes disagree on this signature; this is the filesystem one.
-    def _put(self, queue: Any, payload: Any, **kwargs: Any) -> Any:  # type: ignore[override, unused-ignore]
+    def _put(self, queue: str, payload: object, **kwargs: object) -> None:  # type: ignore[override, unused-ignore]
         folder = self.data_folder_out
         final = os.path.join(folder, message_name(queue))
         partial = os.path.join(folder, f".{uuid.uuid4().hex}.part")
@@ -104,7 +108,7 @@ class Channel(filesystem.Channel):  # type: ignore[misc, unused-ignore]
                 pass
             raise ChannelError(f"Cannot add file {final!r} to directory") from exc
 
-    def _get(self, queue: Any, timeout: Any = None) -> Any:
+    def _get(self, queue: str, timeout: float | None = None) -> object:
         folder = self.data_folder_in
         names = self._listed.get(queue)
         if not names:
@@ -128,7 +132,7 @@ class Channel(filesystem.Channel):  # type: ignore[misc, unused-ignore]
             return loads(payload.decode())
         raise Empty()
 
-    def _purge(self, queue: Any) -> int:
+    def _purge(self, queue: str) -> int:
         self._listed.pop(queue, None)
         count = 0
         for name in self._names(queue):
@@ -139,10 +143,10 @@ class Channel(filesystem.Channel):  # type: ignore[misc, unused-ignore]
             count += 1
         return count
 
-    def _size(self, queue: Any) -> int:
+    def _size(self, queue: str) -> int:
         return len(self._names(queue))
 
-    def get_table(self, exchange: Any) -> list[Any]:
+    def get_table(self, exchange: str) -> list[Row]:
         """The exchange's bindings: the table file, and this process's own declarations.
 
         kombu's filesystem transport keeps one broker state per process: only the first
@@ -161,7 +165,7 @@ class Channel(filesystem.Channel):  # type: ignore[misc, unused-ignore]
                 rows.append(row)
         return rows
 
-    def _file_table(self, exchange: Any) -> list[Any]:
+    def _file_table(self, exchange: str) -> list[Row]:
         path = self._table_file(exchange)
         for attempt in range(_EMPTY_READS):
             with _TABLES:  # from open to close: see _TABLES
@@ -181,13 +185,21 @@ class Channel(filesystem.Channel):  # type: ignore[misc, unused-ignore]
             sleep(0.01)
         return []  # pragma: no cover - the loop returns
 
-    def _queue_bind(self, exchange: Any, routing_key: Any, pattern: Any, queue: Any) -> None:
+    def _queue_bind(
+        self, exchange: str, routing_key: str | None, pattern: str | None, queue: str | None
+    ) -> None:
         row = filesystem.exchange_queue_t(routing_key or "", pattern or "", queue or "")
         Path(self.control_folder).mkdir(parents=True, exist_ok=True)
         self._update_table(exchange, lambda rows: rows if row in rows else [row, *rows], create=True)
 
     def _delete(
-        self, queue: Any, exchange: Any, routing_key: Any, pattern: Any, *args: Any, **kwargs: Any
+        self,
+        queue: str,
+        exchange: str,
+        routing_key: str | None,
+        pattern: str | None,
+        *args: object,
+        **kwargs: object,
     ) -> None:
         # The virtual channel's own deletion (it purges the queue); kombu's filesystem
         # override only adds the table update done here.
@@ -195,14 +207,14 @@ class Channel(filesystem.Channel):  # type: ignore[misc, unused-ignore]
         row = filesystem.exchange_queue_t(routing_key or "", pattern or "", queue or "")
         self._update_table(exchange, lambda rows: [r for r in rows if r != row], create=False)
 
-    def _table_file(self, exchange: Any) -> str:
+    def _table_file(self, exchange: str) -> str:
         """kombu's path for the table, checked by kombu's own name rules where it has them (5.7)."""
         checked = getattr(super(), "_exchange_file", None)
         if checked is not None:
             return str(checked(exchange))
         return str(Path(self.control_folder) / f"{exchange}.exchange")
 
-    def _update_table(self, exchange: Any, change: Callable[[list[Any]], list[Any]], create: bool) -> None:
+    def _update_table(self, exchange: str, change: Callable[[list[Row]], list[Row]], create: bool) -> None:
         path = self._table_file(exchange)
         if create and not os.path.exists(path) and self._create_table(path, change([])):
             return
@@ -215,7 +227,7 @@ class Channel(filesystem.Channel):  # type: ignore[misc, unused-ignore]
                 raise ChannelError(f"Cannot open the table of exchange {exchange!r}") from exc
             with os.fdopen(fd, "r+b") as fh:
                 filesystem.lock(fh, filesystem.LOCK_EX)
-                rows = [filesystem.exchange_queue_t(*row) for row in _table(fh.read())]
+                rows: list[Row] = [filesystem.exchange_queue_t(*row) for row in _table(fh.read())]
                 changed = change(rows)
                 if changed != rows:
                     fh.seek(0)
@@ -224,7 +236,7 @@ class Channel(filesystem.Channel):  # type: ignore[misc, unused-ignore]
                     fh.flush()
 
     @staticmethod
-    def _create_table(path: str, rows: list[Any]) -> bool:
+    def _create_table(path: str, rows: list[Row]) -> bool:
         """Put a new table in place whole (False if another declarer created it first).
 
         Written aside and hard-linked into place: ``link`` fails if the name exists, so of
@@ -263,7 +275,7 @@ os.register_at_fork(before=_TABLES.acquire, after_in_parent=_TABLES.release, aft
 _EMPTY_READS = 20
 
 
-def _table(data: bytes) -> list[Any]:
+def _table(data: bytes) -> list[list[str]]:
     """An exchange table's rows; a file just created and not yet written holds none."""
     if not data.strip():
         return []

@@ -7,7 +7,7 @@ Installed with the package (a ``pytest11`` entry point), so any test can ask for
         charge.apply(args=(1,))
         assert bugsnag_collector.wait_for_sessions(1) == 1
 
-The fixture starts a :class:`~bugsnag_celery.collector.Collector` (the same validating
+The fixture starts a :class:`~bugsnag_celery.tools.collector.Collector` (the same validating
 stand-in for BugSnag as ``bugsnag-celery collector``) on a free port, points apps at it and
 undoes all of that at teardown. Assertions then read what BugSnag would have received --
 the payloads that passed its wire rules -- not the package's internal state.
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
     from ..options.declared import Options
     from ..sessions.counts import PendingCounts, Release
-    from .collector import Collector
+    from .collector import Collector, ReleaseFigures
 
 __all__ = ["TEST_API_KEY", "CollectorFixture", "bugsnag_collector"]
 
@@ -112,7 +112,7 @@ class CollectorFixture:
         return f"{self.collector.url}/sessions"
 
     @property
-    def options(self) -> dict[str, Any]:
+    def options(self) -> dict[str, str]:
         """The ``bugsnag_celery.configure()`` keyword arguments that report here.
 
         :meth:`configure` uses them; pass them to a worker you start yourself (a
@@ -128,7 +128,7 @@ class CollectorFixture:
 
     # ------------------------------------------------------------------ configuring apps
 
-    def configure(self, app: Celery, **options: Any) -> None:
+    def configure(self, app: Celery, **options: object) -> None:
         """``bugsnag_celery.configure(app, ...)`` reporting to this collector, undone at teardown.
 
         *options* are any of ``configure()``'s and win over the fixture's (an app that was
@@ -178,11 +178,11 @@ class CollectorFixture:
 
     # ------------------------------------------------------------------ what BugSnag received
 
-    def releases(self) -> list[dict[str, Any]]:
+    def releases(self) -> list[ReleaseFigures]:
         """Per release: ``appVersion``, ``releaseStage``, ``sessions``, ``crashedSessions``, ``stability``."""
         return self.collector.releases()
 
-    def _matching(self, app_version: str | None, release_stage: str | None) -> list[dict[str, Any]]:
+    def _matching(self, app_version: str | None, release_stage: str | None) -> list[ReleaseFigures]:
         return [
             r
             for r in self.collector.releases()
@@ -214,7 +214,7 @@ class CollectorFixture:
         """Every event received, oldest first, exactly as BugSnag would have stored it.
 
         *task* matches the event's ``context`` (the task name), *error_class* the first
-        exception's ``errorClass``.
+        exception's ``errorClass``. Plain dicts, typed loosely: tests index them at will.
         """
         found = []
         for summary in self.collector.events(task=task, error_class=error_class):

@@ -10,9 +10,13 @@ share a broker apart.
 from __future__ import annotations
 
 import functools
-from typing import Any, NamedTuple
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from kombu.entity import Exchange, Queue
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -56,8 +60,12 @@ def durable_queue(name: str) -> Queue:
 SOCKET_TIMEOUTS = {"socket_timeout": 5.0, "socket_connect_timeout": 5.0}
 
 
-def connection(app: Any, write: bool = True) -> Any:
-    """A connection to the app's broker with bounded socket waits (Redis ignores none by default)."""
+def connection(app: Celery, write: bool = True) -> Any:
+    """A connection to the app's broker with bounded socket waits (Redis ignores none by default).
+
+    kombu's connections, queues and messages are left untyped here: kombu has
+    type hints from 5.7 on only, and few of its methods have them even there.
+    """
     options = dict(app.conf.broker_transport_options or {})
     for key, value in SOCKET_TIMEOUTS.items():
         options.setdefault(key, value)
@@ -65,7 +73,7 @@ def connection(app: Any, write: bool = True) -> Any:
     return factory(connect_timeout=5, transport_options=options)
 
 
-def publish(app: Any, name: str, bodies: list[Any]) -> None:
+def publish(app: Celery, name: str, bodies: Sequence[object]) -> None:
     """Publish JSON *bodies* to queue *name*, persistently. Raises if the broker refuses."""
     queue = durable_queue(name)
     with connection(app) as conn:
@@ -89,7 +97,7 @@ def bound_queue(conn: Any, name: str) -> Any:
     return bound
 
 
-def message_count(app: Any, name: str) -> int:
+def message_count(app: Celery, name: str) -> int:
     with connection(app, write=False) as conn:
         _name, count, _consumers = bound_queue(conn, name).queue_declare()
         return int(count)
@@ -98,7 +106,9 @@ def message_count(app: Any, name: str) -> int:
 class Batch:
     """Messages taken from a queue, to be acknowledged (after a 2xx) or handed back."""
 
-    def __init__(self, bodies: list[Any], ack: Any, requeue: Any, malformed: int = 0) -> None:
+    def __init__(
+        self, bodies: list[object], ack: Callable[[], None], requeue: Callable[[], None], malformed: int = 0
+    ) -> None:
         self.bodies = bodies
         self._ack, self._requeue = ack, requeue
         self.malformed = malformed
@@ -129,7 +139,7 @@ def take_batch(conn: Any, name: str, limit: int) -> Batch:
 def _kombu_batch(conn: Any, name: str, limit: int) -> Batch:
     bound = bound_queue(conn, name)
     messages: list[Any] = []
-    bodies: list[Any] = []
+    bodies: list[object] = []
     malformed = 0
     while len(messages) < limit:
         message = bound.get(no_ack=False, accept=["json"])
@@ -180,7 +190,7 @@ def _redis_batch(client: Any, name: str) -> Batch:
             return None
         return key
 
-    def give_back(key: str, items: list[Any]) -> None:
+    def give_back(key: str, items: Sequence[bytes | str]) -> None:
         """Push *items* back to the queue -- only if *key* is still ours, atomically."""
         with client.pipeline(transaction=True) as pipe:
             try:
@@ -214,7 +224,7 @@ def _redis_batch(client: Any, name: str) -> Batch:
     if mine is None:  # the queue is empty
         return Batch([], lambda: None, lambda: None)
     items = client.lrange(mine, 0, -1)
-    bodies: list[Any] = []
+    bodies: list[object] = []
     malformed = 0
     for item in items:
         try:

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery, signals
 from compat_tasks import define
+
+if TYPE_CHECKING:
+    from bugsnag_celery.sessions.current import SessionSnapshot
 
 OUT = os.environ["BSC_OUT"]
 PLAIN = os.environ.get("BSC_COMPAT_PLAIN") == "1"
@@ -59,7 +62,7 @@ if not PLAIN:
     bugsnag_celery.configure(app, **json.loads(os.environ.get("BSC_CONFIGURE", "{}")))
 
 
-def _session() -> dict[str, Any] | None:
+def _session() -> SessionSnapshot | None:
     if PLAIN:
         return None
     import bugsnag_celery

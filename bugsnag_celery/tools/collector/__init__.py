@@ -3,6 +3,7 @@ within limits), ``wire.py`` (BugSnag's rules), ``times.py`` (reading timestamps)
 (SQLite), ``api.py`` (the JSON API) and ``page.py`` (the HTML page)."""
 
 from .server import Collector, Rejection
+from .store import ReleaseFigures
 from .wire import validate
 
-__all__ = ["Collector", "Rejection", "validate"]
+__all__ = ["Collector", "Rejection", "ReleaseFigures", "validate"]

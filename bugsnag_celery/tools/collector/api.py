@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from .page import render
 
 if TYPE_CHECKING:
+    from ...payload.shapes import JSONObject
     from .server import Collector
 
 __all__ = ["answer_get", "is_event_id"]
@@ -31,7 +32,7 @@ def is_event_id(text: str) -> bool:
     return text.isascii() and text.isdigit() and len(text) <= MAX_ID_DIGITS
 
 
-def json_safe(value: Any) -> Any:
+def json_safe(value: object) -> object:
     """*value* with what strict JSON cannot hold turned into text: bytes, ``NaN``, infinities."""
     if isinstance(value, dict):
         return {str(k): json_safe(v) for k, v in value.items()}
@@ -44,14 +45,14 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-def _dump(data: Any) -> bytes:
+def _dump(data: object) -> bytes:
     try:
         return json.dumps(data, indent=1, allow_nan=False).encode()
     except (TypeError, ValueError):
         return json.dumps(json_safe(data), indent=1, allow_nan=False).encode()
 
 
-def _event(event_id: int, text: str) -> Any:
+def _event(event_id: int, text: str) -> JSONObject:
     """The event as received; or, for a row that cannot be read as one, that row said plainly."""
     try:
         event = json.loads(text)
@@ -67,7 +68,7 @@ def answer_get(collector: Collector, target: str) -> tuple[int, bytes, str]:
     url = urlsplit(target)
     query = {k: v[-1] for k, v in parse_qs(url.query).items()}
     path = unquote(url.path).rstrip("/")
-    data: Any
+    data: object
     if path == "":
         return 200, render(collector).encode(), "text/html; charset=utf-8"
     if path == "/favicon.ico":  # asked for by every browser: nothing to refuse

@@ -20,9 +20,13 @@ from __future__ import annotations
 import io
 import socket
 import time
-from typing import Any
+from email.message import Message
+from typing import TYPE_CHECKING
 
 from .wire import shown
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 __all__ = ["DeadlineReader", "Refused", "read_body"]
 
@@ -54,7 +58,7 @@ class DeadlineReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: Any) -> int:
+    def readinto(self, buffer: WriteableBuffer) -> int:
         left = self.deadline - time.monotonic()
         late = socket.timeout(f"the request did not arrive within {self.seconds:g} s")
         if left <= 0:
@@ -66,7 +70,7 @@ class DeadlineReader(io.RawIOBase):
             raise late from None
 
 
-def _length(headers: Any, limit: int) -> int | None:
+def _length(headers: Message, limit: int) -> int | None:
     """The body's length in bytes; None for a chunked body. Raises :class:`Refused`."""
     encoding = headers.get_all("Transfer-Encoding") or []
     lengths = [v.strip() for v in headers.get_all("Content-Length") or []]
@@ -139,7 +143,7 @@ def _chunked(rfile: io.BufferedIOBase, limit: int) -> bytes:
     raise Refused("a chunked body has too many trailer lines")
 
 
-def read_body(rfile: io.BufferedIOBase, headers: Any, limit: int) -> bytes:
+def read_body(rfile: io.BufferedIOBase, headers: Message, limit: int) -> bytes:
     """The request's body, read within *limit* bytes and the connection's deadline.
 
     Raises :class:`Refused` with the reason: before reading anything when the headers

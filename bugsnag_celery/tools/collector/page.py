@@ -14,13 +14,15 @@ drawn is said to be so, without taking the rest of the page down with it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from html import escape
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
 if TYPE_CHECKING:
     from .server import Collector
+    from .store import Cell, ErrorGroup, MinuteFigures, ReleaseFigures
 
 __all__ = ["LINKS", "render"]
 
@@ -66,7 +68,7 @@ def render(collector: Collector) -> str:
     return "".join(parts)
 
 
-def _guarded(draw: Any, collector: Collector, *args: Any) -> str:
+def _guarded(draw: Callable[..., object], collector: Collector, *args: object) -> str:
     """*draw*'s HTML, or a card saying it could not be drawn: one bad part never blanks the page."""
     try:
         return str(draw(collector, *args))
@@ -75,7 +77,7 @@ def _guarded(draw: Any, collector: Collector, *args: Any) -> str:
         return f"<section class='release broken'><p class='unreadable'>Not shown: {why}</p></section>"
 
 
-def _shown(value: Any, missing: str) -> str:
+def _shown(value: object, missing: str) -> str:
     """A stored value as text, or *missing* (muted) when there is none."""
     if value is None or value == "":
         return f"<span class='muted'>{escape(missing)}</span>"
@@ -88,7 +90,7 @@ def _grade(stability: float | None) -> str:
     return "good" if stability >= 99 else "fair" if stability >= 90 else "poor"
 
 
-def _release(collector: Collector, release: dict[str, Any], version: Any, stage: Any) -> str:
+def _release(collector: Collector, release: ReleaseFigures, version: Cell, stage: Cell) -> str:
     stability = release["stability"]
     shown = "n/a" if stability is None else f"{stability:.2f}%"
     attrs = f"data-version='{escape(str(version or ''))}' data-stage='{escape(str(stage or ''))}'"
@@ -124,7 +126,7 @@ def _key(moment: datetime) -> str:
     return f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T{moment.hour:02d}:{moment.minute:02d}"
 
 
-def _chart(minutes: list[dict[str, Any]], slots: int = 30) -> str:
+def _chart(minutes: list[MinuteFigures], slots: int = 30) -> str:
     """Bars for the last *slots* minutes up to the latest one received (empty minutes
     included, so the time axis is true): sessions in blue, crashed sessions in red."""
     if not minutes:
@@ -135,7 +137,7 @@ def _chart(minutes: list[dict[str, Any]], slots: int = 30) -> str:
     first = last - span if last - datetime.min >= span else datetime.min  # year 1 has no minute before it
     window = [_key(first + timedelta(minutes=i)) for i in range(slots)]
     width, height, pad = 720, 120, 18
-    top = max((by_minute.get(m, {}).get("sessions", 0) for m in window), default=0) or 1
+    top = max((by_minute[m]["sessions"] if m in by_minute else 0 for m in window), default=0) or 1
     step = (width - 2 * pad) / slots
     bars = []
     for i, minute in enumerate(window):
@@ -166,12 +168,12 @@ def _chart(minutes: list[dict[str, Any]], slots: int = 30) -> str:
     )
 
 
-def _short(value: Any, limit: int = 120) -> str:
+def _short(value: object, limit: int = 120) -> str:
     text = "" if value is None else str(value)
     return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
-def _more(error: dict[str, Any], version: Any, stage: Any) -> str:
+def _more(error: ErrorGroup, version: Cell, stage: Cell) -> str:
     """The "+N more" link: the events of this error not linked one by one, as the JSON API lists them."""
     hidden = int(error["events"]) - len(error["eventIds"])
     if hidden <= 0:
@@ -182,7 +184,7 @@ def _more(error: dict[str, Any], version: Any, stage: Any) -> str:
     return f" <a class='more' href='/api/events?{escape(query)}'>+{hidden} more</a>"
 
 
-def _errors(errors: list[dict[str, Any]], version: Any, stage: Any) -> str:
+def _errors(errors: list[ErrorGroup], version: Cell, stage: Cell) -> str:
     if not errors:
         return "<p class='muted'>No errors.</p>"
     rows = []
@@ -205,7 +207,7 @@ def _errors(errors: list[dict[str, Any]], version: Any, stage: Any) -> str:
     )
 
 
-def _events_without_sessions(collector: Collector, releases: list[dict[str, Any]]) -> str:
+def _events_without_sessions(collector: Collector, releases: list[ReleaseFigures]) -> str:
     """Events of releases that sent no session counts yet (so they are not lost from view)."""
     known = {(r["appVersion"], r["releaseStage"]) for r in releases}
     others = {(e["appVersion"], e["releaseStage"]) for e in collector.events()} - known

@@ -92,7 +92,7 @@ class _Server(ThreadingHTTPServer):
         self.owner = owner
         super().__init__(address, handler)
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
+    def handle_error(self, request: object, client_address: tuple[object, ...]) -> None:
         """An error no handler caught (a connection reset mid-request): one line, no traceback."""
         self.owner.refuse(str(client_address[0]), "", None, f"connection error: {sys.exc_info()[1]!r}")
 
@@ -213,7 +213,7 @@ class Collector(Store):
                 except OSError:  # the client is gone: nothing left to flush to it
                     pass
 
-            def log_message(self, *args: Any) -> None:
+            def log_message(self, *args: object) -> None:
                 pass  # accepted requests are not logged; refusals are, by refuse()
 
             def log_error(self, format: str, *args: Any) -> None:

@@ -19,12 +19,62 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict, Union, cast
 
 from .times import minute_key, parse_time, utc_text
-from .wire import session_count_problem, shown
+from .wire import EventsBody, SessionsBody, session_count_problem, shown
 
-__all__ = ["Store"]
+if TYPE_CHECKING:
+    from ...payload.shapes import JSONObject
+
+__all__ = ["Cell", "ReleaseFigures", "MinuteFigures", "ErrorGroup", "EventSummary", "Store"]
+
+#: A value as SQLite hands it back: NULL, INTEGER, REAL, TEXT or BLOB. A stored version or
+#: stage can be any of them (an earlier version, or a hand, wrote the file).
+Cell = Union[None, int, float, str, bytes]
+
+
+class _ReleaseFields(TypedDict):
+    appVersion: Cell
+    releaseStage: Cell
+    sessions: int
+    crashedSessions: int
+    stability: float | None
+
+
+class ReleaseFigures(_ReleaseFields, total=False):
+    """One release's figures; ``unreadableRows`` only when some of its rows cannot be read."""
+
+    unreadableRows: int
+
+
+class MinuteFigures(TypedDict):
+    minute: str
+    sessions: int
+    crashedSessions: int
+
+
+class ErrorGroup(TypedDict):
+    errorClass: Cell
+    context: Cell
+    events: int
+    unhandled: int
+    crashedSessions: int
+    message: str
+    eventIds: list[int]
+
+
+class EventSummary(TypedDict):
+    id: int
+    context: Cell
+    errorClass: Cell
+    message: Cell
+    unhandled: bool
+    severity: Cell
+    sessionId: Cell
+    appVersion: Cell
+    releaseStage: Cell
+
 
 _SCHEMA = """
 create table if not exists sessions (
@@ -39,7 +89,7 @@ create table if not exists events (
 _SHOWN_UNREADABLE = 20  # descriptions of unreadable rows listed per release
 
 
-def _text(value: Any) -> str | None:
+def _text(value: object) -> str | None:
     """A payload value as a column holds it: text (JSON for numbers and objects), or NULL."""
     if value is None:
         return None
@@ -48,15 +98,15 @@ def _text(value: Any) -> str | None:
     return text.encode("utf-8", "replace").decode("utf-8")
 
 
-def _time(value: Any) -> str | None:
+def _time(value: object) -> str | None:
     moment = parse_time(value)
     return None if moment is None else utc_text(moment)
 
 
-def _order(key: tuple[Any, Any]) -> tuple[Any, ...]:
+def _order(key: tuple[Cell, Cell]) -> tuple[int, Cell, int, Cell]:
     """SQLite's order for mixed values (NULL, numbers, text, blobs): releases as GROUP BY lists them."""
 
-    def rank(v: Any) -> tuple[int, Any]:
+    def rank(v: Cell) -> tuple[int, Cell]:
         if v is None:
             return (0, 0)
         if isinstance(v, (int, float)):
@@ -85,13 +135,15 @@ class Store:
         with self._lock:
             self._db.close()
 
-    def store(self, kind: str, body: dict[str, Any]) -> None:
-        """File a payload that passed the wire rules (``wire.validate``)."""
+    def store(self, kind: str, body: JSONObject) -> None:
+        """File a payload that passed the wire rules (``wire.validate``: what it checked is what
+        the casts below say)."""
         now = time.time()
         with self._lock, self._db:
             if kind == "sessions":
-                app, device = body["app"], body["device"]
-                for row in body["sessionCounts"]:
+                sessions = cast("SessionsBody", body)
+                app, device = sessions["app"], sessions["device"]
+                for row in sessions["sessionCounts"]:
                     self._db.execute(
                         "insert into sessions (app_version, release_stage, app_type, hostname, started_at,"
                         " count, received) values (?, ?, ?, ?, ?, ?, ?)",
@@ -99,7 +151,7 @@ class Store:
                          _text(device.get("hostname")), _time(row["startedAt"]), row["sessionsStarted"], now),
                     )  # fmt: skip
                 return
-            for event in body["events"]:
+            for event in cast("EventsBody", body)["events"]:
                 app, first = event.get("app") or {}, event["exceptions"][0]
                 session = event.get("session") or {}
                 # The stage is where the sender put it: in app (BugSnag's place, this package) or
@@ -116,16 +168,20 @@ class Store:
                      json.dumps(event), now, _time(session.get("startedAt"))),
                 )  # fmt: skip
 
-    def _query(self, sql: str, *args: Any) -> list[Any]:
+    def _query(self, sql: str, *args: Cell) -> list[Any]:
+        """The rows of *sql*: typed by the query (SQLite's own cells), not by Python."""
         with self._lock:
             return self._db.execute(sql, args).fetchall()
 
     # ------------------------------------------------------------------ rows, as they can be read
 
-    def _session_rows(self, release: tuple[Any, Any] | None = None) -> Iterator[tuple[Any, ...]]:
-        """``(version, stage, row id, minute or None, count, why unreadable or None)`` per sessions row."""
+    def _session_rows(
+        self, release: tuple[Cell, Cell] | None = None
+    ) -> Iterator[tuple[Cell, Cell, int, str | None, int, str | None]]:
+        """``(version, stage, row id, minute or None, count, why unreadable or None)`` per sessions row
+        (the count is 0 when the row cannot be read)."""
         sql = "select app_version, release_stage, id, started_at, count from sessions"
-        args: tuple[Any, ...] = ()
+        args: tuple[Cell, ...] = ()
         if release is not None:
             sql, args = sql + " where app_version is ? and release_stage is ?", release
         for version, stage, row_id, started, n in self._query(sql + " order by id", *args):
@@ -133,9 +189,11 @@ class Store:
             problem = session_count_problem(n)
             if problem is None and minute is None:
                 problem = f"startedAt {shown(started)} is not a time"
-            yield version, stage, row_id, minute, n, problem
+            yield version, stage, row_id, minute, n if problem is None else 0, problem
 
-    def _crash_rows(self, release: tuple[Any, Any] | None = None) -> Iterator[tuple[Any, ...]]:
+    def _crash_rows(
+        self, release: tuple[Cell, Cell] | None = None
+    ) -> Iterator[tuple[Cell, Cell, int, Cell, str | None, str | None]]:
         """``(version, stage, event id, session id, minute or None, why unreadable or None)`` per
         unhandled event in a session. An event stored before session start times were kept
         has none: not unreadable, just not in the chart."""
@@ -143,7 +201,7 @@ class Store:
             "select app_version, release_stage, id, session_id, session_started from events"
             " where unhandled = 1 and session_id is not null"
         )
-        args: tuple[Any, ...] = ()
+        args: tuple[Cell, ...] = ()
         if release is not None:
             sql, args = sql + " and app_version is ? and release_stage is ?", release
         for version, stage, event_id, session_id, started in self._query(sql + " order by id", *args):
@@ -155,15 +213,15 @@ class Store:
 
     # ------------------------------------------------------------------ figures
 
-    def releases(self) -> list[dict[str, Any]]:
+    def releases(self) -> list[ReleaseFigures]:
         """Per release (app version + release stage): sessions, crashed sessions, stability.
 
         A crashed session is a distinct session id with at least one unhandled event, as
         BugSnag counts it; events without a session do not count. A release with rows that
         cannot be read (an older version's) also has ``unreadableRows``: see :meth:`unreadable`.
         """
-        totals: dict[tuple[Any, Any], int] = {}
-        unreadable: dict[tuple[Any, Any], int] = {}
+        totals: dict[tuple[Cell, Cell], int] = {}
+        unreadable: dict[tuple[Cell, Cell], int] = {}
         for version, stage, _id, _minute, n, problem in self._session_rows():
             key = (version, stage)
             totals.setdefault(key, 0)
@@ -171,7 +229,7 @@ class Store:
                 totals[key] += n
             else:
                 unreadable[key] = unreadable.get(key, 0) + 1
-        crashed: dict[tuple[Any, Any], set[Any]] = {}
+        crashed: dict[tuple[Cell, Cell], set[Cell]] = {}
         for version, stage, _id, session_id, _minute, problem in self._crash_rows():
             crashed.setdefault((version, stage), set()).add(session_id)
             if problem is not None and (version, stage) in totals:
@@ -180,14 +238,14 @@ class Store:
         for key in sorted(totals, key=_order):
             total, bad = totals[key], len(crashed.get(key, ()))
             stability = round(100.0 * (1 - bad / total), 2) if total else None
-            release = {"appVersion": key[0], "releaseStage": key[1], "sessions": total,
+            release: ReleaseFigures = {"appVersion": key[0], "releaseStage": key[1], "sessions": total,
                        "crashedSessions": bad, "stability": stability}  # fmt: skip
             if unreadable.get(key):
                 release["unreadableRows"] = unreadable[key]
             out.append(release)
         return out
 
-    def unreadable(self, version: Any, stage: Any) -> tuple[list[str], int]:
+    def unreadable(self, version: Cell, stage: Cell) -> tuple[list[str], int]:
         """(descriptions of the first rows of one release that cannot be read, how many there are)."""
         found = [
             f"session row {i}: {p}" for _v, _s, i, _m, _n, p in self._session_rows((version, stage)) if p
@@ -195,13 +253,13 @@ class Store:
         found += [f"event {i}: {p}" for _v, _s, i, _sid, _m, p in self._crash_rows((version, stage)) if p]
         return found[:_SHOWN_UNREADABLE], len(found)
 
-    def minutes(self, version: Any, stage: Any) -> list[dict[str, Any]]:
+    def minutes(self, version: Cell, stage: Cell) -> list[MinuteFigures]:
         """Sessions started and sessions crashed per UTC minute of one release, oldest first."""
         started: dict[str, int] = {}
         for _v, _s, _id, minute, n, problem in self._session_rows((version, stage)):
-            if problem is None:
+            if problem is None and minute is not None:  # (a row without a minute has a problem)
                 started[minute] = started.get(minute, 0) + n
-        crashed: dict[str, set[Any]] = {}
+        crashed: dict[str, set[Cell]] = {}
         for _v, _s, _id, session_id, minute, _problem in self._crash_rows((version, stage)):
             if minute is not None:
                 crashed.setdefault(minute, set()).add(session_id)
@@ -210,7 +268,7 @@ class Store:
             for m in sorted(set(started) | set(crashed))
         ]
 
-    def top_errors(self, version: Any, stage: Any, limit: int = 10, ids: int = 8) -> list[dict[str, Any]]:
+    def top_errors(self, version: Cell, stage: Cell, limit: int = 10, ids: int = 8) -> list[ErrorGroup]:
         """Error groups (class + task) of one release, most frequent first.
 
         ``eventIds`` are the group's latest *ids* events (oldest first), not all of them: a
@@ -223,7 +281,7 @@ class Store:
             " group by 1, 2 order by 3 desc, 1 limit ?",
             version, stage, limit,
         )  # fmt: skip
-        out = []
+        out: list[ErrorGroup] = []
         for cls, ctx, n, unhandled, crashed, latest in rows:
             latest_ids = self._query(
                 "select id from events where app_version is ? and release_stage is ? and error_class is ?"
@@ -245,18 +303,20 @@ class Store:
         error_class: str | None = None,
         app_version: str | None = None,
         release_stage: str | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> list[EventSummary]:
         """Every event received (oldest first); each filter left as None matches everything."""
         sql = (
             "select id, context, error_class, message, unhandled, severity, session_id, app_version,"
             " release_stage from events where (? is null or context = ?) and (? is null or error_class = ?)"
             " and (? is null or app_version = ?) and (? is null or release_stage = ?) order by id"
         )
-        keys = ("id", "context", "errorClass", "message", "unhandled", "severity", "sessionId", "appVersion",
-                "releaseStage")  # fmt: skip
         rows = self._query(sql, task, task, error_class, error_class, app_version, app_version,
                            release_stage, release_stage)  # fmt: skip
-        return [{**dict(zip(keys, row)), "unhandled": row[4] == 1} for row in rows]
+        return [
+            {"id": i, "context": ctx, "errorClass": cls, "message": msg, "unhandled": unhandled == 1,
+             "severity": severity, "sessionId": sid, "appVersion": version, "releaseStage": stage}
+            for i, ctx, cls, msg, unhandled, severity, sid, version, stage in rows
+        ]  # fmt: skip
 
     def payload_text(self, event_id: int) -> str | None:
         """One event's payload as stored (None: no such event); see :meth:`payload`."""
@@ -265,7 +325,7 @@ class Store:
             return None
         return "" if rows[0][0] is None else str(rows[0][0])
 
-    def payload(self, event_id: int) -> dict[str, Any] | None:
+    def payload(self, event_id: int) -> JSONObject | None:
         """One event exactly as it was received; None when there is no such event, or when its
         stored payload cannot be read as one (a row damaged or written by hand)."""
         text = self.payload_text(event_id)

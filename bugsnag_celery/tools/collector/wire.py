@@ -20,31 +20,70 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Any
+from email.message import Message
+from typing import TYPE_CHECKING, NoReturn, TypedDict
 
 from .times import parse_time
 
-__all__ = ["MAX_BYTES", "MAX_COUNT", "session_count_problem", "shown", "validate"]
+if TYPE_CHECKING:
+    from ...payload.shapes import JSON, JSONObject
+
+__all__ = [
+    "MAX_BYTES", "MAX_COUNT", "SessionCountRow", "SessionsBody", "EventBody", "EventsBody",
+    "session_count_problem", "shown", "validate",
+]  # fmt: skip
 
 MAX_BYTES = 1_000_000
 MAX_COUNT = 2**63 - 1  # a session count must fit a signed 64-bit integer, as BugSnag stores it
 _KEY = re.compile(r"[0-9a-fA-F]{32}")
 _VERSIONS = {"notify": ("4", "4.0"), "sessions": ("1.0", "1", "4.0", "4")}
 
-Verdict = tuple[int, str, "dict[str, Any] | None"]
+Verdict = tuple[int, str, "JSONObject | None"]
 
 
-def shown(value: Any, limit: int = 60) -> str:
+# What a payload that passed validate() is known to hold: the fields the store reads, with
+# the types checked here (everything else is as the sender wrote it).
+
+
+class SessionCountRow(TypedDict):
+    startedAt: str  # a time parse_time() reads
+    sessionsStarted: int  # whole, >= 0, 64-bit
+
+
+class SessionsBody(TypedDict):
+    app: JSONObject
+    device: JSONObject
+    sessionCounts: list[SessionCountRow]
+
+
+class _EventFields(TypedDict):
+    exceptions: list[JSONObject]  # at least one, each with an errorClass
+    severity: str  # error, warning or info
+
+
+class EventBody(_EventFields, total=False):
+    app: JSONObject | None
+    session: JSONObject | None  # with an id, when there is one
+    releaseStage: JSON  # where the official notifier puts it
+    context: JSON
+    unhandled: JSON
+
+
+class EventsBody(TypedDict):
+    events: list[EventBody]
+
+
+def shown(value: object, limit: int = 60) -> str:
     """A sender's value as a reason quotes it: ``repr``, cut short (a reason is one log line)."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _no_constant(name: str) -> Any:
+def _no_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not JSON")
 
 
-def validate(kind: str, headers: Any, raw: bytes) -> Verdict:
+def validate(kind: str, headers: Message, raw: bytes) -> Verdict:
     """(status, reason, body) for a request to the ``"notify"`` or ``"sessions"`` endpoint,
     as BugSnag would answer it. *body* is None unless the payload is accepted."""
     if len(raw) > MAX_BYTES:
@@ -71,7 +110,8 @@ def validate(kind: str, headers: Any, raw: bytes) -> Verdict:
     if body is None:
         return 400, unreadable, None
     if kind == "notify" and key is None:  # a legacy sender puts the key in the body only
-        key = body.get("apiKey") if isinstance(body.get("apiKey"), str) else None
+        in_body = body.get("apiKey")
+        key = in_body if isinstance(in_body, str) else None
         if key is None or not _KEY.fullmatch(key):
             return 401, "no API key of 32 hexadecimal characters (Bugsnag-Api-Key or apiKey)", None
     if key is None:
@@ -85,7 +125,7 @@ def validate(kind: str, headers: Any, raw: bytes) -> Verdict:
     return (202, "accepted", body) if kind == "sessions" else (200, "ok", body)
 
 
-def _parse(raw: bytes) -> tuple[dict[str, Any] | None, str]:
+def _parse(raw: bytes) -> tuple[JSONObject | None, str]:
     if not raw:
         return None, "the body is empty"
     try:
@@ -101,7 +141,7 @@ def _parse(raw: bytes) -> tuple[dict[str, Any] | None, str]:
     return body, ""
 
 
-def session_count_problem(n: Any) -> str | None:
+def session_count_problem(n: object) -> str | None:
     """Why *n* is not a number of sessions (None when it is one): whole, >= 0, 64-bit."""
     if isinstance(n, bool) or not isinstance(n, int):
         return f"sessionsStarted {shown(n)} is not a whole number"
@@ -112,7 +152,7 @@ def session_count_problem(n: Any) -> str | None:
     return None
 
 
-def _session_problem(body: dict[str, Any]) -> str | None:
+def _session_problem(body: JSONObject) -> str | None:
     counts = body.get("sessionCounts")
     if "apiKey" in body or not isinstance(counts, list) or not counts:
         return "a session payload has sessionCounts and no apiKey"
@@ -129,7 +169,7 @@ def _session_problem(body: dict[str, Any]) -> str | None:
     return None
 
 
-def _event_problem(body: dict[str, Any], key: str) -> str | None:
+def _event_problem(body: JSONObject, key: str) -> str | None:
     if "apiKey" in body and body["apiKey"] != key:
         return "the body's apiKey differs from Bugsnag-Api-Key"
     if "payloadVersion" in body and body["payloadVersion"] not in _VERSIONS["notify"]:

@@ -18,9 +18,8 @@ from __future__ import annotations
 import os
 import signal
 import time
-from typing import Any
 
-from celery import signals
+from celery import Task, signals
 
 import bugsnag_celery
 from bugsnag_celery.tools.demo.run import APP_VERSION, RELEASE_STAGE, demo_app
@@ -51,7 +50,7 @@ READY_FILE = os.path.join(DEMO_DIR, "worker.ready")
 
 
 @signals.worker_ready.connect(weak=False)
-def _mark_ready(**_: Any) -> None:
+def _mark_ready(**_: object) -> None:
     """A file that says the worker consumes: the compose stack's health check looks for it
     (remote control, and so ``celery inspect ping``, is off to keep brokers clean)."""
     os.makedirs(DEMO_DIR, exist_ok=True)
@@ -60,7 +59,7 @@ def _mark_ready(**_: Any) -> None:
 
 
 @signals.worker_shutdown.connect(weak=False)
-def _unmark_ready(**_: Any) -> None:
+def _unmark_ready(**_: object) -> None:
     try:
         os.remove(READY_FILE)
     except OSError:
@@ -81,7 +80,7 @@ def flaky(n: int) -> None:
 
 
 @app.task(bind=True, max_retries=1, name="demo.retrying")
-def retrying(self: Any, n: int) -> str:
+def retrying(self: Task, n: int) -> str:
     """Fails once into a retry, then succeeds: two runs, two sessions, no crash."""
     if self.request.retries == 0:
         raise self.retry(countdown=0)

@@ -1,6 +1,6 @@
 """``bugsnag-celery demo``: a real worker on an embedded broker, and what BugSnag receives.
 
-Starts the local collector (:mod:`.collector`) and ``celery worker -B`` (prefork, two
+Starts the local collector (:mod:`bugsnag_celery.tools.collector`) and ``celery worker -B`` (prefork, two
 children, embedded beat) on kombu's filesystem transport in a temporary folder (or on
 ``--broker URL``), sends a workload whose truth is known, waits for the beat task to
 deliver the session counts, and prints the collector's figures next to the truth:
@@ -22,7 +22,6 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
 import requests
 from celery import Celery
@@ -60,7 +59,7 @@ def result_backend(broker: str, folder: str) -> str:
     return "rpc://"
 
 
-def broker_options(broker: str, folder: str) -> dict[str, Any]:
+def broker_options(broker: str, folder: str) -> dict[str, str | float]:
     """Transport options of the embedded (filesystem) broker; nothing for real brokers."""
     if not broker.startswith("filesystem"):
         return {}
@@ -90,9 +89,9 @@ class Truth:
         return round(100.0 * (1 - self.crashed / self.sessions), 2) if self.sessions else 100.0
 
 
-def workload(scale: int = 1) -> tuple[list[tuple[str, tuple[Any, ...]]], Truth]:
+def workload(scale: int = 1) -> tuple[list[tuple[str, tuple[int, ...]]], Truth]:
     """The tasks to send and the truth they make (about 300 tasks at scale 1)."""
-    plan: list[tuple[str, tuple[Any, ...]]] = []
+    plan: list[tuple[str, tuple[int, ...]]] = []
     truth = Truth()
 
     def add(name: str, count: int, runs: int, sessions: int, crashed: int, events: int) -> None:
@@ -205,7 +204,7 @@ def _delete_queues(app: Celery, queue: str) -> None:
     names = [queue] + [f"{queue}.bugsnag.{kind}" for kind in ("sessions", "events", "status")]
     try:
         with app.connection_for_write() as conn:
-            channel: Any = conn.default_channel
+            channel = conn.default_channel
             client = getattr(channel, "client", None)
             if client is not None and hasattr(client, "scan_iter"):  # Redis
                 for key in list(client.scan_iter(match=f"*{queue}*", count=1000)):
@@ -221,7 +220,7 @@ def _delete_queues(app: Celery, queue: str) -> None:
         _say(f"  (could not remove the demo's queues: {exc})")
 
 
-def _send(producer: Celery, plan: list[tuple[str, tuple[Any, ...]]], timeout: float) -> int:
+def _send(producer: Celery, plan: list[tuple[str, tuple[int, ...]]], timeout: float) -> int:
     """Send the workload and wait for every task to finish, showing progress."""
     results = [producer.send_task(name, args) for name, args in plan]
     _say(f"  sent {len(results)} tasks")
