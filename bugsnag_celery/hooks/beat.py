@@ -20,7 +20,7 @@ from .. import registry
 from ..config import Options
 from ..delivery.run import deliver_all
 from ..delivery.status import read_status, record_status
-from .signals import flush_events
+from .exit_flush import flush_events
 
 __all__ = ["DELIVER_TASK", "deliver", "flush", "register_delivery", "unregister_delivery"]
 
