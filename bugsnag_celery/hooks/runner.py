@@ -24,6 +24,7 @@ from typing import Any
 from celery import Task
 
 from ..registry import AppState
+from ..reporting.reporter import hide_frames_of
 from ..sessions import counts
 from ..sessions.current import CURRENT, Session
 from .failures import report_failure
@@ -223,3 +224,7 @@ WRAPPER_CODES: frozenset[CodeType] = frozenset(
     c for runner in (session_runner, call_runner) for c in runner.__code__.co_consts
     if isinstance(c, CodeType) and c.co_name in ("run_in_session", "call_in_session")
 )  # fmt: skip
+
+# A wrapper runs with its task's globals (``disguise``), so its frames carry the task's
+# module name: the reporter, which hides our modules' frames, is told their code instead.
+hide_frames_of(WRAPPER_CODES)
