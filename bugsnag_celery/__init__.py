@@ -15,9 +15,9 @@ may move. Data flows hooks -> sessions -> reporting -> payload -> transport -> d
 
 from .about import __version__
 from .hooks.beat import deliver, flush
+from .hooks.exit_flush import flush_events
 from .hooks.modes import no_session
 from .hooks.notify import notify
-from .hooks.signals import flush_events
 from .hooks.wiring import configure, is_configured, options_for, unconfigure
 from .options.declared import Options
 from .sessions.counts import PendingCounts, Release, restore_pending_counts, take_pending_counts

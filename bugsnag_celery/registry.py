@@ -22,10 +22,7 @@ from .reporting.reporter import Reporter
 from .sessions import counts
 from .sessions.counts import Release
 
-__all__ = ["AppState", "state_for", "states", "add", "remove", "current_reporter", "flusher", "MISSING"]
-
-#: An attribute that did not exist before a wrapper was installed (deleted again on undo).
-MISSING: Any = object()
+__all__ = ["AppState", "state_for", "states", "add", "remove", "current_reporter", "flusher"]
 
 
 class AppState:
@@ -56,7 +53,7 @@ class AppState:
         self.reporter = Reporter(
             options, self.release, lambda payloads: spool_payloads(app, payloads, prefix)
         )
-        # (task, owner, attribute, original value or MISSING) for every wrapper installed
+        # (task, owner, attribute, original) for every wrapper installed (hooks/instrument.py)
         self.wrapped: list[tuple[Task, Any, str, Any]] = []
 
 

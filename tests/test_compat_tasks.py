@@ -23,13 +23,13 @@ from celery import Celery, Task
 from endpoint import Endpoint
 
 import bugsnag_celery
-from bugsnag_celery.hooks.tracer import WRAPPED_ATTR
+from bugsnag_celery.hooks.instrument import WRAPPED_ATTR
 
 sys.path.insert(0, str(Path(__file__).parent / "apps"))
 from compat_tasks import WORKLOAD, define, describe
 
 KEY = "0123456789abcdef0123456789abcdef"
-WRAPPER_FRAMES = ("tracer.py:run_in_session", "tracer.py:call_in_session")
+WRAPPER_FRAMES = ("runner.py:run_in_session", "runner.py:call_in_session")
 
 
 class Side:
@@ -220,7 +220,7 @@ def test_the_request_read_without_celerys_property_is_celerys_top() -> None:
     from another thread, which has a stack of its own."""
     import threading
 
-    from bugsnag_celery.hooks.tracer import _request_storage
+    from bugsnag_celery.hooks.runner import _request_storage
 
     app: Any = Celery(f"top{uuid.uuid4().hex[:6]}", broker="memory://", set_as_current=False)
 
@@ -260,7 +260,7 @@ def test_a_stack_of_another_kind_goes_through_top() -> None:
     """``USE_FAST_LOCALS`` (a ``threading.local`` stack) or a subclass: no direct read."""
     from celery.utils.threads import _FastLocalStack, _LocalStack
 
-    from bugsnag_celery.hooks.tracer import _request_storage
+    from bugsnag_celery.hooks.runner import _request_storage
 
     class Sub(_LocalStack):  # type: ignore[misc, unused-ignore]
         pass
@@ -277,9 +277,9 @@ def test_the_build_tracer_hook_takes_celerys_own_parameters(sides: tuple[Side, S
 
     from celery.app import trace
 
-    from bugsnag_celery.hooks import tracer
+    from bugsnag_celery.hooks import tracer_hook
 
-    original = tracer._original_build_tracer
+    original = tracer_hook._original_build_tracer
     assert original is not None and trace.build_tracer is not original  # configured: hooked
     hook = trace.build_tracer
     assert hook.__defaults__ is original.__defaults__
@@ -294,7 +294,7 @@ def test_the_exact_hook_forwards_every_call_as_it_came() -> None:
     ``*args, **kwargs`` (Sentry's integration does) gets the generic hook instead."""
     import functools
 
-    from bugsnag_celery.hooks.tracer import _exact_hook, _generic_hook
+    from bugsnag_celery.hooks.tracer_hook import _exact_hook, _generic_hook
 
     sentinel_info, sentinel_clock, sentinel_ok = object(), object(), object()
     sentinel_states: frozenset[str] = frozenset()

@@ -29,7 +29,7 @@ if str(APPS) not in sys.path:
     sys.path.insert(0, str(APPS))  # compat_tasks: the workload, shared with the worker
 from compat_tasks import WORKLOAD
 
-WRAPPER_FRAMES = ("tracer.py:run_in_session", "tracer.py:call_in_session")
+WRAPPER_FRAMES = ("runner.py:run_in_session", "runner.py:call_in_session")
 
 
 def finished(out: Path) -> bool:

@@ -20,7 +20,7 @@ from .. import registry
 from ..delivery.run import deliver_all
 from ..delivery.status import DeliveryStatus, read_status, record_status
 from ..options.declared import Options
-from .signals import flush_events
+from .exit_flush import flush_events
 
 __all__ = ["DELIVER_TASK", "deliver", "flush", "register_delivery", "unregister_delivery"]
 

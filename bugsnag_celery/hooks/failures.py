@@ -1,17 +1,18 @@
 """Failure reporting: a task's exception becomes an event, in the process that saw it.
 
 Two places see failures. The process that ran the task reports the exception that
-escaped its body (:func:`report_failure`, called by the wrapper while the run's session
-is current and the exception is the original object with its real traceback). The
-worker's main process alone sees a pool child die or hit its hard time limit
-(:func:`report_crash_seen_by_main`, on ``task_failure``): it names the session the child
-opened by its deterministic id.
+escaped its body (:func:`report_failure`, called by the task wrapper, ``runner.py``, while
+the run's session is current and the exception is the original object with its real
+traceback). The worker's main process alone sees a pool child die or hit its hard time
+limit (:func:`report_crash_seen_by_main`, on ``task_failure``): it names the session the
+child opened by its deterministic id.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Hashable
 from typing import Any
 
 from celery import Task
@@ -64,9 +65,9 @@ class Seen:
 
     def __init__(self, size: int = 10_000) -> None:
         self.size = size
-        self._keys: OrderedDict[Any, None] = OrderedDict()
+        self._keys: OrderedDict[Hashable, None] = OrderedDict()
 
-    def add(self, key: Any) -> bool:
+    def add(self, key: Hashable) -> bool:
         """True if *key* is new."""
         if key in self._keys:
             return False
@@ -83,13 +84,13 @@ def report_crash_seen_by_main(
     sender: Any = None,
     task_id: str | None = None,
     exception: BaseException | None = None,
-    traceback: Any = None,
-    einfo: Any = None,
-    **_: Any,
+    traceback: object = None,
+    einfo: object = None,
+    **_: object,
 ) -> None:
     """Crashes only the worker's main process sees: a killed pool child, a hard time limit.
 
-    Everything else was reported by the process that ran the task (see ``_report_failure``).
+    Everything else was reported by the process that ran the task (:func:`report_failure`).
     """
     if not isinstance(exception, (WorkerLostError, TimeLimitExceeded)):
         return

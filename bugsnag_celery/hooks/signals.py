@@ -4,14 +4,13 @@
 consumer's copy of ``build_tracer``; ``task_failure`` in the main process reports the
 crashes no child lived to report; ``worker_process_shutdown`` (a prefork child, which
 then leaves through ``os._exit``: atexit never runs) and ``worker_shutdown`` move what
-the process still holds. Each handler's docstring says which process runs it.
+the process still holds (``exit_flush.py``). Each handler's docstring says which process
+runs it.
 """
 
 from __future__ import annotations
 
-import atexit
 import logging
-import threading
 import time
 from typing import Any
 
@@ -20,15 +19,16 @@ from celery import signals
 from .. import registry
 from ..reporting.task_tab import set_worker_pool
 from ..sessions import counts
+from .exit_flush import flush_events, register_exit_flush
 from .failures import report_crash_seen_by_main
-from .tracer import patch_consumer
+from .tracer_hook import patch_consumer
 
-__all__ = ["connect", "disconnect", "flush_events"]
+__all__ = ["connect", "disconnect"]
 
 logger = logging.getLogger("bugsnag_celery")
 
 
-def _on_worker_init(sender: Any = None, **_: Any) -> None:
+def _on_worker_init(sender: object = None, **_: object) -> None:
     """Main process of ``celery worker``, before the consumer builds its tracers."""
     try:
         import celery.worker.consumer.consumer  # noqa: F401  (so that it can be patched)
@@ -65,7 +65,7 @@ def _patch_hard_timeout() -> None:
     if getattr(original, "_bugsnag_celery", False):
         return
 
-    def on_timeout(self: Any, soft: bool, timeout: float) -> Any:
+    def on_timeout(self: Request, soft: bool, timeout: float) -> object:
         if soft:
             return original(self, soft, timeout)
         self.task.request_stack.push(self._context)
@@ -82,16 +82,7 @@ def _on_task_failure(sender: Any = None, **kwargs: Any) -> None:
     report_crash_seen_by_main(sender, **kwargs)
 
 
-def flush_events(timeout: float = 5.0) -> None:
-    """Send (or spool) every event this process still holds, waiting at most *timeout*."""
-    for state in registry.states():
-        try:
-            state.reporter.sender.flush(timeout)
-        except Exception:
-            logger.exception("bugsnag_celery: flushing events failed")
-
-
-def _on_process_shutdown(**_: Any) -> None:
+def _on_process_shutdown(**_: object) -> None:
     # Prefork children leave through os._exit right after this: atexit never runs.
     flush_events()
     try:
@@ -114,54 +105,6 @@ _SIGNALS = (
     ("worker_process_shutdown", _on_process_shutdown),
     ("worker_shutdown", _on_process_shutdown),
 )
-
-
-#: The exit flush of a script or web process: counts to the broker, events sent or spooled.
-EXIT_FLUSH_SECONDS = 2.0
-_exit_flush_registered = False
-
-
-def _at_exit() -> None:
-    """At interpreter exit, outside a worker (a script, a web process running eager tasks).
-
-    Without it a process that exits within a flush interval delivers none of its sessions.
-    Bounded: the work runs in a daemon thread given :data:`EXIT_FLUSH_SECONDS` (a dead
-    broker must not hold the exit), and what could not leave is said in one line.
-    (Prefork children leave through ``os._exit``: theirs is ``worker_process_shutdown``.)
-    """
-    if not registry.states():
-        return
-    done = threading.Event()
-
-    def work() -> None:
-        try:
-            flush_events(EXIT_FLUSH_SECONDS / 2)
-            registry.flusher.flush_once(wait=EXIT_FLUSH_SECONDS / 4)
-        except Exception:
-            logger.exception("bugsnag_celery: the exit flush failed")
-        finally:
-            done.set()
-
-    try:
-        threading.Thread(target=work, name="bugsnag-celery-exit", daemon=True).start()
-    except RuntimeError:
-        # Python 3.12+: atexit callbacks run after threading's shutdown, when no thread may
-        # start. The work is bounded by the waits it is given: run it here.
-        work()
-    finished = done.wait(EXIT_FLUSH_SECONDS)
-    left = counts.pending_total()
-    if left or not finished:
-        logger.error(
-            "bugsnag_celery: at exit, %d session count(s) could not reach the broker%s; they are lost",
-            left, "" if finished else f" within {EXIT_FLUSH_SECONDS:g} s (events may be lost too)",
-        )  # fmt: skip
-
-
-def register_exit_flush() -> None:
-    global _exit_flush_registered
-    if not _exit_flush_registered:
-        _exit_flush_registered = True
-        atexit.register(_at_exit)
 
 
 def connect() -> None:

@@ -24,7 +24,8 @@ from ..registry import AppState
 from ..sessions import current
 from . import official, signals
 from .beat import DELIVER_TASK, register_delivery, unregister_delivery
-from .tracer import WRAPPED_ATTR, install_hook, remove_hook
+from .instrument import uninstrument
+from .tracer_hook import install_hook, remove_hook
 
 __all__ = ["configure", "unconfigure", "is_configured", "options_for", "status_line"]
 
@@ -118,16 +119,7 @@ def _teardown(app: Celery) -> AppState | None:
     if state is None:
         return None
     state.active = False  # tracers built earlier keep the wrapper: make it pass through
-    for task, owner, attribute, original in reversed(state.wrapped):
-        try:
-            if original is registry.MISSING:
-                delattr(owner, attribute)
-            else:
-                setattr(owner, attribute, original)
-        except AttributeError:
-            pass
-        task.__dict__.pop(WRAPPED_ATTR, None)
-    state.wrapped.clear()
+    uninstrument(state)
     return state
 
 

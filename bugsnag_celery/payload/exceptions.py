@@ -12,7 +12,7 @@ import builtins
 import itertools
 import sys
 
-from .frames import Root, frames_from_text, frames_from_traceback, make_root
+from .frames import HideFrame, Root, frames_from_text, frames_from_traceback, make_root
 from .shapes import ExceptionEntry, Frame
 from .text import ELLIPSIS, clean_text, plain_str, type_name, utf8_safe
 
@@ -145,16 +145,20 @@ def _collect_exceptions(exc: BaseException, max_chain: int) -> list[BaseExceptio
     return found
 
 
-def _stacktrace(exc: BaseException, root: Root, send_code: bool, text: str | None) -> list[Frame]:
+def _stacktrace(
+    exc: BaseException, root: Root, send_code: bool, text: str | None, hide: HideFrame | None
+) -> list[Frame]:
     tb = _TRACEBACK.__get__(exc) if _is_exception(exc) else None
     if tb is not None:
-        return frames_from_traceback(tb, root, send_code)
+        return frames_from_traceback(tb, root, send_code, hide)
     if text:
         return frames_from_text(text, root, send_code)
     return []
 
 
-def _entry(exc: BaseException, root: Root, send_code: bool, text: str | None) -> ExceptionEntry:
+def _entry(
+    exc: BaseException, root: Root, send_code: bool, text: str | None, hide: HideFrame | None
+) -> ExceptionEntry:
     entry: ExceptionEntry = {
         "errorClass": error_class(exc),
         "message": _message(exc),
@@ -162,7 +166,7 @@ def _entry(exc: BaseException, root: Root, send_code: bool, text: str | None) ->
         "stacktrace": [],
     }
     try:
-        entry["stacktrace"] = _stacktrace(exc, root, send_code, text)
+        entry["stacktrace"] = _stacktrace(exc, root, send_code, text, hide)
     except Exception:
         pass  # the class and message are still worth sending
     return entry
@@ -175,13 +179,16 @@ def exception_entries(
     send_code: bool = True,
     traceback_text: str | None = None,
     max_chain: int = 32,
+    hide_frame: HideFrame | None = None,
 ) -> list[ExceptionEntry]:
     """The ``exceptions`` list of a BugSnag event for ``exc``; never raises.
 
     The raised exception comes first, then (depth-first) the members of an exception
     group and the causes/contexts, at most ``max_chain`` entries. ``traceback_text``
     (a formatted traceback) supplies the frames of ``exc`` when it carries no traceback
-    object, as for a task whose worker child was killed.
+    object, as for a task whose worker child was killed. ``hide_frame`` leaves out the
+    frames of a traceback object it says are not the user's (a formatted traceback has no
+    frames to ask about).
     """
     try:
         root = make_root(project_root)
@@ -189,7 +196,9 @@ def exception_entries(
         entries: list[ExceptionEntry] = []
         for index, current in enumerate(chain):
             try:
-                entries.append(_entry(current, root, send_code, traceback_text if index == 0 else None))
+                entries.append(
+                    _entry(current, root, send_code, traceback_text if index == 0 else None, hide_frame)
+                )
             except Exception:
                 entries.append(
                     {"errorClass": error_class(current), "message": "", "type": "python", "stacktrace": []}

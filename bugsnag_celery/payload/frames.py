@@ -15,13 +15,14 @@ import re
 import sysconfig
 import time
 from collections import deque
-from types import TracebackType
+from collections.abc import Callable
+from types import FrameType, TracebackType
 from typing import NamedTuple
 
 from .shapes import Frame
 from .text import cut, plain_str, utf8_safe
 
-__all__ = ["MAX_FRAMES", "Root", "make_root", "frames_from_traceback", "frames_from_text"]
+__all__ = ["MAX_FRAMES", "Root", "HideFrame", "make_root", "frames_from_traceback", "frames_from_text"]
 
 MAX_FRAMES = 200
 #: Lines of source sent on either side of the line of a frame (bugsnag-python sends 7 in all).
@@ -184,9 +185,18 @@ _UNKNOWN_FRAME: Frame = {
 }
 
 
-def frames_from_traceback(tb: TracebackType, root: Root, send_code: bool) -> list[Frame]:
+#: Whether a frame is not the user's stack (then it is left out): cheap, and never raises.
+HideFrame = Callable[[FrameType], bool]
+
+
+def frames_from_traceback(
+    tb: TracebackType, root: Root, send_code: bool, hide: HideFrame | None = None
+) -> list[Frame]:
     """Innermost first, the innermost :data:`MAX_FRAMES` only (the top of a deep recursion
-    is where the error is; its bottom is the same few frames of worker plumbing)."""
+    is where the error is; its bottom is the same few frames of worker plumbing).
+
+    Frames *hide* says are not the user's stack (the package's own) are left out of those.
+    """
     window: deque[TracebackType] = deque(maxlen=MAX_FRAMES)
     current: TracebackType | None = tb
     while current is not None:
@@ -195,6 +205,8 @@ def frames_from_traceback(tb: TracebackType, root: Root, send_code: bool) -> lis
     frames: list[Frame] = []
     for entry in reversed(window):
         try:
+            if hide is not None and hide(entry.tb_frame):
+                continue
             code = entry.tb_frame.f_code
             lineno = entry.tb_lineno
             frames.append(

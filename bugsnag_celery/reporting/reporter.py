@@ -8,8 +8,8 @@ and the HTTP request happen on the process's background sender (``transport/send
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from types import CodeType, FrameType
 from typing import Any, cast
 
 from ..about import runtime_versions
@@ -18,14 +18,14 @@ from ..options.declared import Options
 from ..payload.encoding import encode_json
 from ..payload.exceptions import exception_entries
 from ..payload.redaction import Redacted, redact
-from ..payload.shapes import JSON, Event, Frame, SessionRef, SeverityReason, session_reference
+from ..payload.shapes import JSON, Event, SessionRef, SeverityReason, session_reference
 from ..payload.wire import EVENTS_VERSION
 from ..sessions.counts import Release
 from ..sessions.current import PAUSED_MARK, Session
 from ..transport.http import Request
 from ..transport.sender import Sender
 
-__all__ = ["Reporter", "UNHANDLED_REASON", "raised_while_paused"]
+__all__ = ["Reporter", "UNHANDLED_REASON", "raised_while_paused", "hide_frames_of"]
 
 logger = logging.getLogger("bugsnag_celery")
 
@@ -34,14 +34,25 @@ UNHANDLED_REASON: SeverityReason = {
     "attributes": {"framework": "Celery"},
 }
 
-# The hooks layer (the task wrapper) is ours: its frames are never the user's stack. Matched
-# on the path as reported (relative to the project root, or absolute).
-_HOOKS_DIR = "/bugsnag_celery/hooks/"
+# The hooks layer (the task wrapper, the signal handlers) is ours: its frames are never the
+# user's stack. Told apart by their module, as Sentry does (``bugsnag_celery.hooks.*``, named
+# from this package's own name), when the traceback is turned into frames; and by their code
+# for the task wrapper, which runs with its task's globals and so carries the task's module.
+_HOOKS_PREFIX = __name__.rsplit(".", 2)[0] + ".hooks."
+_hidden_codes: set[CodeType] = set()
 
 
-def _is_own_frame(frame: Frame) -> bool:
-    path = "/" + str(frame.get("file", "")).replace(os.sep, "/")
-    return _HOOKS_DIR in path
+def hide_frames_of(codes: Iterable[CodeType]) -> None:
+    """Leave the frames running *codes* out of every event's stack trace (the task wrapper's:
+    its frames carry its task's module name, not ours)."""
+    _hidden_codes.update(codes)
+
+
+def _is_own_frame(frame: FrameType) -> bool:
+    if frame.f_code in _hidden_codes:
+        return True
+    module = frame.f_globals.get("__name__")
+    return isinstance(module, str) and module.startswith(_HOOKS_PREFIX)
 
 
 class Reporter:
@@ -76,10 +87,12 @@ class Reporter:
     ) -> Event:
         opts = self.options
         entries = exception_entries(
-            exc, project_root=opts.project_root, send_code=opts.send_code, traceback_text=traceback_text
+            exc,
+            project_root=opts.project_root,
+            send_code=opts.send_code,
+            traceback_text=traceback_text,
+            hide_frame=_is_own_frame,  # our own frames are not the user's stack
         )
-        for entry in entries:  # our own wrapper frames are not the user's stack
-            entry["stacktrace"] = [f for f in entry["stacktrace"] if not _is_own_frame(f)]
         meta: dict[str, JSON] = {}
         for tab, values in (metadata or {}).items():
             # the task tab's arguments are redacted where it is built: not walked twice

@@ -31,10 +31,10 @@ if os.environ.get("BSC_CLOCK_SPREAD"):
     # run's clock is shifted by 0..N-1 minutes, so counts land in several minute buckets.
     import itertools
 
-    from bugsnag_celery.hooks import tracer
+    from bugsnag_celery.hooks.runner import set_session_clock
 
     _spread, _ticks = int(os.environ["BSC_CLOCK_SPREAD"]), itertools.count()
-    tracer._now = lambda: time.time() + 60 * (next(_ticks) % _spread)  # type: ignore[attr-defined]
+    set_session_clock(lambda: time.time() + 60 * (next(_ticks) % _spread))
 
 
 if os.environ.get("BSC_RECORD_FLUSHES"):
