@@ -20,6 +20,7 @@ from celery.exceptions import Ignore, Reject, Retry, TimeLimitExceeded, WorkerLo
 
 from .. import registry
 from ..clock import now_iso
+from ..payload.shapes import SessionRef, session_reference
 from ..registry import AppState
 from ..reporting.reporter import UNHANDLED_REASON
 from ..reporting.task_tab import task_metadata
@@ -102,15 +103,11 @@ def report_crash_seen_by_main(
         retries = (request.retries or 0) if getattr(request, "id", None) == task_id else 0
         if not _main_seen.add((task_id, retries)):
             return  # Celery fires task_failure twice for a hard limit on some versions
-        session = None
+        session: SessionRef | None = None
         if mode_for(sender, state) == TRACK and not (
             not state.options.track_eager and getattr(request, "is_eager", False)
         ):
-            session = {
-                "id": task_session_id(task_id, retries),
-                "startedAt": now_iso(),
-                "events": {"handled": 0, "unhandled": 1},
-            }
+            session = session_reference(task_session_id(task_id, retries), now_iso(), handled=0, unhandled=1)
         text = traceback if isinstance(traceback, str) else getattr(einfo, "traceback", None)
         meta = task_metadata(sender, request, state.options) if getattr(request, "id", None) == task_id else {
             "id": task_id, "name": sender.name, "retries": retries}  # fmt: skip

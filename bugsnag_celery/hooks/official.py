@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Protocol
 from .. import registry
 from ..logs import log_every
 from ..options.declared import DEFAULT_NOTIFY_ENDPOINT, DEFAULT_SESSIONS_ENDPOINT, Options, official_name
+from ..payload.shapes import session_reference
 from ..reporting.reporter import raised_while_paused
 from ..sessions.current import current_session
 from .modes import TRACK, mode_for
@@ -176,11 +177,7 @@ def before_notify(event: OfficialEvent) -> bool | None:
             session.unhandled += 1
         else:
             session.handled += 1
-        event.session = {
-            "id": session.id,
-            "startedAt": session.started_at,
-            "events": {"handled": session.handled, "unhandled": session.unhandled},
-        }
+        event.session = session_reference(session.id, session.started_at, session.handled, session.unhandled)
     except Exception:
         logger.exception("bugsnag_celery: could not attribute an event of the official client")
     return None

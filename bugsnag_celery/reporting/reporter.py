@@ -83,7 +83,7 @@ class Reporter:
         grouping_hash: str | None = None,
         user: Mapping[str, object] | None = None,
         traceback_text: str | None = None,
-        session_override: Mapping[str, object] | None = None,
+        session_override: SessionRef | None = None,
     ) -> Event:
         opts = self.options
         entries = exception_entries(
@@ -115,9 +115,7 @@ class Reporter:
         if grouping_hash:
             event["groupingHash"] = grouping_hash
         if session_override is not None:
-            # a reference made by hooks/failures.py: SessionRef once it builds it with
-            # session_reference(); until then it is typed as any mapping (no run-time cost)
-            event["session"] = cast(SessionRef, session_override)
+            event["session"] = session_override  # a crash seen by the main process (hooks/failures.py)
         elif session is not None and not session.paused and not raised_while_paused(exc):
             if unhandled:
                 session.unhandled += 1
