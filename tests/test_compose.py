@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from workers import need_service
+from brokers import need_service
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"

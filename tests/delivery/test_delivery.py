@@ -16,20 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from brokers import Broker, broker_fixture, need_service
 from endpoint import Endpoint
-from workers import (
-    Broker,
-    Worker,
-    broker_fixture,
-    deliver_sessions,
-    flushes,
-    need_service,
-    received_sessions,
-    records,
-    total,
-    wait_for_records,
-    wait_until,
-)
+from results import deliver_sessions, flushes, received_sessions, records, total, wait_for_records
+from workers import Worker, wait_until
 
 from bugsnag_celery import Release
 from bugsnag_celery.delivery.flusher import publish_counts

@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from brokers import Broker, make_broker
 from endpoint import Endpoint
-from workers import APPS, Broker, Worker, make_broker, records, wait_until
+from results import records
+from workers import APPS, Worker, wait_until
 
 from bugsnag_celery import task_session_id
 

@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from brokers import Broker
 from endpoint import Endpoint
-from workers import Broker, Worker, deliver_sessions, received_sessions, total, wait_for_records
+from results import deliver_sessions, received_sessions, total, wait_for_records
+from workers import Worker
 
 from bugsnag_celery import task_session_id
 
-SHOP = Path(__file__).resolve().parent / "django_shop"
+SHOP = Path(__file__).resolve().parents[1] / "support" / "django_shop"
 N = 30  # orders 1..30: every 3rd notifies (handled), every 5th crashes, order 7 notifies while paused
 
 

@@ -16,17 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from brokers import Broker
 from endpoint import Endpoint
-from workers import (
-    APPS,
-    Broker,
-    Worker,
-    deliver_sessions,
-    received_sessions,
-    total,
-    wait_for_records,
-    wait_until,
-)
+from results import deliver_sessions, received_sessions, total, wait_for_records
+from workers import APPS, Worker, wait_until
 
 from bugsnag_celery import Release
 from bugsnag_celery.clock import minute_iso

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from brokers import Broker
 from endpoint import Endpoint
-from workers import APPS, Broker, Worker
+from workers import APPS, Worker
 
 from bugsnag_celery import task_session_id
 

@@ -12,17 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from brokers import Broker
 from endpoint import Endpoint
-from workers import (
-    Broker,
-    Worker,
-    deliver_sessions,
-    received_sessions,
-    records,
-    total,
-    wait_for_records,
-    wait_until,
-)
+from results import deliver_sessions, received_sessions, records, total, wait_for_records
+from workers import Worker, wait_until
 
 from bugsnag_celery import task_session_id
 
@@ -146,7 +139,7 @@ def test_no_leak_between_concurrent_tasks(
     pool: str, broker_kind: str, tmp_path: Path, out_dir: Path, endpoint: Endpoint
 ) -> None:
     """200 tasks at once on one process: each sees only its own session, start to end."""
-    from workers import broker_fixture
+    from brokers import broker_fixture
 
     n = 200
     for broker in broker_fixture(broker_kind, tmp_path):

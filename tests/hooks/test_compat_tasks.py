@@ -15,17 +15,17 @@ import re
 import sys
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from celery import Celery, Task
 from endpoint import Endpoint
+from workers import APPS
 
 import bugsnag_celery
 from bugsnag_celery.hooks.tracer import WRAPPED_ATTR
 
-sys.path.insert(0, str(Path(__file__).parent / "apps"))
+sys.path.insert(0, str(APPS))
 from compat_tasks import WORKLOAD, define, describe
 
 KEY = "0123456789abcdef0123456789abcdef"

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 import requests
+from brokers import Broker, need_service
 from celery import Celery
-from workers import Broker, Worker, need_service
+from workers import Worker
 
 import bugsnag_celery
 from bugsnag_celery.hooks.beat import DELIVER_TASK
@@ -316,7 +317,7 @@ def test_teardown_removes_the_tests_own_queues_from_the_broker(
 
 def test_the_readme_shows_this_very_example() -> None:
     """The example a user copies from the README is the one the first test runs."""
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     match = re.search(r"<!-- pytest-example -->\n```python\n(.*?)```", readme, re.S)
     assert match, "README.md has no example after <!-- pytest-example -->"
     assert match.group(1) == README_EXAMPLE

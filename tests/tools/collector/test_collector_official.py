@@ -26,7 +26,8 @@ import requests
 from bugsnag_celery.tools.collector import Collector
 
 KEY = "a35a2a72bd230ac0aa0f52715bbdc6aa"
-CAPTURE = Path(__file__).parent / "data" / "official-bugsnag-python-4.9.2-capture.json"
+DATA = Path(__file__).resolve().parents[2] / "support" / "data"
+CAPTURE = DATA / "official-bugsnag-python-4.9.2-capture.json"
 T = TypeVar("T")
 
 
