@@ -11,6 +11,8 @@ workload then has to produce MATCH, as ``docker compose up`` would print.
 ``docker compose config`` validates the file as well when the compose plugin is installed;
 where it is not, the same file is checked against the Compose Specification's rules
 (``test_compose_file_is_valid``; that check is itself tested on a broken copy).
+
+Covers: docker-compose.yml, Dockerfile, .dockerignore
 """
 
 from __future__ import annotations

@@ -1,4 +1,9 @@
-"""Session counts from real workers to the session API, through the broker, exactly once."""
+"""Session counts from real workers to the session API, through the broker, exactly once.
+
+Covers: bugsnag_celery/delivery/flusher.py, bugsnag_celery/delivery/sessions.py
+Covers: bugsnag_celery/delivery/run.py, bugsnag_celery/delivery/status.py
+Covers: bugsnag_celery/payload/sessions.py
+"""
 
 from __future__ import annotations
 

@@ -7,6 +7,8 @@ the tasks were wrapped by the pool's tracer), the stack below Celery's tracer an
 traceback in the worker log must be the same, but for the one frame the wrapper adds to the
 stack (and, before Python 3.11, to the traceback: from 3.11 it takes itself off). Under
 prefork (tracers built in the children) and threads (built by the consumer).
+
+Covers: bugsnag_celery/hooks/tracer.py
 """
 
 from __future__ import annotations

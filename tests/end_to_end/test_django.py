@@ -3,6 +3,8 @@
 Celery's documented Django layout (``shop/celery.py``, settings under ``CELERY_``), the
 official notifier configured the three ways projects do it, and ``bugsnag.notify`` in the
 task code. A real prefork worker; assertions on what the BugSnag endpoint receives.
+
+Covers: bugsnag_celery/hooks/official.py
 """
 
 from __future__ import annotations

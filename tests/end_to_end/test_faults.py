@@ -2,6 +2,10 @@
 
 Each test names a fault and asserts on what the BugSnag endpoint receives (the README's
 "fault -> what happens -> what is lost" table is this file).
+
+Covers: bugsnag_celery/delivery/spool.py, bugsnag_celery/delivery/drain.py
+Covers: bugsnag_celery/delivery/status.py, bugsnag_celery/transport/queues.py
+Covers: bugsnag_celery/transport/http.py
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""Task failures as BugSnag events, from real workers to a real local HTTP endpoint."""
+"""Task failures as BugSnag events, from real workers to a real local HTTP endpoint.
+
+Covers: bugsnag_celery/hooks/failures.py, bugsnag_celery/hooks/signals.py
+Covers: bugsnag_celery/delivery/spool.py, bugsnag_celery/about.py
+"""
 
 from __future__ import annotations
 

@@ -3,6 +3,9 @@
 What is asserted is what BugSnag would be told: every task run that should count opened
 exactly one session with the deterministic id of its task id and attempt, and the
 counts the worker processes took add up exactly.
+
+Covers: bugsnag_celery/hooks/tracer.py, bugsnag_celery/hooks/signals.py
+Covers: bugsnag_celery/delivery/flusher.py, bugsnag_celery/payload/sessions.py
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ configured. Every comparison is between the two, so it holds on every Celery the
 runs, whatever that Celery itself does (Celery < 5.7 fails a retry that switches argument
 styles -- with and without us alike). The same workload on real workers:
 ``tests/test_compat_worker.py``.
+
+Covers: bugsnag_celery/hooks/tracer.py
 """
 
 from __future__ import annotations

@@ -1,4 +1,9 @@
-"""Event options and the sender, in this process (eager runs against a real local endpoint)."""
+"""Event options and the sender, in this process (eager runs against a real local endpoint).
+
+Covers: bugsnag_celery/hooks/notify.py, bugsnag_celery/hooks/failures.py
+Covers: bugsnag_celery/hooks/beat.py, bugsnag_celery/reporting/reporter.py
+Covers: bugsnag_celery/registry.py
+"""
 
 from __future__ import annotations
 

@@ -2,6 +2,9 @@
 
 These run tasks eagerly (``task.apply()``: Celery's real tracer, in this process) and
 call the API outside any task -- places a worker subprocess can't reach.
+
+Covers: bugsnag_celery/sessions/current.py, bugsnag_celery/sessions/counts.py
+Covers: bugsnag_celery/hooks/modes.py, bugsnag_celery/hooks/signals.py
 """
 
 from __future__ import annotations

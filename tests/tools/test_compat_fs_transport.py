@@ -6,6 +6,8 @@ check does not depend on how a kombu release lists and reads the folder (up to 5
 5.7 compares exactly): messages appear whole, each is taken exactly once however many
 producers and consumers share the folder, and a plain ``filesystem://`` peer (kombu's own
 channel) interoperates both ways without ever taking a half-written file.
+
+Covers: bugsnag_celery/tools/fs_transport.py
 """
 
 # mypy: disallow-untyped-calls=False

@@ -2,6 +2,8 @@
 
 The pytester tests run pytest in a subprocess from a temporary folder, outside this project:
 the fixture there comes from the installed entry point, as it does for a user.
+
+Covers: bugsnag_celery/testing.py, bugsnag_celery/tools/pytest_plugin.py
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ A storm of failures (an outage downstream) must not become a storm of requests: 
 queued while a request is out, and those that fail within ``min_interval`` of the last
 request, go out together, packed into requests of at most BugSnag's 1 MB. These run the
 real thread against the real local endpoint (``tests/endpoint.py``).
+
+Covers: bugsnag_celery/transport/sender.py, bugsnag_celery/transport/http.py
 """
 
 from __future__ import annotations

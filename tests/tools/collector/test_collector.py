@@ -1,5 +1,9 @@
 """The local collector: BugSnag's wire rules, storage that survives a restart, and our own
-payloads accepted by it end to end."""
+payloads accepted by it end to end.
+
+Covers: bugsnag_celery/tools/collector/server.py, bugsnag_celery/tools/collector/store.py
+Covers: bugsnag_celery/tools/collector/api.py, bugsnag_celery/tools/cli.py
+"""
 
 from __future__ import annotations
 

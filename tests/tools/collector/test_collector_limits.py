@@ -6,6 +6,8 @@ arrives; a connection that says nothing; one that trickles a byte at a time. Eve
 bounded by a deadline and every time is measured (the collector here has a 1 s time-out;
 the CLI's default is 10 s). A 100 MB body is sent to the real CLI and its peak memory
 read from ``/proc``.
+
+Covers: bugsnag_celery/tools/collector/server.py, bugsnag_celery/tools/collector/body.py
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ be filed as BugSnag files it: its sessions carry ``Bugsnag-Payload-Version: 4.0`
 times with no zone, its events put the release stage at the top of the event. These tests
 drive the real client at a real collector and assert what the collector filed, and that
 the client saw no failed delivery.
+
+Covers: bugsnag_celery/tools/collector/wire.py, bugsnag_celery/tools/collector/times.py
 """
 
 from __future__ import annotations

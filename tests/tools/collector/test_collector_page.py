@@ -8,6 +8,8 @@ as text, never as markup. A screenshot must be a real picture, not a blank page.
 Chromium is installed with apt-get when it is missing and the tests run as root (the
 machines of this project); otherwise the test skips with the reason, unless
 ``BUGSNAG_CELERY_REQUIRE_BROWSER=1`` (set by ``.ci/run``) makes that a failure.
+
+Covers: bugsnag_celery/tools/collector/page.py
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ The SQLite file outlives the code that wrote it. Before the checks on the way in
 stored, and from then on ``GET /`` answered 500, also after a restart. Here such rows are
 written straight into the file with sqlite3; the collector must show what it can, say which
 rows it cannot read, and never answer 500 -- before and after a restart.
+
+Covers: bugsnag_celery/tools/collector/store.py, bugsnag_celery/tools/collector/page.py
+Covers: bugsnag_celery/tools/collector/api.py
 """
 
 from __future__ import annotations

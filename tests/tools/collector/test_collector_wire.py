@@ -4,6 +4,8 @@ Every refusal is answered with BugSnag's status and the reason in the body, and 
 exactly one line on the collector's log; nothing refused is stored. What BugSnag takes --
 times without a zone, with an offset, a legacy body-only API key -- is taken, and filed in
 UTC. Figures stay exact past 2^63 and the page keeps answering.
+
+Covers: bugsnag_celery/tools/collector/wire.py, bugsnag_celery/tools/collector/times.py
 """
 
 from __future__ import annotations
