@@ -1,6 +1,6 @@
 """The compat workload on real workers: a plain Celery worker and a configured one, side by side.
 
-The same tasks (``tests/apps/compat_tasks.py``), the same messages, one worker without
+The same tasks (``tests/support/apps/compat_tasks.py``), the same messages, one worker without
 bugsnag_celery and one with it, on the embedded broker: every outcome (state, return value,
 exception), what every attempt received, what introspection says inside the worker (where
 the tasks were wrapped by the pool's tracer), the stack below Celery's tracer and the

@@ -1,4 +1,4 @@
-"""A Django project that already uses BugSnag's official notifier (``tests/django_shop``).
+"""A Django project that already uses BugSnag's official notifier (``tests/support/django_shop``).
 
 Celery's documented Django layout (``shop/celery.py``, settings under ``CELERY_``), the
 official notifier configured the three ways projects do it, and ``bugsnag.notify`` in the

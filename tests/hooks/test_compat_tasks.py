@@ -1,12 +1,12 @@
 """A configured app's tasks are indistinguishable from plain Celery's, in this process.
 
-Two apps get the same tasks (``tests/apps/compat_tasks.py``: plain, ``bind=True``, typed,
+Two apps get the same tasks (``tests/support/apps/compat_tasks.py``: plain, ``bind=True``, typed,
 retries that switch argument styles, a failing one, ``Task`` subclasses used as bases with
 and without a custom ``__call__``, class-based tasks, one the base of another); one app is
 configured. Every comparison is between the two, so it holds on every Celery the matrix
 runs, whatever that Celery itself does (Celery < 5.7 fails a retry that switches argument
 styles -- with and without us alike). The same workload on real workers:
-``tests/test_compat_worker.py``.
+``tests/end_to_end/test_compat_worker.py``.
 
 Covers: bugsnag_celery/hooks/tracer.py
 """

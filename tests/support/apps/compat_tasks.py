@@ -1,6 +1,6 @@
 """Every shape of task a user writes, and what introspection tells about each.
 
-Used twice over: in the test process (``tests/test_compat_tasks.py``: two apps, one plain
+Used twice over: in the test process (``tests/hooks/test_compat_tasks.py``: two apps, one plain
 and one configured, eager runs) and in real workers (``compat_app``: the same workload on
 a plain worker and on a configured one). Each task records what it saw -- its arguments,
 what ``describe`` says about the task, and the stack between Celery's ``trace_task`` and
