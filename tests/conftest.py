@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from brokers import Broker, broker_fixture
 from endpoint import endpoint  # noqa: F401  (fixture re-export)
-from workers import Broker, broker_fixture, out_dir  # noqa: F401  (fixture re-export)
+from workers import out_dir  # noqa: F401  (fixture re-export)
 
 
 @pytest.hookimpl(hookwrapper=True)

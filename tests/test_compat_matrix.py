@@ -4,6 +4,8 @@ The matrix itself runs the whole suite per pair (in CI, after the README's test 
 these tests keep it honest from inside the suite: the floors it tests are the floors
 pyproject.toml states, no Python minor and no Celery minor in between is left out, and a
 pair that cannot run (its interpreter missing) fails the matrix instead of vanishing.
+
+Covers: .ci/matrix.py
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ workload then has to produce MATCH, as ``docker compose up`` would print.
 ``docker compose config`` validates the file as well when the compose plugin is installed;
 where it is not, the same file is checked against the Compose Specification's rules
 (``test_compose_file_is_valid``; that check is itself tested on a broken copy).
+
+Covers: docker-compose.yml, Dockerfile, .dockerignore
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from workers import need_service
+from brokers import need_service
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -420,7 +422,12 @@ def test_build_context_has_what_the_install_needs() -> None:
     assert "bugsnag_celery/tools/demo/app.py" in needed
     for path in needed:
         assert (ROOT / path).exists() and not _ignored(path, patterns), f"{path} is not in the build context"
-    for path in (".venv/bin/python", ".git/HEAD", "tests/workers.py", "bugsnag_celery/__pycache__/x.pyc"):
+    for path in (
+        ".venv/bin/python",
+        ".git/HEAD",
+        "tests/support/workers.py",
+        "bugsnag_celery/__pycache__/x.pyc",
+    ):
         assert _ignored(path, patterns), f"{path} would be sent to the Docker daemon"
 
 

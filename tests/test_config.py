@@ -1,4 +1,9 @@
-"""configure(): option sources, precedence, loud failures, and no cost where no task runs."""
+"""configure(): option sources, precedence, loud failures, and no cost where no task runs.
+
+Covers: bugsnag_celery/options/declared.py, bugsnag_celery/options/checks.py
+Covers: bugsnag_celery/options/sources.py, bugsnag_celery/hooks/wiring.py
+Covers: bugsnag_celery/logs.py, bugsnag_celery/__init__.py
+"""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 ``task.run`` (or a replaced ``__call__``) keeps its identity, annotations, globals,
 signature (Celery 5.7's ``Task.retry`` reads it) and ``__wrapped__`` as plain Celery's:
-``tests/test_compat_tasks.py`` and ``tests/test_compat_worker.py`` compare with plain
+``tests/hooks/test_compat_tasks.py`` and ``tests/end_to_end/test_compat_worker.py`` compare with plain
 Celery.
 """
 

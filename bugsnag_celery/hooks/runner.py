@@ -40,7 +40,7 @@ def set_session_clock(clock: Callable[[], float]) -> None:
     """Read the start of every run's session from *clock* (seconds since the epoch) instead.
 
     For tests that need sessions in several minutes without waiting for them
-    (``tests/apps/session_app.py``). The clock is bound into a wrapper when the wrapper is
+    (``tests/support/apps/session_app.py``). The clock is bound into a wrapper when the wrapper is
     built, never looked up per run, so it costs a run nothing -- and it applies to tasks
     wrapped after the call: call it before the first task runs.
     """
@@ -219,7 +219,7 @@ def call_runner(
 
 #: The code of the two wrappers above (every wrapper built shares its def's code object).
 #: Found by name, not asserted: an import must never fail over this (the traceback tests
-#: in tests/test_compat_tasks.py say whether the frame is dropped).
+#: in tests/hooks/test_compat_tasks.py say whether the frame is dropped).
 WRAPPER_CODES: frozenset[CodeType] = frozenset(
     c for runner in (session_runner, call_runner) for c in runner.__code__.co_consts
     if isinstance(c, CodeType) and c.co_name in ("run_in_session", "call_in_session")

@@ -1,0 +1,98 @@
+"""hooks/official.py: adopting BugSnag's official client, and ``unconfigure()`` giving it back.
+
+``configure()`` in a process where ``bugsnag`` is imported adds a ``before_notify``
+callback, guards ``start_session`` and disconnects ``bugsnag.celery``'s failure handler.
+The README calls ``unconfigure()`` an exact undo: these tests hold it to that with the real
+``bugsnag`` package, for the official client as it was before (handler connected or not).
+
+Covers: bugsnag_celery/hooks/official.py
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import bugsnag
+import bugsnag.celery
+import pytest
+from bugsnag.sessiontracker import SessionTracker
+from celery import Celery
+from celery.signals import task_failure
+
+import bugsnag_celery
+from bugsnag_celery import registry
+from bugsnag_celery.hooks.official import before_notify
+
+KEY = "0123456789abcdef0123456789abcdef"
+
+
+@pytest.fixture
+def app(monkeypatch: pytest.MonkeyPatch) -> Iterator[Celery]:
+    for var in ("BUGSNAG_API_KEY", "BUGSNAG_RELEASE_STAGE", "BUGSNAG_APP_VERSION"):
+        monkeypatch.delenv(var, raising=False)
+    assert registry.states() == [], "another test left an app configured: nothing would be undone"
+    app = Celery(f"o{uuid.uuid4().hex[:6]}", broker="memory://", set_as_current=False)
+    yield app
+    bugsnag_celery.unconfigure(app)
+    task_failure.disconnect(bugsnag.celery.failure_handler)  # whatever a test left connected
+
+
+def _tracker() -> SessionTracker:
+    return bugsnag.legacy.default_client.session_tracker
+
+
+def _ours_in_the_callbacks() -> int:
+    return sum(getattr(m, "before", None) is before_notify for m in bugsnag.configuration.middleware.stack)
+
+
+def test_unconfigure_gives_the_official_client_back_as_it_was(app: Celery) -> None:
+    callbacks_before = list(bugsnag.configuration.middleware.stack)
+    task_failure.connect(bugsnag.celery.failure_handler, weak=False)  # connect_failure_handler()
+
+    bugsnag_celery.configure(app, api_key=KEY)
+    assert _ours_in_the_callbacks() == 1
+    assert "start_session" in vars(_tracker())  # guarded
+    assert not task_failure.disconnect(bugsnag.celery.failure_handler)  # dropped: nothing to disconnect
+
+    bugsnag_celery.configure(app, api_key=KEY)  # again: nothing added twice
+    assert _ours_in_the_callbacks() == 1
+
+    bugsnag_celery.unconfigure(app)
+    assert bugsnag.configuration.middleware.stack == callbacks_before  # the callback removed
+    assert "start_session" not in vars(_tracker())  # the class's own method again
+    assert _tracker().start_session.__func__ is SessionTracker.start_session  # type: ignore[attr-defined]
+    assert task_failure.disconnect(bugsnag.celery.failure_handler)  # re-connected, as it was
+
+
+def test_a_failure_handler_never_connected_is_not_connected_by_the_undo(app: Celery) -> None:
+    bugsnag_celery.configure(app, api_key=KEY)
+    bugsnag_celery.unconfigure(app)
+    assert not task_failure.disconnect(bugsnag.celery.failure_handler)
+    assert _ours_in_the_callbacks() == 0
+
+
+def test_the_adoption_lasts_while_any_app_is_configured_and_comes_back_with_the_next(app: Celery) -> None:
+    other = Celery(f"o{uuid.uuid4().hex[:6]}", broker="memory://", set_as_current=False)
+    bugsnag_celery.configure(app, api_key=KEY)
+    bugsnag_celery.configure(other, api_key=KEY)
+    bugsnag_celery.unconfigure(other)
+    assert _ours_in_the_callbacks() == 1 and "start_session" in vars(_tracker())  # app still configured
+    bugsnag_celery.unconfigure(app)
+    assert _ours_in_the_callbacks() == 0 and "start_session" not in vars(_tracker())
+    bugsnag_celery.configure(app, api_key=KEY)  # adopted again
+    assert _ours_in_the_callbacks() == 1 and "start_session" in vars(_tracker())
+
+
+def test_a_start_session_replaced_after_the_adoption_is_left_alone_by_the_undo(app: Celery) -> None:
+    def theirs() -> None:
+        """Someone else's wrapper, installed after ours."""
+
+    tracker = _tracker()
+    bugsnag_celery.configure(app, api_key=KEY)
+    tracker.start_session = theirs  # type: ignore[method-assign]
+    try:
+        bugsnag_celery.unconfigure(app)  # the guard is no longer there to take off
+        assert vars(tracker)["start_session"] is theirs
+    finally:
+        del vars(tracker)["start_session"]

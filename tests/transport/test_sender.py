@@ -1,0 +1,110 @@
+"""The sender thread in an error storm: few requests, each under 1 MB, every event once.
+
+A storm of failures (an outage downstream) must not become a storm of requests: events
+queued while a request is out, and those that fail within ``min_interval`` of the last
+request, go out together, packed into requests of at most BugSnag's 1 MB. These run the
+real thread against the real local endpoint (``tests/endpoint.py``).
+
+Covers: bugsnag_celery/transport/sender.py, bugsnag_celery/transport/http.py
+Covers: bugsnag_celery/transport/outcome.py, bugsnag_celery/payload/packing.py
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+from endpoint import Endpoint
+
+from bugsnag_celery.payload.encoding import encode_json
+from bugsnag_celery.payload.wire import MAX_BODY_BYTES
+from bugsnag_celery.transport.http import Request
+from bugsnag_celery.transport.sender import Sender, encoded
+
+KEY = "a" * 32
+
+
+def keep_in(spooled: list[Request]) -> Any:
+    def spool(payloads: list[Request]) -> bool:
+        spooled.extend(payloads)
+        return True
+
+    return spool
+
+
+@pytest.mark.parametrize("delay", [0.2, 0.0], ids=["slow-endpoint", "fast-endpoint"])
+def test_a_storm_becomes_a_few_requests_a_second_and_every_event_arrives_once(
+    endpoint: Endpoint, delay: float
+) -> None:
+    """1,500 failures in about 1.5 s against an endpoint answering after 200 ms, or at once:
+    every event delivered exactly once, nothing spooled, requests ``min_interval`` apart."""
+    endpoint.delay = delay
+    spooled: list[Request] = []
+    sender = Sender(keep_in(spooled), timeout=5)
+    start = time.monotonic()
+    for n in range(1500):
+        sender.submit(Request(f"{endpoint.url}/notify", KEY, "4.0", events=[{"n": n, "pad": "x" * 300}]))
+        if n % 10 == 9:
+            time.sleep(0.01)
+    took = time.monotonic() - start
+    sender.flush(30)
+    delivered = [e["n"] for e in endpoint.events()]
+    assert sorted(delivered) == list(range(1500)) and not spooled
+    arrivals = sorted(r["at"] for r in endpoint.requests)
+    gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
+    assert min(gaps) >= 0.2, gaps  # min_interval 0.25 s between starts, less the network's jitter
+    assert len(endpoint.requests) <= (took + 1) / 0.25 + 2, (len(endpoint.requests), took)
+    assert all(len(r["raw"]) <= MAX_BODY_BYTES for r in endpoint.requests)
+
+
+def test_a_lone_failure_is_sent_at_once(endpoint: Endpoint) -> None:
+    sender = Sender(timeout=5)
+    sender.submit(Request(f"{endpoint.url}/notify", KEY, "4.0", events=[{"n": 0}]))
+    sender.flush(5)
+    time.sleep(0.5)  # idle longer than min_interval: the next one does not wait either
+    sent = time.monotonic()
+    sender.submit(Request(f"{endpoint.url}/notify", KEY, "4.0", events=[{"n": 1}]))
+    sender.flush(5)
+    assert endpoint.requests[1]["at"] - sent < 0.2
+
+
+@pytest.mark.parametrize("form", ["events", "encoded"])
+def test_merged_requests_are_packed_under_the_limit_in_order(form: str) -> None:
+    """30 payloads of ~100 kB: as few bodies as fit under 1 MB, each valid JSON, in order; a
+    payload over the limit alone is trimmed into its own request. The same whether the events
+    were handed over as dicts or already encoded (as the failure path hands them over)."""
+    outcomes: list[str] = []
+
+    def event_payload(endpoint: str, event: dict[str, Any], **extra: Any) -> Request:
+        if form == "encoded":
+            return Request(endpoint, KEY, "4.0", encoded=[encode_json(event)], **extra)
+        return Request(endpoint, KEY, "4.0", events=[event], **extra)
+
+    pads = [f"{n:03d}" + "y" * 100_000 for n in range(30)]
+    payloads = [event_payload("http://e/notify", {"n": n, "pad": pad}) for n, pad in enumerate(pads)]
+    huge = event_payload(
+        "http://e/notify", {"n": 99, "metaData": {"big": {"v": "z" * 2_000_000}}}, on_done=outcomes.append
+    )
+    other = event_payload("http://other/notify", {"n": 100})
+    out = encoded([*payloads[:15], huge, other, *payloads[15:]])
+    bodies = [(p.endpoint, json.loads(p.body)) for p in out]
+    assert all(len(p.body) <= MAX_BODY_BYTES for p in out)
+    same = [body for endpoint, body in bodies if endpoint == "http://e/notify"]
+    ns = [e["n"] for body in same for e in body["events"]]
+    assert sorted(ns) == [*range(30), 99]
+    packed = [[e["n"] for e in body["events"]] for body in same if 99 not in [e["n"] for e in body["events"]]]
+    assert [n for chunk in packed for n in chunk] == list(range(30))  # in order
+    assert len(packed) == 4  # 30 x 100 kB in bodies of at most 1 MB: 9 + 9 + 9 + 3
+    trimmed = next(body for body in same if body["events"][0]["n"] == 99)
+    meta = trimmed["events"][0]["metaData"]
+    assert len(trimmed["events"]) == 1 and meta["bugsnag_celery"]["trimmed"] == ["strings>1024"]
+    assert len(meta["big"]["v"]) <= 1025 and meta["big"]["v"].endswith("…")  # cut, marked
+    assert [body["events"] for endpoint, body in bodies if endpoint == "http://other/notify"] == [
+        [{"n": 100}]
+    ]
+    for _, body in bodies:
+        assert body["apiKey"] == KEY and body["payloadVersion"] == "4.0" and body["notifier"]["name"]
+    assert {len(p.originals()) for p in out} >= {1, 9}
+    assert outcomes == []  # trimmed, not dropped
