@@ -16,7 +16,9 @@ which never run. The layers, highest first::
     options                             what an option may be (declared), where it comes from (sources)
     about, clock, logs                  the base: import nothing of the package
 
-A module may import its own layer's modules and those below; never above.
+A module may import its own layer's modules and those below; never above. The README's
+Layout section states the same order (the line after ``<!-- layers -->``) and lists every
+module in it: both are read and checked here, so the README cannot drift from this rule.
 """
 
 from __future__ import annotations
@@ -241,3 +243,63 @@ def test_the_layering_test_sees_violations(tmp_path: Path) -> None:
     finally:
         for name in probes:
             MODULES.pop(name, None)
+
+
+README = ROOT / "README.md"
+
+
+def readme_layers(text: str) -> list[tuple[str, ...]]:
+    """The layers the README states, highest first (the line after ``<!-- layers -->``)."""
+    line = text.split("<!-- layers -->", 1)[1].strip().splitlines()[0]
+    groups = []
+    for group in line.split("→"):
+        names = re.findall(r"`([^`]+)`", group)
+        groups.append(tuple(names) if names else ("__init__",) if "package root" in group else ())
+    return groups
+
+
+def readme_modules(text: str) -> list[str]:
+    """The package modules the README's Layout table lists, in its order (as dotted names)."""
+    section = text.split("<!-- layers -->", 1)[1].split("\n## ", 1)[0]
+    table = section.split("| module | holds |", 1)[1].split("\n\n", 1)[0]
+    listed = []
+    for row in table.splitlines():
+        match = re.match(r"\| `([\w/]+)\.py` \|", row)
+        if match:
+            name = match.group(1).replace("/", ".")
+            dotted = f"bugsnag_celery.{name}".removesuffix(".__init__")
+            listed.append("bugsnag_celery" if name == "__init__" else dotted)
+    return listed
+
+
+def _is_only_a_docstring(path: Path) -> bool:
+    body = ast.parse(path.read_text()).body
+    return len(body) == 1 and isinstance(body[0], ast.Expr)
+
+
+def test_the_readme_states_the_layers_this_test_enforces() -> None:
+    assert readme_layers(README.read_text()) == LAYERS
+
+
+def test_the_readme_lists_every_module_in_the_order_of_its_layers() -> None:
+    listed = readme_modules(README.read_text())
+    # a package's __init__ that holds only its map (a docstring) is said once, not listed
+    maps = {
+        m
+        for m in MODULES
+        if MODULES[m].name == "__init__.py" and m != "bugsnag_celery" and _is_only_a_docstring(MODULES[m])
+    }
+    assert sorted(listed) == sorted(set(MODULES) - maps), "the README's Layout table and the package differ"
+    layers = [layer_of(m) for m in listed]
+    out_of_order = [listed[i] for i in range(1, len(listed)) if layers[i] < layers[i - 1]]
+    assert out_of_order == [], f"listed under a lower layer than the row before: {out_of_order}"
+
+
+def test_the_readme_checks_see_a_wrong_readme() -> None:
+    text = README.read_text()
+    swapped = text.replace("`delivery` → `transport`", "`transport` → `delivery`", 1)
+    assert swapped != text and readme_layers(swapped) != LAYERS
+    rows = readme_modules(text)
+    assert rows and "bugsnag_celery.hooks.runner" in rows
+    dropped = text.replace("| `hooks/runner.py` |", "| hooks/runner |", 1)
+    assert "bugsnag_celery.hooks.runner" not in readme_modules(dropped)

@@ -148,6 +148,37 @@ def checked_for_reach_ins() -> list[Path]:
     return sorted([*TESTS.rglob("*.py"), *(ROOT / "benchmarks").rglob("*.py")])
 
 
+def module_map(files: Iterable[Path]) -> list[str]:
+    """The README's module -> tests table, as its rows: each core module and the test files
+    whose ``Covers:`` line names it (the tools' tests are found by their folder instead)."""
+    tests_of: dict[str, list[str]] = {}
+    for path in files:
+        for name in covers(path):
+            tests_of.setdefault(name, []).append(str(path.relative_to(ROOT)))
+    rows = []
+    for m in core_modules():
+        tests = ", ".join(f"`{t}`" for t in sorted(tests_of.get(m, [])))
+        rows.append(f"| `{m.removeprefix('bugsnag_celery/')}` | {tests} |")
+    return rows
+
+
+def readme_map(readme: str) -> list[str]:
+    """The rows of the README's table after ``<!-- module-tests -->``."""
+    after = readme.split("<!-- module-tests -->", 1)[1].lstrip("\n").splitlines()
+    rows = []
+    for line in after[2:]:  # past the header and its rule
+        if not line.startswith("|"):
+            break
+        rows.append(line)
+    return rows
+
+
+def test_the_readme_maps_each_core_module_to_its_tests() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert "<!-- module-tests -->" in readme
+    assert readme_map(readme) == module_map(suite_files())
+
+
 def test_every_core_module_is_named_by_a_test_files_covers_line() -> None:
     assert len(core_modules()) > 30
     missing = uncovered(core_modules(), suite_files())
@@ -192,6 +223,9 @@ def test_the_tests_layout_checks_see_violations(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setattr(this, "checked_for_reach_ins", lambda: [reach])
     with pytest.raises(AssertionError, match=re.escape("bugsnag_celery/hooks/runner.py")):
         test_every_core_module_is_named_by_a_test_files_covers_line()
+    assert readme_map("x\n<!-- module-tests -->\n| a | b |\n| --- | --- |\n| `clock.py` | `t` |\n\nend") == [
+        "| `clock.py` | `t` |"
+    ]
     with pytest.raises(AssertionError, match=re.escape("covers bugsnag_celery/payload/gone.py")):
         test_every_covers_line_names_files_that_exist()
     with pytest.raises(AssertionError, match=re.escape("test_silent.py")):
