@@ -41,19 +41,18 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections import Counter
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+import harness  # noqa: E402
 import overhead  # noqa: E402
 import storm  # noqa: E402
-from delivery import REDIS, fill, rss_tree  # noqa: E402
+from harness import REDIS, rss_tree  # noqa: E402
 from variants import OURS, PEERS, PLAIN, available, instrument, shutdown, versions  # noqa: E402
 from verdict import EXACT, TARGET, Check, conclude  # noqa: E402
 
@@ -62,133 +61,30 @@ LABELS = {PLAIN: "plain Celery", OURS: "bugsnag-celery", "bugsnag_python": "bugs
           "sentry": "sentry-sdk", "otel": "OpenTelemetry"}  # fmt: skip
 
 
-class Counting(BaseHTTPRequestHandler):
-    """Answers at once; counts requests and bytes per path, and session buckets."""
-
-    lock = threading.Lock()
-    requests: ClassVar[dict[str, int]] = {}
-    bytes: ClassVar[dict[str, int]] = {}
-    buckets: ClassVar[set[tuple[str, str]]] = set()
-    sessions = 0
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        path = self.path.rstrip("/") or "/"
-        with self.lock:
-            self.requests[path] = self.requests.get(path, 0) + 1
-            self.bytes[path] = (
-                self.bytes.get(path, 0)
-                + len(body)
-                + sum(len(k) + len(v) + 4 for k, v in self.headers.items())
-            )
-            if path.endswith("sessions"):
-                try:
-                    data = json.loads(body)
-                    release = json.dumps(data.get("app"), sort_keys=True)
-                    for row in data.get("sessionCounts", []):
-                        type(self).buckets.add((release, row["startedAt"]))
-                        type(self).sessions += row["sessionsStarted"]
-                except (ValueError, KeyError, TypeError):
-                    pass
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"{}")
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    @classmethod
-    def reset(cls) -> None:
-        with cls.lock:
-            cls.requests, cls.bytes, cls.buckets, cls.sessions = {}, {}, set(), 0
-
-
-def serve(handler: type[BaseHTTPRequestHandler]) -> str:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return f"http://127.0.0.1:{server.server_address[1]}"
-
-
-def redis_client() -> Any:
-    from kombu.connection import Connection
-
-    conn = Connection(REDIS)
-    return conn, conn.default_channel.client  # type: ignore[attr-defined, unused-ignore]
-
-
-def delete_own_keys(name: str) -> None:
-    """Every key of database 12 that holds the run's unique queue name, and nothing else."""
-    conn, client = redis_client()
-    try:
-        for key in list(client.scan_iter(match=f"*{name}*", count=1000)):
-            client.delete(key)
-    finally:
-        conn.release()
-
-
 # -- 3 and 4: real workers ------------------------------------------------------------------
 
 
 def start_worker(variant: str, queue: str, endpoint: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": str(HERE), "BENCH_BROKER": REDIS, "BENCH_QUEUE": queue,
-           "BENCH_ENDPOINT": endpoint, "BENCH_VARIANT": variant}  # fmt: skip
-    log = open(os.path.join(tempfile.gettempdir(), f"{queue}.log"), "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "bench_app", "worker", "-P", "prefork", "-c", "2", "-Q", queue,
-         "--without-mingle", "--without-gossip", "--without-heartbeat", "-l", "WARNING"],
-        env=env, cwd=str(HERE), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    log.close()
-    return proc
-
-
-def stop_worker(proc: subprocess.Popen[bytes]) -> None:
-    import signal
-
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-            return
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except OSError:
-        pass
-    proc.wait()
-
-
-def drained(client: Any, queue: str) -> bool:
-    return client.llen(queue) == 0 and not client.hlen("unacked")
+    return harness.start_worker(queue, endpoint, "-c", "2", BENCH_VARIANT=variant)
 
 
 def throughput_once(variant: str, n: int, endpoint: str) -> float:
     """Tasks per second for *n* queued no-op tasks, from the first taken to the last acked."""
     queue = f"bench-tp-{uuid.uuid4().hex[:8]}"
-    conn, client = redis_client()
-    fill(queue, n, "bench.noop")
+    conn, client = harness.redis_client()
+    harness.fill(queue, n, "bench.noop")
     proc = start_worker(variant, queue, endpoint)
     try:
-        deadline = time.monotonic() + 120
-        while client.llen(queue) >= n:  # the worker starts: its first fetch starts the clock
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"{variant}: the worker did not start (see {queue}.log in the temp folder)"
-                )
-            time.sleep(0.002)
+        harness.wait_started(proc, client, queue, n, variant)  # its first fetch starts the clock
         start = time.monotonic()
-        while not drained(client, queue):
-            if proc.poll() is not None:
-                raise RuntimeError(f"{variant}: the worker died")
+        while not harness.drained(client, queue):
+            harness.alive(proc, variant, start, n, client, queue)
             time.sleep(0.002)
         return n / (time.monotonic() - start)
     finally:
-        stop_worker(proc)
+        harness.stop_worker(proc)
         conn.release()
-        delete_own_keys(queue)
+        harness.cleanup(REDIS, queue)
 
 
 def throughput(variants: list[str], n: int, rounds: int, endpoint: str) -> dict[str, list[float]]:
@@ -209,10 +105,10 @@ def throughput(variants: list[str], n: int, rounds: int, endpoint: str) -> dict[
 
 
 def run_tasks(client: Any, queue: str, n: int, proc: subprocess.Popen[bytes]) -> None:
-    fill(queue, n, "bench.noop")
-    while not drained(client, queue):
-        if proc.poll() is not None:
-            raise RuntimeError("the worker died")
+    harness.fill(queue, n, "bench.noop")
+    start = time.monotonic()
+    while not harness.drained(client, queue):
+        harness.alive(proc, "memory", start, n, client, queue)
         time.sleep(0.05)
     time.sleep(2)  # background threads (flushers, span processors, session timers) go quiet
 
@@ -220,7 +116,7 @@ def run_tasks(client: Any, queue: str, n: int, proc: subprocess.Popen[bytes]) ->
 def memory(variant: str, tasks: int, warmup: int, endpoint: str) -> tuple[float, float]:
     """(RSS MB after the warm-up, RSS MB after *tasks* more)."""
     queue = f"bench-mem-{uuid.uuid4().hex[:8]}"
-    conn, client = redis_client()
+    conn, client = harness.redis_client()
     proc = start_worker(variant, queue, endpoint)
     try:
         run_tasks(client, queue, warmup, proc)
@@ -231,9 +127,9 @@ def memory(variant: str, tasks: int, warmup: int, endpoint: str) -> tuple[float,
             left -= 20_000
         after = rss_tree(proc.pid)
     finally:
-        stop_worker(proc)
+        harness.stop_worker(proc)
         conn.release()
-        delete_own_keys(queue)
+        harness.cleanup(REDIS, queue)
     return before / 1e6, after / 1e6
 
 
@@ -251,6 +147,8 @@ def network_child(variant: str, runs: int, endpoint: str) -> dict[str, Any]:
     os.environ["BENCH_QUEUE_PREFIX"] = prefix
     app = Celery("net", broker=REDIS if variant == OURS else "memory://", backend=None, set_as_current=True)
     app.conf.task_store_eager_result = False
+    if variant == OURS:  # its delivery run's bookkeeping under the run's own keys
+        app.conf.broker_transport_options = harness.transport_options(prefix)
     instrument(variant, app, endpoint)
 
     @app.task
@@ -276,23 +174,34 @@ def network_child(variant: str, runs: int, endpoint: str) -> dict[str, Any]:
             shutdown(variant)
     finally:
         if variant == OURS:
-            delete_own_keys(prefix)
+            harness.cleanup(REDIS, prefix)
     return {"elapsed": elapsed, "broker_messages": messages}
 
 
-def network(variant: str, runs: int, endpoint: str) -> dict[str, Any]:
-    Counting.reset()
+def network(variant: str, runs: int, endpoint: Any) -> dict[str, Any]:
+    """*runs* in a fresh process; what *endpoint* (a :func:`harness.endpoint`) received of them."""
+    endpoint.reset()
     out = subprocess.run(
-        [sys.executable, __file__, "--network-child", variant, "--runs", str(runs), "--endpoint", endpoint],
-        capture_output=True, text=True, timeout=3600,
+        [sys.executable, __file__, "--network-child", variant, "--runs", str(runs),
+         "--endpoint", endpoint.url], capture_output=True, text=True, timeout=3600,
     )  # fmt: skip
     if out.returncode != 0:
         raise RuntimeError(f"network {variant}: {out.stderr[-2000:]}")
     child = json.loads(out.stdout.strip().splitlines()[-1])
     time.sleep(0.5)  # the last request's handler thread finishes counting
-    with Counting.lock:
-        return {**child, "runs": runs, "requests": dict(Counting.requests), "bytes": dict(Counting.bytes),
-                "buckets": len(Counting.buckets), "sessions": Counting.sessions}  # fmt: skip
+    records = endpoint.received()
+    requests: Counter[str] = Counter()
+    sent: Counter[str] = Counter()
+    buckets: set[tuple[str, str]] = set()
+    for r in records:
+        path = r["path"].rstrip("/") or "/"
+        requests[path] += 1
+        sent[path] += r["size"] + r["header_bytes"]
+        if path.endswith("sessions"):
+            buckets |= r["buckets"]
+    sessions = harness.sessions([r for r in records if r["path"].rstrip("/").endswith("sessions")])
+    return {**child, "runs": runs, "requests": dict(requests), "bytes": dict(sent),
+            "buckets": len(buckets), "sessions": sessions}  # fmt: skip
 
 
 # -- the run --------------------------------------------------------------------------------
@@ -396,6 +305,7 @@ def main() -> int:
         print(json.dumps(network_child(args.network_child, args.runs, args.endpoint)))
         return 0
 
+    harness.exit_on_sigterm()
     if args.quick:
         args.rounds, args.throughput_rounds, args.tasks, args.memory_tasks = 1, 1, 200, 1_000
         args.network_runs = args.network_peer_runs = 1_000
@@ -409,7 +319,7 @@ def main() -> int:
     results: dict[str, Any] = {"variants": variants, "missing": missing}
     checks: list[Check] = []
 
-    slow_server, slow = overhead.serve()
+    slow = harness.endpoint(harness.SLOW)
     for scenario in ("success", "failure"):
         if scenario not in parts:
             continue
@@ -424,7 +334,7 @@ def main() -> int:
         overhead.print_summary(scenario, summary)
         results[scenario] = summary
         checks += overhead.verdicts(scenario, summary)
-    slow_server.shutdown()
+    slow.close()
     if "inprocess" in parts:
         results["inprocess"] = inprocess(args.inprocess_rounds, 200 if args.quick else 2000, checks)
     if "instructions" in parts:
@@ -436,9 +346,9 @@ def main() -> int:
         else:
             results["instructions_missing"] = True
 
-    fast = serve(Counting)
+    fast = harness.endpoint(reply=b"{}")
     if "throughput" in parts:
-        tp = throughput(variants, args.tasks, args.throughput_rounds, fast)
+        tp = throughput(variants, args.tasks, args.throughput_rounds, fast.url)
         base = statistics.median(tp[PLAIN])
         results["throughput"] = {
             v: {**stats(vals), "ratio": statistics.median(vals) / base} for v, vals in tp.items()
@@ -449,19 +359,17 @@ def main() -> int:
         ratio = results["throughput"][OURS]["ratio"]
         checks.append(Check(f"throughput: at least 0.98 of plain (x{ratio:.3f})", ratio >= 0.98, TARGET))
     if "storm" in parts:
-        storm_server, storm_endpoint = storm.serve()
         results["storm"], storm_checks = storm.storm(
-            variants, args.storm_tasks, args.storm_rounds, storm_endpoint, args.quick
+            variants, args.storm_tasks, args.storm_rounds, args.quick
         )
         checks += storm_checks
-        storm_server.shutdown()
     if "memory" in parts:
         print(
             f"\nmemory: worker RSS (main + 2 children) after a warm-up and after {args.memory_tasks:,} more"
         )
         results["memory"] = {}
         for v in variants:
-            before, after = memory(v, args.memory_tasks, 200 if args.quick else 10_000, fast)
+            before, after = memory(v, args.memory_tasks, 200 if args.quick else 10_000, fast.url)
             results["memory"][v] = {"before": before, "after": after, "growth": after - before}
             print(f"  {v:15s} {before:7.1f} MB -> {after:7.1f} MB: {after - before:+.2f} MB", flush=True)
         growth = results["memory"][OURS]["growth"]
