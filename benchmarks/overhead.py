@@ -122,6 +122,7 @@ def run_variant(
         check=True,
         capture_output=True,
         text=True,
+        timeout=600,  # a full-size batch takes seconds; a stuck child fails the run, not hangs it
     )
     child: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     # the child delivered everything before it exited: what came in meanwhile is its own
