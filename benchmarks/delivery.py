@@ -139,16 +139,16 @@ def start_worker(queue: str, endpoint: str, *args: str, runs: str = "") -> subpr
                                 BENCH_RUNS=runs)  # fmt: skip
 
 
-def send_and_drain(proc: subprocess.Popen[bytes], queue: str, n: int) -> None:
+def send_and_drain(proc: subprocess.Popen[bytes], queue: str, n: int, per_second: float = 20) -> None:
     """Send *n* no-op tasks and wait until the worker has taken them all and gone quiet."""
     from kombu.connection import Connection
 
     harness.fill(queue, n, "mem.noop")
     start = time.monotonic()
     with Connection(REDIS) as conn:
-        client: Any = conn.default_channel
-        while client.client.llen(queue) > 0:
-            harness.alive(proc, "delivery", start, n, client.client, queue)
+        redis: Any = conn.default_channel.client  # type: ignore[attr-defined, unused-ignore]
+        while redis.llen(queue) > 0:
+            harness.alive(proc, "delivery", start, n, redis, queue, per_second)
             time.sleep(0.2)
     time.sleep(3)  # the last prefetched tasks run; flushers go quiet
 
@@ -191,7 +191,7 @@ def recycle(tasks: int, endpoint: Any) -> list[Check]:
 
     try:
         time.sleep(3)
-        send_and_drain(proc, queue, tasks)
+        send_and_drain(proc, queue, tasks, per_second=1)
         deadline = time.monotonic() + 60 + tasks  # Celery recycles a few children a second
         while runs() < tasks and time.monotonic() < deadline:
             time.sleep(0.5)  # prefetched tasks are still running, a child each

@@ -153,13 +153,15 @@ def drained(client: Any, queue: str) -> bool:
     return client.llen(queue) == 0 and not client.hlen(f"{queue}.unacked")
 
 
-def alive(proc: Any, what: str, since: float, n: int, client: Any = None, queue: str = "") -> None:
-    """Raise if the worker died, or if *n* tasks took longer than two minutes plus 20 a second
-    (each variant runs hundreds a second): a stuck run fails with what it waited for,
-    instead of running into the test's time limit."""
+def alive(
+    proc: Any, what: str, since: float, n: int, client: Any = None, queue: str = "", per_second: float = 20
+) -> None:
+    """Raise if the worker died, or if *n* tasks took longer than two minutes plus *per_second*
+    of them a second (each variant runs hundreds a second; a child per task, a few): a stuck
+    run fails with what it waited for, instead of running into the test's time limit."""
     if proc.poll() is not None:
         raise RuntimeError(f"{what}: the worker died (see {queue}.log in the temp folder)")
-    if time.monotonic() - since > 120 + n / 20:
+    if time.monotonic() - since > 120 + n / per_second:
         left = f": {client.llen(queue)} queued, {client.hlen(f'{queue}.unacked')} unacked" if client else ""
         raise RuntimeError(f"{what}: {n:,} tasks not done in {time.monotonic() - since:.0f} s{left}")
 
