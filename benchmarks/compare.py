@@ -76,9 +76,7 @@ def throughput_once(variant: str, n: int, endpoint: str) -> float:
             time.sleep(0.002)
         return n / (time.monotonic() - start)
     finally:
-        harness.stop_worker(proc)
-        conn.release()
-        harness.cleanup(REDIS, queue)
+        harness.finish(proc, queue, conn)
 
 
 def throughput(variants: list[str], n: int, rounds: int, endpoint: str) -> dict[str, list[float]]:
@@ -122,9 +120,7 @@ def memory(variant: str, tasks: int, warmup: int, endpoint: str, quiet: float = 
             left -= 20_000
         after = rss_tree(proc.pid)
     finally:
-        harness.stop_worker(proc)
-        conn.release()
-        harness.cleanup(REDIS, queue)
+        harness.finish(proc, queue, conn)
     return before / 1e6, after / 1e6
 
 

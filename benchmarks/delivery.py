@@ -164,8 +164,7 @@ def memory(tasks: int, warmup: int, endpoint: Any) -> list[Check]:
         send_and_drain(proc, queue, tasks)
         after = rss_tree(proc.pid)
     finally:
-        harness.stop_worker(proc)
-        cleanup(REDIS, queue)
+        harness.finish(proc, queue)
     growth = (after - before) / 1e6
     print(f"memory:  worker RSS (main + 2 children) {before / 1e6:.1f} MB after {warmup:,} tasks,"
           f" {after / 1e6:.1f} MB after {tasks:,} more: growth {growth:+.2f} MB")  # fmt: skip
@@ -201,8 +200,7 @@ def recycle(tasks: int, endpoint: Any) -> list[Check]:
         stats = deliver_session_counts(app, api_key=KEY, endpoint=f"{endpoint.url}/sessions",
                                        enabled_release_stages=None, prefix=queue)  # fmt: skip
     finally:
-        harness.stop_worker(proc)
-        cleanup(REDIS, queue)
+        harness.finish(proc, queue)
     sessions = harness.sessions(endpoint.received())
     ran = runs()
     print(f"recycle: {ran:,} task runs, a child process each (-c 8 --max-tasks-per-child=1),"

@@ -13,6 +13,7 @@ README names; every run names its queues uniquely and deletes them (:func:`clean
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -21,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -110,7 +111,7 @@ def cleanup(url: str, prefix: str) -> None:
     """Delete this run's queues (and, on Redis, every key naming them): nothing else."""
     from kombu.connection import Connection
 
-    with Connection(url) as conn:
+    with shielded(), Connection(url) as conn:
         channel: Any = conn.default_channel
         if url.startswith("redis"):
             for key in list(channel.client.scan_iter(match=f"*{prefix}*", count=1000)):
@@ -191,11 +192,45 @@ def start_worker(
     return proc
 
 
+_stopping = {"deferred": False, "shielded": 0}
+
+
 def exit_on_sigterm() -> None:
     """Make SIGTERM end the benchmark through its ``finally`` blocks, which stop the workers it
     started: they lead process groups of their own, and would otherwise outlive it (a test's
-    time limit, a Ctrl-C'd CI job) and load the machine under the runs that follow."""
-    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+    time limit, a Ctrl-C'd CI job) and load the machine under the runs that follow. A SIGTERM
+    that lands in :func:`shielded` code (stopping a worker, deleting queues) waits for its end.
+    """
+
+    def stop(signum: int, _frame: Any) -> None:
+        if _stopping["shielded"]:
+            _stopping["deferred"] = True
+        else:
+            sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
+@contextlib.contextmanager
+def shielded() -> Iterator[None]:
+    """Run the block whole even if SIGTERM arrives meanwhile; then exit, if it did."""
+    _stopping["shielded"] += 1
+    try:
+        yield
+    finally:
+        _stopping["shielded"] -= 1
+        if _stopping["deferred"] and not _stopping["shielded"]:
+            _stopping["deferred"] = False
+            sys.exit(128 + signal.SIGTERM)
+
+
+def finish(proc: subprocess.Popen[bytes], queue: str, conn: Any = None) -> None:
+    """A worker's end: stop it, release *conn*, delete *queue*'s keys -- all of it (:func:`shielded`)."""
+    with shielded():
+        stop_worker(proc)
+        if conn is not None:
+            conn.release()
+        cleanup(REDIS, queue)
 
 
 def wait_started(proc: subprocess.Popen[bytes], client: Any, queue: str, n: int, what: str) -> None:
@@ -209,19 +244,38 @@ def wait_started(proc: subprocess.Popen[bytes], client: Any, queue: str, n: int,
 
 def stop_worker(proc: subprocess.Popen[bytes], grace: float = 60) -> None:
     """A warm shutdown (children flush or spool what they hold); after *grace* seconds, a kill
-    of the worker's whole process group, so that nothing outlives the benchmark."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
+    of the worker's whole process group, so that nothing outlives the benchmark.
+
+    Pool children can outlast their main process by a moment (a worker stopped while it was
+    still starting): they are waited for, up to 10 s, so that what they write does not land
+    after the benchmark deleted its queues.
+    """
+    with shielded():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                pass
+        if proc.poll() is not None:
+            deadline = time.monotonic() + 10
+            while group_alive(proc.pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
         try:
-            proc.wait(grace)
-            return
-        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
             pass
+        proc.wait()
+
+
+def group_alive(pgid: int) -> bool:
     try:
-        os.killpg(proc.pid, signal.SIGKILL)  # with the pool's children
-    except OSError:
-        pass
-    proc.wait()
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists, and is not ours to signal
+        return True
+    return True
 
 
 def rss_tree(pid: int) -> int:

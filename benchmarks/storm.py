@@ -148,29 +148,30 @@ def storm_once(variant: str, n: int) -> dict[str, Any]:
     proc = harness.start_worker(queue, stand_in.url, "-c", "2", BENCH_VARIANT=variant)
     peak = base = 0
     try:
-        harness.wait_started(proc, client, queue, n, variant)
-        start = time.monotonic()
-        base = peak = rss_tree(proc.pid)
-        sampled = start
-        while not harness.drained(client, queue):
-            harness.alive(proc, variant, start, n, client, queue)
-            if time.monotonic() - sampled >= 0.25:
-                peak, sampled = max(peak, rss_tree(proc.pid)), time.monotonic()
-            time.sleep(0.002)
-        took = time.monotonic() - start
-        peak = max(peak, rss_tree(proc.pid))
-    finally:
-        harness.stop_worker(proc)  # a warm shutdown: children flush or spool what they hold
-    result: dict[str, Any] = {"tasks_per_s": n / took, "rss_growth_mb": (peak - base) / 1e6}
-    try:
+        try:
+            harness.wait_started(proc, client, queue, n, variant)
+            start = time.monotonic()
+            base = peak = rss_tree(proc.pid)
+            sampled = start
+            while not harness.drained(client, queue):
+                harness.alive(proc, variant, start, n, client, queue)
+                if time.monotonic() - sampled >= 0.25:
+                    peak, sampled = max(peak, rss_tree(proc.pid)), time.monotonic()
+                time.sleep(0.002)
+            took = time.monotonic() - start
+            peak = max(peak, rss_tree(proc.pid))
+        finally:
+            harness.stop_worker(proc)  # a warm shutdown: children flush or spool what they hold
+        result: dict[str, Any] = {"tasks_per_s": n / took, "rss_growth_mb": (peak - base) / 1e6}
         if variant == OURS:
             result["delivery"] = deliver_after(queue, stand_in.url)
             time.sleep(0.5)
             result["received"] = received(stand_in.received(), n)
     finally:
-        stand_in.close()
-        conn.release()
-        harness.cleanup(REDIS, queue)
+        with harness.shielded():
+            stand_in.close()
+            conn.release()
+            harness.cleanup(REDIS, queue)
     return result
 
 
