@@ -12,12 +12,13 @@ figure is each variant's median over the rounds, minus plain Celery's median.
     .venv/bin/python benchmarks/ab.py --other /tmp/before --failure   # a raising task instead
 
 ``--failure``: the task raises, and events go to an endpoint in another process that answers
-after 50 ms (``overhead.py``'s). A batch is then timed in CPU seconds of the whole process
-(every thread), its runs and the delivery of its events included, with the cyclic garbage
-collector on: a failing run leaves reference cycles (exception, traceback, frames), and
-what the collector then walks -- events waiting in the sender's queue among it -- is part
-of the cost, as is the sender thread's encoding and HTTP. Waiting for the endpoint is not
-(it costs no CPU), so every batch ends with an idle sender and the next starts clean.
+after 50 ms (the harness's stand-in, as ``overhead.py``'s). A batch is then timed in CPU
+seconds of the whole process (every thread), its runs and the delivery of its events
+included, with the cyclic garbage collector on: a failing run leaves reference cycles
+(exception, traceback, frames), and what the collector then walks -- events waiting in
+the sender's queue among it -- is part of the cost, as is the sender thread's encoding and
+HTTP. Waiting for the endpoint is not (it costs no CPU), so every batch ends with an idle
+sender and the next starts clean.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
 
-from variants import KEY, eager_app
+from harness import batch, eager_app
+from variants import KEY
 
 OTHER_NAME = "bugsnag_celery_other"
 
@@ -46,24 +48,6 @@ def load_other(checkout: Path) -> ModuleType:
     shutil.copytree(checkout / "bugsnag_celery", where / OTHER_NAME)
     sys.path.insert(0, str(where))
     return importlib.import_module(OTHER_NAME)
-
-
-def batch(apply: Callable[[], Any], runs: int) -> float:
-    """Microseconds per call over *runs* calls.
-
-    The cyclic garbage collector is held off during the batch (and run before it): a
-    collection lands in whichever variant's batch happens to cross its threshold, a
-    noise of several microseconds per task in a batch of a few thousand.
-    """
-    gc.collect()
-    gc.disable()
-    try:
-        start = time.perf_counter()
-        for _ in range(runs):
-            apply()
-        return (time.perf_counter() - start) / runs * 1e6
-    finally:
-        gc.enable()
 
 
 def cpu_batch(apply: Callable[[], Any], runs: int, package: ModuleType | None) -> float:
@@ -106,8 +90,8 @@ def main() -> int:
     endpoint, server = "http://127.0.0.1:9", None
     if args.failure:
         server = subprocess.Popen(
-            [sys.executable, "-c", "import time, overhead; print(overhead.serve()[1], flush=True); "
-             "time.sleep(86400)"],
+            [sys.executable, "-c", "import time, harness; "
+             "print(harness.endpoint(harness.SLOW).url, flush=True); time.sleep(86400)"],
             cwd=str(Path(__file__).resolve().parent), stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         assert server.stdout is not None

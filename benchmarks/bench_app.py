@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 from celery import Celery
+from harness import transport_options
 from variants import instrument
 
 app = Celery("bench_app", broker=os.environ["BENCH_BROKER"])
@@ -17,6 +18,7 @@ app.conf.update(
     task_default_queue=os.environ["BENCH_QUEUE"],
     worker_enable_remote_control=False,
     task_ignore_result=True,
+    broker_transport_options=transport_options(os.environ["BENCH_QUEUE"]),
 )
 os.environ.setdefault("BENCH_QUEUE_PREFIX", os.environ["BENCH_QUEUE"])
 instrument(os.environ.get("BENCH_VARIANT", "plain"), app, os.environ["BENCH_ENDPOINT"], worker=True)

@@ -36,159 +36,47 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections import Counter
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+import harness  # noqa: E402
 import overhead  # noqa: E402
+import results as results_file  # noqa: E402
 import storm  # noqa: E402
-from delivery import REDIS, fill, rss_tree  # noqa: E402
-from variants import OURS, PEERS, PLAIN, available, instrument, shutdown, versions  # noqa: E402
+from harness import REDIS, rss_tree  # noqa: E402
+from variants import OURS, PEERS, PLAIN, available, instrument, shutdown  # noqa: E402
 from verdict import EXACT, TARGET, Check, conclude  # noqa: E402
 
 PARTS = ["success", "failure", "inprocess", "instructions", "throughput", "storm", "memory", "network"]
-LABELS = {PLAIN: "plain Celery", OURS: "bugsnag-celery", "bugsnag_python": "bugsnag-python",
-          "sentry": "sentry-sdk", "otel": "OpenTelemetry"}  # fmt: skip
-
-
-class Counting(BaseHTTPRequestHandler):
-    """Answers at once; counts requests and bytes per path, and session buckets."""
-
-    lock = threading.Lock()
-    requests: ClassVar[dict[str, int]] = {}
-    bytes: ClassVar[dict[str, int]] = {}
-    buckets: ClassVar[set[tuple[str, str]]] = set()
-    sessions = 0
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        path = self.path.rstrip("/") or "/"
-        with self.lock:
-            self.requests[path] = self.requests.get(path, 0) + 1
-            self.bytes[path] = (
-                self.bytes.get(path, 0)
-                + len(body)
-                + sum(len(k) + len(v) + 4 for k, v in self.headers.items())
-            )
-            if path.endswith("sessions"):
-                try:
-                    data = json.loads(body)
-                    release = json.dumps(data.get("app"), sort_keys=True)
-                    for row in data.get("sessionCounts", []):
-                        type(self).buckets.add((release, row["startedAt"]))
-                        type(self).sessions += row["sessionsStarted"]
-                except (ValueError, KeyError, TypeError):
-                    pass
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"{}")
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    @classmethod
-    def reset(cls) -> None:
-        with cls.lock:
-            cls.requests, cls.bytes, cls.buckets, cls.sessions = {}, {}, set(), 0
-
-
-def serve(handler: type[BaseHTTPRequestHandler]) -> str:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return f"http://127.0.0.1:{server.server_address[1]}"
-
-
-def redis_client() -> Any:
-    from kombu.connection import Connection
-
-    conn = Connection(REDIS)
-    return conn, conn.default_channel.client  # type: ignore[attr-defined, unused-ignore]
-
-
-def delete_own_keys(name: str) -> None:
-    """Every key of database 12 that holds the run's unique queue name, and nothing else."""
-    conn, client = redis_client()
-    try:
-        for key in list(client.scan_iter(match=f"*{name}*", count=1000)):
-            client.delete(key)
-    finally:
-        conn.release()
 
 
 # -- 3 and 4: real workers ------------------------------------------------------------------
 
 
-def start_worker(variant: str, queue: str, endpoint: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": str(HERE), "BENCH_BROKER": REDIS, "BENCH_QUEUE": queue,
-           "BENCH_ENDPOINT": endpoint, "BENCH_VARIANT": variant}  # fmt: skip
-    log = open(os.path.join(tempfile.gettempdir(), f"{queue}.log"), "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "bench_app", "worker", "-P", "prefork", "-c", "2", "-Q", queue,
-         "--without-mingle", "--without-gossip", "--without-heartbeat", "-l", "WARNING"],
-        env=env, cwd=str(HERE), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    log.close()
-    return proc
-
-
-def stop_worker(proc: subprocess.Popen[bytes]) -> None:
-    import signal
-
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-            return
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except OSError:
-        pass
-    proc.wait()
-
-
-def drained(client: Any, queue: str) -> bool:
-    return client.llen(queue) == 0 and not client.hlen("unacked")
-
-
 def throughput_once(variant: str, n: int, endpoint: str) -> float:
     """Tasks per second for *n* queued no-op tasks, from the first taken to the last acked."""
     queue = f"bench-tp-{uuid.uuid4().hex[:8]}"
-    conn, client = redis_client()
-    fill(queue, n, "bench.noop")
-    proc = start_worker(variant, queue, endpoint)
+    conn, client = harness.redis_client()
+    harness.fill(queue, n, "bench.noop")
+    proc = harness.start_worker(queue, endpoint, "-c", "2", BENCH_VARIANT=variant)
     try:
-        deadline = time.monotonic() + 120
-        while client.llen(queue) >= n:  # the worker starts: its first fetch starts the clock
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"{variant}: the worker did not start (see {queue}.log in the temp folder)"
-                )
-            time.sleep(0.002)
+        harness.wait_started(proc, client, queue, n, variant)  # its first fetch starts the clock
         start = time.monotonic()
-        while not drained(client, queue):
-            if proc.poll() is not None:
-                raise RuntimeError(f"{variant}: the worker died")
+        while not harness.drained(client, queue):
+            harness.alive(proc, variant, start, n, client, queue)
             time.sleep(0.002)
         return n / (time.monotonic() - start)
     finally:
-        stop_worker(proc)
-        conn.release()
-        delete_own_keys(queue)
+        harness.finish(proc, queue, conn)
 
 
 def throughput(variants: list[str], n: int, rounds: int, endpoint: str) -> dict[str, list[float]]:
@@ -208,32 +96,31 @@ def throughput(variants: list[str], n: int, rounds: int, endpoint: str) -> dict[
     return results
 
 
-def run_tasks(client: Any, queue: str, n: int, proc: subprocess.Popen[bytes]) -> None:
-    fill(queue, n, "bench.noop")
-    while not drained(client, queue):
-        if proc.poll() is not None:
-            raise RuntimeError("the worker died")
+def run_tasks(client: Any, queue: str, n: int, proc: subprocess.Popen[bytes], quiet: float) -> None:
+    harness.fill(queue, n, "bench.noop")
+    start = time.monotonic()
+    while not harness.drained(client, queue):
+        harness.alive(proc, "memory", start, n, client, queue)
         time.sleep(0.05)
-    time.sleep(2)  # background threads (flushers, span processors, session timers) go quiet
+    time.sleep(quiet)  # background threads (flushers, span processors, session timers) go quiet
 
 
-def memory(variant: str, tasks: int, warmup: int, endpoint: str) -> tuple[float, float]:
-    """(RSS MB after the warm-up, RSS MB after *tasks* more)."""
+def memory(variant: str, tasks: int, warmup: int, endpoint: str, quiet: float = 2) -> tuple[float, float]:
+    """(RSS MB after the warm-up, RSS MB after *tasks* more); *quiet*: seconds of rest before
+    each reading (the smoke mode, which judges no memory figure, rests less)."""
     queue = f"bench-mem-{uuid.uuid4().hex[:8]}"
-    conn, client = redis_client()
-    proc = start_worker(variant, queue, endpoint)
+    conn, client = harness.redis_client()
+    proc = harness.start_worker(queue, endpoint, "-c", "2", BENCH_VARIANT=variant)
     try:
-        run_tasks(client, queue, warmup, proc)
+        run_tasks(client, queue, warmup, proc, quiet)
         before = rss_tree(proc.pid)
         left = tasks
         while left > 0:  # in slices: the queue never holds 200,000 messages
-            run_tasks(client, queue, min(left, 20_000), proc)
+            run_tasks(client, queue, min(left, 20_000), proc, quiet)
             left -= 20_000
         after = rss_tree(proc.pid)
     finally:
-        stop_worker(proc)
-        conn.release()
-        delete_own_keys(queue)
+        harness.finish(proc, queue, conn)
     return before / 1e6, after / 1e6
 
 
@@ -251,6 +138,8 @@ def network_child(variant: str, runs: int, endpoint: str) -> dict[str, Any]:
     os.environ["BENCH_QUEUE_PREFIX"] = prefix
     app = Celery("net", broker=REDIS if variant == OURS else "memory://", backend=None, set_as_current=True)
     app.conf.task_store_eager_result = False
+    if variant == OURS:  # its delivery run's bookkeeping under the run's own keys
+        app.conf.broker_transport_options = harness.transport_options(prefix)
     instrument(variant, app, endpoint)
 
     @app.task
@@ -276,23 +165,34 @@ def network_child(variant: str, runs: int, endpoint: str) -> dict[str, Any]:
             shutdown(variant)
     finally:
         if variant == OURS:
-            delete_own_keys(prefix)
+            harness.cleanup(REDIS, prefix)
     return {"elapsed": elapsed, "broker_messages": messages}
 
 
-def network(variant: str, runs: int, endpoint: str) -> dict[str, Any]:
-    Counting.reset()
+def network(variant: str, runs: int, endpoint: Any) -> dict[str, Any]:
+    """*runs* in a fresh process; what *endpoint* (a :func:`harness.endpoint`) received of them."""
+    endpoint.reset()
     out = subprocess.run(
-        [sys.executable, __file__, "--network-child", variant, "--runs", str(runs), "--endpoint", endpoint],
-        capture_output=True, text=True, timeout=3600,
+        [sys.executable, __file__, "--network-child", variant, "--runs", str(runs),
+         "--endpoint", endpoint.url], capture_output=True, text=True, timeout=3600,
     )  # fmt: skip
     if out.returncode != 0:
         raise RuntimeError(f"network {variant}: {out.stderr[-2000:]}")
     child = json.loads(out.stdout.strip().splitlines()[-1])
     time.sleep(0.5)  # the last request's handler thread finishes counting
-    with Counting.lock:
-        return {**child, "runs": runs, "requests": dict(Counting.requests), "bytes": dict(Counting.bytes),
-                "buckets": len(Counting.buckets), "sessions": Counting.sessions}  # fmt: skip
+    records = endpoint.received()
+    requests: Counter[str] = Counter()
+    sent: Counter[str] = Counter()
+    buckets: set[tuple[str, str]] = set()
+    for r in records:
+        path = r["path"].rstrip("/") or "/"
+        requests[path] += 1
+        sent[path] += r["size"] + r["header_bytes"]
+        if path.endswith("sessions"):
+            buckets |= r["buckets"]
+    sessions = harness.sessions([r for r in records if r["path"].rstrip("/").endswith("sessions")])
+    return {**child, "runs": runs, "requests": dict(requests), "bytes": dict(sent),
+            "buckets": len(buckets), "sessions": sessions}  # fmt: skip
 
 
 # -- the run --------------------------------------------------------------------------------
@@ -348,23 +248,6 @@ def stats(vals: list[float]) -> dict[str, float]:
     return {"median": statistics.median(vals), "min": min(vals), "max": max(vals)}
 
 
-def machine() -> dict[str, str]:
-    model = ""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            model = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), "")
-    except OSError:
-        pass
-    mem = ""
-    try:
-        with open("/proc/meminfo") as fh:
-            mem = f"{int(fh.readline().split()[1]) / 1024 / 1024:.0f} GiB"
-    except OSError:
-        pass
-    return {"os": f"{platform.system()} {platform.release()} {platform.machine()}", "cpu": model,
-            "cores": str(os.cpu_count()), "memory": mem, "python": platform.python_version()}  # fmt: skip
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -396,6 +279,7 @@ def main() -> int:
         print(json.dumps(network_child(args.network_child, args.runs, args.endpoint)))
         return 0
 
+    harness.exit_on_sigterm()
     if args.quick:
         args.rounds, args.throughput_rounds, args.tasks, args.memory_tasks = 1, 1, 200, 1_000
         args.network_runs = args.network_peer_runs = 1_000
@@ -409,7 +293,7 @@ def main() -> int:
     results: dict[str, Any] = {"variants": variants, "missing": missing}
     checks: list[Check] = []
 
-    slow_server, slow = overhead.serve()
+    slow = harness.endpoint(harness.SLOW)
     for scenario in ("success", "failure"):
         if scenario not in parts:
             continue
@@ -424,7 +308,7 @@ def main() -> int:
         overhead.print_summary(scenario, summary)
         results[scenario] = summary
         checks += overhead.verdicts(scenario, summary)
-    slow_server.shutdown()
+    slow.close()
     if "inprocess" in parts:
         results["inprocess"] = inprocess(args.inprocess_rounds, 200 if args.quick else 2000, checks)
     if "instructions" in parts:
@@ -436,9 +320,9 @@ def main() -> int:
         else:
             results["instructions_missing"] = True
 
-    fast = serve(Counting)
+    fast = harness.endpoint(reply=b"{}")
     if "throughput" in parts:
-        tp = throughput(variants, args.tasks, args.throughput_rounds, fast)
+        tp = throughput(variants, args.tasks, args.throughput_rounds, fast.url)
         base = statistics.median(tp[PLAIN])
         results["throughput"] = {
             v: {**stats(vals), "ratio": statistics.median(vals) / base} for v, vals in tp.items()
@@ -449,19 +333,18 @@ def main() -> int:
         ratio = results["throughput"][OURS]["ratio"]
         checks.append(Check(f"throughput: at least 0.98 of plain (x{ratio:.3f})", ratio >= 0.98, TARGET))
     if "storm" in parts:
-        storm_server, storm_endpoint = storm.serve()
         results["storm"], storm_checks = storm.storm(
-            variants, args.storm_tasks, args.storm_rounds, storm_endpoint, args.quick
+            variants, args.storm_tasks, args.storm_rounds, args.quick
         )
         checks += storm_checks
-        storm_server.shutdown()
     if "memory" in parts:
         print(
             f"\nmemory: worker RSS (main + 2 children) after a warm-up and after {args.memory_tasks:,} more"
         )
         results["memory"] = {}
         for v in variants:
-            before, after = memory(v, args.memory_tasks, 200 if args.quick else 10_000, fast)
+            warmup, quiet = (200, 0.5) if args.quick else (10_000, 2)
+            before, after = memory(v, args.memory_tasks, warmup, fast.url, quiet)
             results["memory"][v] = {"before": before, "after": after, "growth": after - before}
             print(f"  {v:15s} {before:7.1f} MB -> {after:7.1f} MB: {after - before:+.2f} MB", flush=True)
         growth = results["memory"][OURS]["growth"]
@@ -503,157 +386,9 @@ def main() -> int:
     if args.quick:
         print("(smoke mode: exactness judged, no timing verdict, no results file)")
         return status
-    write_results(Path(args.output), started, results, checks, sys.argv[1:])
+    results_file.write(Path(args.output), started, results, checks, sys.argv[1:], storm.LEFT_OUT)
     print(f"\nwritten: {args.output}")
     return status
-
-
-NOTES = """\
-## Reading the table
-
-- What each variant does per task run: bugsnag-celery opens a session and counts it
-  (delivered by the beat task); bugsnag-python runs `bugsnag.start_session()` from
-  `task_prerun` and reports failures synchronously (`asynchronous=False` in its Celery
-  handler: the 50 ms endpoint is paid inside the task); Sentry reports errors only (no
-  sessions for tasks, so no session requests); OpenTelemetry records a span per run.
-  OpenTelemetry's batch processor keeps at most 2,048 spans and drops the rest when the
-  exporter falls behind, so its network figure is a floor, not what it would need to send.
-- Three success-path figures, because a ~50 us eager run swings by microseconds between
-  processes on a shared machine: separate processes (the first row), one process with the
-  variants alternating in short batches (machine drift cancels, the spread does not), and
-  CPU instructions counted under valgrind (the main thread only; repeated counts agree
-  within ~1,000 per run). The 1/3 target is judged on the last two.
-- Where bugsnag-celery's success-path instructions go (valgrind, eager no-op, 2026-12-02):
-  about 11,000 added to Celery's ~428,000. Removed that day: a dict update under a lock
-  for the per-minute count (now `next()` on an `itertools.count`, ~3,500 fewer) and the
-  `build_tracer` hook's `*args, **kwargs` forwarding, which eager runs pass through on
-  every call (now Celery's own parameters, forwarded positionally, ~3,800 fewer). What is
-  left: the wrapper's frame and `ContextVar` set/reset (~6,500, the same with sessions
-  switched off), the request lookup, the clock, the count and the session object.
-- The "1/5 of the cheapest peer" line is a report, not a target: it asks for ~1.6 us on a
-  ~50 us run, below the floor of an exact, current session per run in pure Python.
-- Where the failure path goes (2026-12-03; `benchmarks/ab.py --failure`: one process, CPU of
-  every thread, delivery included, the garbage collector on). Plain Celery's own failing
-  eager run is 550-850 us: about a third is the garbage collector (a failure leaves
-  reference cycles), ~190 us is billiard's `ExceptionInfo` copying the `co_positions()` of
-  Celery's `trace_task` frame. bugsnag-celery adds ~5 us for the wrapper and session, ~40
-  us to build the event (frames with code, causes, task metadata, redaction), ~13 us to
-  encode it, and the rest to hand it over and deliver it (a POST costs the sender 1-2 ms
-  of CPU in `requests`, shared by the events it merges). Removed that day: the wrapper's
-  frame in every failure's traceback (dropped before the re-raise, Python 3.11+) and event
-  dicts waiting in the sender's queue, which every collection walked (full collections
-  22 -> 35-39 per 12,000 failures; now encoded bytes): +402 -> +262 us in the same rounds.
-- Storm: plain Celery's own worker RSS grows in a failing storm (result and traceback
-  objects), so memory is judged against plain's growth, not against zero. Where a pool
-  child's time goes (py-spy, 2026-12-03): Celery's failure handling is most of it
-  (`ExceptionInfo` alone ~24% of samples, then pickled to the main process); bugsnag-celery
-  ~2.4% building and handing over events, ~1.9% the per-second flush of session counts (a
-  new broker connection for each), ~1% the sender thread.
-"""
-
-
-def write_results(path: Path, started: datetime.datetime, results: dict[str, Any],
-                  checks: list[Check], argv: list[str]) -> None:  # fmt: skip
-    variants: list[str] = results["variants"]
-    m = machine()
-    lines = [
-        "# Benchmark results",
-        "",
-        f"Written by `{' '.join(['benchmarks/compare.py', *argv])}`"
-        f" on {started:%Y-%m-%d} ({started:%H:%M} UTC).",
-        f"Machine: {m['os']}, {m['cpu']}, {m['cores']} cores, {m['memory']}; Python {m['python']}.",
-        "Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()) + ".",
-        "",
-        "Ratios are to plain Celery (median of alternating rounds, each variant in its own process).",
-        "",
-        "| measure | " + " | ".join(LABELS[v] for v in variants) + " |",
-        "| --- |" + " --- |" * len(variants),
-    ]
-
-    def row(name: str, cells: list[str]) -> None:
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-
-    for scenario, title in (("success", "success path, us/task"), ("failure", "failure path, us/task")):
-        if scenario in results:
-            s = results[scenario]
-            row(
-                title,
-                [f"{s[v]['median']:,.2f} (x{s[v]['ratio']:.2f}, {s[v]['added']:+,.2f})" for v in variants],
-            )
-    if "inprocess" in results:
-        ip = results["inprocess"]
-        cells = {PLAIN: f"{ip['plain']:,.2f}", **{v: f"{a:+.2f}" for v, a in ip["added"].items()}}
-        row("success path in one process, us/task (added)", [cells.get(v, "not measured") for v in variants])
-    if "instructions" in results:
-        ins = results["instructions"]
-        cells = {PLAIN: f"{ins['per_run'][PLAIN]:,.0f}", **{v: f"{a:+,.0f}" for v, a in ins["added"].items()}}
-        row("success path, CPU instructions/task (added)", [cells.get(v, "not measured") for v in variants])
-    if "throughput" in results:
-        t = results["throughput"]
-        row("worker throughput, tasks/s", [f"{t[v]['median']:,.0f} (x{t[v]['ratio']:.3f})" for v in variants])
-    if "storm" in results:
-        st = results["storm"]
-        left = storm.LEFT_OUT
-        row("error storm, tasks/s", [f"{st[v]['median']:,.0f} (x{st[v]['ratio']:.3f})" if v in st
-                                     else f"left out ({left.get(v, '?')})" for v in variants])  # fmt: skip
-        row("error storm, peak worker RSS growth", [f"{st[v]['rss_growth_mb']:+.1f} MB" if v in st else "-"
-                                                    for v in variants])  # fmt: skip
-    if "memory" in results:
-        mm = results["memory"]
-        row("worker RSS growth per 200,000 tasks", [f"{mm[v]['growth']:+.2f} MB" for v in variants])
-    if "network" in results:
-        n = results["network"]
-        row("requests per 1,000,000 tasks", [f"{n[v]['per_million']['requests']:,.0f}" for v in variants])
-        row("bytes per 1,000,000 tasks", [f"{n[v]['per_million']['bytes']:,.0f}" for v in variants])
-    lines += ["", "Spread (min to max over the rounds):", ""]
-    for scenario in ("success", "failure"):
-        if scenario in results:
-            s = results[scenario]
-            lines.append(f"- {scenario}: " + "; ".join(
-                f"{LABELS[v]} {s[v]['min']:,.2f}-{s[v]['max']:,.2f} us (added {s[v]['added_min']:+,.2f} to "
-                f"{s[v]['added_max']:+,.2f})" for v in variants) + ".")  # fmt: skip
-    if "throughput" in results:
-        t = results["throughput"]
-        spread = "; ".join(f"{LABELS[v]} {t[v]['min']:,.0f}-{t[v]['max']:,.0f} tasks/s" for v in variants)
-        lines.append(f"- throughput: {spread}.")
-    if "storm" in results:
-        st = results["storm"]
-        spread = "; ".join(
-            f"{LABELS[v]} {st[v]['min']:,.0f}-{st[v]['max']:,.0f} tasks/s" for v in variants if v in st
-        )
-        lines.append(f"- storm: {spread}.")
-        for r in st.get(OURS, {}).get("received", []):
-            lines.append(
-                f"- storm, bugsnag-celery at the endpoint: {r['unique']:,} of {r['runs']:,} failing runs' "
-                f"events, {r['duplicates']} twice; {r['sessions']:,} sessions; {r['requests']} event "
-                f"requests from {r['processes']} processes, at most {r['peak_requests_per_second']} "
-                f"from one process within a second; Retry-After waited out {r['honoured']}/{r['throttled']}."
-            )
-    if "inprocess" in results:
-        ip = results["inprocess"]
-        lines.append(
-            f"- success in one process: {ip['rounds']} rounds x {ip['runs']:,} runs, median of "
-            "per-round differences to plain."
-        )
-    if "instructions" in results:
-        lines.append(
-            f"- success in CPU instructions: {results['instructions']['runs']:,} runs, main thread only, "
-            "counted by valgrind (callgrind); repeated counts agree within ~1,000 per run."
-        )
-    elif results.get("instructions_missing"):  # asked for, but no valgrind here
-        lines.append("- success in CPU instructions: not counted (valgrind missing).")
-    if "network" in results:
-        scaled = {LABELS[v]: results["network"][v]["runs"] for v in variants}
-        scaled = {k: r for k, r in scaled.items() if r != 1_000_000}
-        if scaled:
-            lines.append("- network: " + ", ".join(f"{k} ran {r:,} tasks" for k, r in scaled.items())
-                         + ", scaled to a million.")  # fmt: skip
-    lines += ["", "Targets (bugsnag-celery, same run):", ""]
-    lines += [f"- {'MET' if c.met else 'MISSED'} ({c.kind}): {c.text}" for c in checks]
-    if results["missing"]:
-        lines += ["", f"Not installed, left out: {', '.join(results['missing'])}."]
-    lines += ["", NOTES]
-    path.write_text("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -21,78 +21,30 @@ README names; queues get a unique prefix and are deleted afterwards.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import Any
 
-from verdict import EXACT, TARGET, Check, conclude
-
-REDIS = "redis://127.0.0.1:6379/12"
-RABBIT = "amqp://guest:guest@127.0.0.1:5672//"
-KEY = "0" * 31 + "1"
-
-
-class Endpoint(BaseHTTPRequestHandler):
-    requests = 0
-    bytes = 0
-    buckets: ClassVar[set[str]] = set()
-    sessions = 0
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        type(self).requests += 1
-        type(self).bytes += len(body)
-        data = json.loads(body)
-        for row in data.get("sessionCounts", []):
-            type(self).buckets.add(row["startedAt"])
-            type(self).sessions += row["sessionsStarted"]
-        self.send_response(202)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    @classmethod
-    def reset(cls) -> None:
-        cls.requests = cls.bytes = cls.sessions = 0
-        cls.buckets = set()
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import harness  # noqa: E402
+from harness import RABBIT, REDIS, cleanup, rss_tree  # noqa: E402
+from variants import KEY  # noqa: E402
+from verdict import EXACT, TARGET, Check, conclude  # noqa: E402
 
 
-def serve() -> str:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Endpoint)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return f"http://127.0.0.1:{server.server_address[1]}"
+def minutes(records: list[dict[str, Any]]) -> set[str]:
+    """The minute buckets the session requests among *records* counted."""
+    return {minute for r in records for _, minute in r["buckets"]}
 
 
-def cleanup(url: str, prefix: str) -> None:
-    """Delete this run's queues (and, on Redis, kombu's binding keys for them): nothing else."""
-    from kombu.connection import Connection
-
-    with Connection(url) as conn:
-        channel = conn.default_channel
-        if url.startswith("redis"):
-            for key in channel.client.scan_iter(match=f"*{prefix}*"):
-                channel.client.delete(key)
-            return
-        for suffix in ("sessions", "events", "status"):
-            try:
-                channel.queue_delete(f"{prefix}.{suffix}")
-                channel.exchange_delete(f"{prefix}.{suffix}")
-            except Exception:
-                pass
-
-
-def network(runs: int, endpoint: str) -> list[Check]:
+def network(runs: int, endpoint: Any) -> list[Check]:
     import logging
 
     from celery import Celery
@@ -107,14 +59,14 @@ def network(runs: int, endpoint: str) -> list[Check]:
     app.conf.task_store_eager_result = False
     bugsnag_celery.configure(
         app, api_key=KEY, app_version="bench", queue_prefix=prefix,
-        notify_endpoint=f"{endpoint}/notify", sessions_endpoint=f"{endpoint}/sessions",
+        notify_endpoint=f"{endpoint.url}/notify", sessions_endpoint=f"{endpoint.url}/sessions",
     )  # fmt: skip
 
     @app.task
     def noop() -> None:
         return None
 
-    Endpoint.reset()
+    endpoint.reset()
     try:
         start = time.monotonic()
         for _ in range(runs):
@@ -125,20 +77,27 @@ def network(runs: int, endpoint: str) -> list[Check]:
 
         registry.flusher.flush_once()
         messages = message_count(app, f"{prefix}.sessions")
-        stats = deliver_session_counts(app, api_key=KEY, endpoint=f"{endpoint}/sessions",
+        stats = deliver_session_counts(app, api_key=KEY, endpoint=f"{endpoint.url}/sessions",
                                        enabled_release_stages=None, prefix=prefix)  # fmt: skip
     finally:
         cleanup(REDIS, prefix)
         bugsnag_celery.unconfigure(app)
+    got = endpoint.received()
+    requests, sent, buckets, sessions = (
+        len(got),
+        sum(r["size"] for r in got),
+        minutes(got),
+        harness.sessions(got),
+    )
     print(f"network: {runs:,} task runs in {elapsed:.1f} s -> {messages} broker message(s)"
           f" (flush interval 1 s: at most {int(elapsed) + 2}),")  # fmt: skip
-    print(f"         {Endpoint.requests} session request(s), {Endpoint.bytes:,} bytes,"
-          f" {len(Endpoint.buckets)} minute bucket(s), {Endpoint.sessions:,} sessions delivered")  # fmt: skip
+    print(f"         {requests} session request(s), {sent:,} bytes,"
+          f" {len(buckets)} minute bucket(s), {sessions:,} sessions delivered")  # fmt: skip
     return [
-        Check(f"network: the endpoint received {Endpoint.sessions:,} sessions for {runs:,} runs",
-              Endpoint.sessions == runs == stats["delivered"], EXACT),
-        Check(f"network: {Endpoint.requests} session request(s) for {len(Endpoint.buckets)} minute bucket(s)",
-              Endpoint.requests <= len(Endpoint.buckets), TARGET),
+        Check(f"network: the endpoint received {sessions:,} sessions for {runs:,} runs",
+              sessions == runs == stats["delivered"], EXACT),
+        Check(f"network: {requests} session request(s) for {len(buckets)} minute bucket(s)",
+              requests <= len(buckets), TARGET),
         Check(f"network: {messages} broker message(s) in {elapsed:.1f} s (at most one per flush interval)",
               messages <= int(elapsed) + 2, TARGET),
     ]  # fmt: skip
@@ -149,8 +108,12 @@ WORKER_APP = textwrap.dedent("""
     from celery import Celery
     import bugsnag_celery
     app = Celery("memapp", broker=os.environ["BENCH_BROKER"])
-    app.conf.update(task_default_queue=os.environ["BENCH_QUEUE"], worker_enable_remote_control=False,
-                    task_ignore_result=True, worker_prefetch_multiplier=64)
+    queue = os.environ["BENCH_QUEUE"]
+    app.conf.update(task_default_queue=queue, worker_enable_remote_control=False,
+                    task_ignore_result=True, worker_prefetch_multiplier=64,
+                    broker_transport_options={"unacked_key": f"{queue}.unacked",  # harness.transport_options
+                                              "unacked_index_key": f"{queue}.unacked_index",
+                                              "unacked_mutex_key": f"{queue}.unacked_mutex"})
     if os.environ.get("BENCH_INSTRUMENT") == "1":
         endpoint = os.environ["BENCH_ENDPOINT"]
         bugsnag_celery.configure(app, api_key="0" * 31 + "1", app_version="bench",
@@ -167,84 +130,48 @@ WORKER_APP = textwrap.dedent("""
 """)
 
 
-def rss_tree(pid: int) -> int:
-    """RSS in bytes of *pid* and its children."""
-    total = 0
-    pids = [pid]
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as fh:
-            pids += [int(p) for p in fh.read().split()]
-    except OSError:
-        pass
-    for p in pids:
-        try:
-            with open(f"/proc/{p}/status") as fh:
-                for line in fh:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1]) * 1024
-        except OSError:
-            pass
-    return total
-
-
 def start_worker(queue: str, endpoint: str, *args: str, runs: str = "") -> subprocess.Popen[bytes]:
     """``celery worker`` (prefork) on Redis running the benchmark app, instrumented."""
     folder = tempfile.mkdtemp()
     with open(os.path.join(folder, "memapp.py"), "w") as fh:
         fh.write(WORKER_APP)
-    env = {**os.environ, "PYTHONPATH": folder, "BENCH_BROKER": REDIS, "BENCH_QUEUE": queue,
-           "BENCH_ENDPOINT": endpoint, "BENCH_INSTRUMENT": "1", "BENCH_RUNS": runs}  # fmt: skip
-    log = open(os.path.join(folder, "worker.log"), "wb")
-    return subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "memapp", "worker", "-P", "prefork", "-Q", queue,
-         "--without-mingle", "--without-gossip", "--without-heartbeat", "-l", "WARNING", *args],
-        env=env, cwd=folder, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    return harness.start_worker(queue, endpoint, *args, app="memapp", path=Path(folder), BENCH_INSTRUMENT="1",
+                                BENCH_RUNS=runs)  # fmt: skip
 
 
-def fill(queue: str, n: int, task: str = "mem.noop") -> None:
-    """Send *n* no-op tasks to *queue* on Redis, over one connection."""
-    from celery import Celery
-
-    producer = Celery("p", broker=REDIS)
-    producer.conf.task_default_queue = queue
-    with producer.connection_for_write() as conn:
-        for _ in range(n):
-            producer.send_task(task, connection=conn)
-
-
-def send_and_drain(queue: str, n: int) -> None:
+def send_and_drain(proc: subprocess.Popen[bytes], queue: str, n: int, per_second: float = 20) -> None:
     """Send *n* no-op tasks and wait until the worker has taken them all and gone quiet."""
     from kombu.connection import Connection
 
-    fill(queue, n)
+    harness.fill(queue, n, "mem.noop")
+    start = time.monotonic()
     with Connection(REDIS) as conn:
-        while conn.default_channel.client.llen(queue) > 0:
+        redis: Any = conn.default_channel.client  # type: ignore[attr-defined, unused-ignore]
+        while redis.llen(queue) > 0:
+            harness.alive(proc, "delivery", start, n, redis, queue, per_second)
             time.sleep(0.2)
     time.sleep(3)  # the last prefetched tasks run; flushers go quiet
 
 
-def memory(tasks: int, warmup: int, endpoint: str) -> list[Check]:
+def memory(tasks: int, warmup: int, endpoint: Any) -> list[Check]:
     queue = f"bench-mem-{uuid.uuid4().hex[:8]}"
-    proc = start_worker(queue, endpoint, "-c", "2")
+    proc = start_worker(queue, endpoint.url, "-c", "2")
 
     try:
         time.sleep(3)
-        send_and_drain(queue, warmup)
+        send_and_drain(proc, queue, warmup)
         before = rss_tree(proc.pid)
-        send_and_drain(queue, tasks)
+        send_and_drain(proc, queue, tasks)
         after = rss_tree(proc.pid)
     finally:
-        proc.terminate()
-        proc.wait(60)
-        cleanup(REDIS, queue)
+        harness.finish(proc, queue)
     growth = (after - before) / 1e6
     print(f"memory:  worker RSS (main + 2 children) {before / 1e6:.1f} MB after {warmup:,} tasks,"
           f" {after / 1e6:.1f} MB after {tasks:,} more: growth {growth:+.2f} MB")  # fmt: skip
     return [Check(f"memory: at most 2 MB worker RSS growth ({growth:+.2f} MB)", growth <= 2.0, TARGET)]
 
 
-def recycle(tasks: int, endpoint: str) -> list[Check]:
+def recycle(tasks: int, endpoint: Any) -> list[Check]:
     """A child per task (--max-tasks-per-child=1): every child's counts leave before os._exit."""
     from celery import Celery
 
@@ -252,7 +179,7 @@ def recycle(tasks: int, endpoint: str) -> list[Check]:
 
     queue = f"bench-recycle-{uuid.uuid4().hex[:8]}"
     runs_file = os.path.join(tempfile.mkdtemp(), "runs")
-    proc = start_worker(queue, endpoint, "-c", "8", "--max-tasks-per-child=1", runs=runs_file)
+    proc = start_worker(queue, endpoint.url, "-c", "8", "--max-tasks-per-child=1", runs=runs_file)
     start = time.monotonic()
 
     def runs() -> int:
@@ -263,35 +190,32 @@ def recycle(tasks: int, endpoint: str) -> list[Check]:
 
     try:
         time.sleep(3)
-        send_and_drain(queue, tasks)
+        send_and_drain(proc, queue, tasks, per_second=1)
         deadline = time.monotonic() + 60 + tasks  # Celery recycles a few children a second
         while runs() < tasks and time.monotonic() < deadline:
             time.sleep(0.5)  # prefetched tasks are still running, a child each
-        proc.terminate()  # warm shutdown: the last children flush too
-        proc.wait(120)
-        Endpoint.reset()
+        harness.stop_worker(proc, grace=120)  # warm shutdown: the last children flush too
+        endpoint.reset()
         app = Celery("r", broker=REDIS)
-        stats = deliver_session_counts(app, api_key=KEY, endpoint=f"{endpoint}/sessions",
+        stats = deliver_session_counts(app, api_key=KEY, endpoint=f"{endpoint.url}/sessions",
                                        enabled_release_stages=None, prefix=queue)  # fmt: skip
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        cleanup(REDIS, queue)
+        harness.finish(proc, queue)
+    sessions = harness.sessions(endpoint.received())
     ran = runs()
     print(f"recycle: {ran:,} task runs, a child process each (-c 8 --max-tasks-per-child=1),"
-          f" {time.monotonic() - start:.0f} s: {Endpoint.sessions:,} sessions delivered")  # fmt: skip
+          f" {time.monotonic() - start:.0f} s: {sessions:,} sessions delivered")  # fmt: skip
     # runs are counted by the tasks themselves (a byte each), sessions by the endpoint
     return [
         Check(
-            f"recycle: the endpoint received {Endpoint.sessions:,} sessions for {ran:,} runs"
-            f" ({tasks:,} sent)",
-            Endpoint.sessions == ran == stats["delivered"] and ran >= tasks,
+            f"recycle: the endpoint received {sessions:,} sessions for {ran:,} runs ({tasks:,} sent)",
+            sessions == ran == stats["delivered"] and ran >= tasks,
             EXACT,
         )
     ]
 
 
-def drain(messages: int, endpoint: str) -> list[Check]:
+def drain(messages: int, endpoint: Any) -> list[Check]:
     from celery import Celery
 
     from bugsnag_celery import Release
@@ -307,19 +231,20 @@ def drain(messages: int, endpoint: str) -> list[Check]:
             f"2026-01-01T00:{i % 60:02d}:00Z": 1}}]} for i in range(messages)]  # fmt: skip
         try:
             publish(app, f"{prefix}.sessions", bodies)
-            Endpoint.reset()
+            endpoint.reset()
             start = time.perf_counter()
-            stats = deliver_session_counts(app, api_key=KEY, endpoint=f"{endpoint}/sessions",
+            stats = deliver_session_counts(app, api_key=KEY, endpoint=f"{endpoint.url}/sessions",
                                            enabled_release_stages=None, prefix=prefix)  # fmt: skip
             took = time.perf_counter() - start
         finally:
             cleanup(url, prefix)
+        got = endpoint.received()
         kind = url.split(":")[0]
         print(f"drain:   {kind:6s} {messages:,} messages drained and delivered in {took:.2f} s"
-              f" ({Endpoint.requests} request)")  # fmt: skip
+              f" ({len(got)} request)")  # fmt: skip
         checks += [
-            Check(f"drain {kind}: the endpoint received {Endpoint.sessions:,} sessions of {messages:,}",
-                  stats["delivered"] == messages == Endpoint.sessions, EXACT),
+            Check(f"drain {kind}: the endpoint received {harness.sessions(got):,} sessions of {messages:,}",
+                  stats["delivered"] == messages == harness.sessions(got), EXACT),
             Check(f"drain {kind}: one run in under 2 s ({took:.2f} s)", took < 2.0, TARGET),
         ]  # fmt: skip
     return checks
@@ -332,7 +257,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="smoke mode: small numbers, exactness only")
     parser.add_argument("--only", choices=["network", "memory", "drain", "recycle"])
     args = parser.parse_args()
-    endpoint = serve()
+    harness.exit_on_sigterm()
+    endpoint = harness.endpoint(default=202)
     q = args.quick
     checks: list[Check] = []
     if args.only in (None, "network"):

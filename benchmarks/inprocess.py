@@ -19,8 +19,8 @@ import statistics
 from collections.abc import Callable
 from typing import Any
 
-from ab import batch
-from variants import KEY, OURS, PLAIN, available, eager_app
+from harness import batch, eager_app
+from variants import KEY, OURS, PLAIN, available
 
 OFFICIAL = "bugsnag_python"
 

@@ -32,7 +32,8 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from variants import ALL, OURS, PLAIN, available, eager_app  # noqa: E402
+from harness import eager_app  # noqa: E402
+from variants import ALL, OURS, PLAIN, available  # noqa: E402
 
 OFFICIAL = "bugsnag_python"
 WARMUP = 300

@@ -25,12 +25,11 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness
 from variants import OURS, PEERS, PLAIN, available, instrument
 from verdict import EXACT, REPORT, TARGET, Check, conclude
 
@@ -97,52 +96,12 @@ def measure(
     return result
 
 
-LOCK = threading.Lock()  # the server answers on several threads
-
-
-class SlowEndpoint(BaseHTTPRequestHandler):
-    """Answers every POST after 50 ms, like a slow BugSnag; counts what it received."""
-
-    delay = 0.05
-    requests = 0
-    events = 0
-    sessions = 0
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        time.sleep(self.delay)
-        events = sessions = 0
-        try:
-            parsed = json.loads(body)
-            events = len(parsed.get("events", []))
-            if self.path.endswith("/sessions"):
-                sessions = sum(c["sessionsStarted"] for c in parsed.get("sessionCounts", []))
-        except (ValueError, AttributeError, KeyError, TypeError):  # not JSON (Sentry, OTLP), cut short
-            pass
-        with LOCK:
-            type(self).requests += 1
-            type(self).events += events
-            type(self).sessions += sessions
-        self.send_response(200)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-def serve() -> tuple[ThreadingHTTPServer, str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), SlowEndpoint)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, f"http://127.0.0.1:{server.server_address[1]}"
-
-
 def run_variant(
-    variant: str, scenario: str, runs: int, batches: int, endpoint: str, warmup: float = 2.5
+    variant: str, scenario: str, runs: int, batches: int, endpoint: Any, warmup: float = 2.5
 ) -> dict[str, Any]:
-    """One variant in a fresh process: its us/task, its runs, and what the endpoint received."""
-    before = (SlowEndpoint.sessions, SlowEndpoint.events)
+    """One variant in a fresh process: its us/task, its runs, and what *endpoint* (a
+    :func:`harness.endpoint`) received of them."""
+    before = len(endpoint.received())
     out = subprocess.run(
         [
             sys.executable,
@@ -156,18 +115,20 @@ def run_variant(
             "--batches",
             str(batches),
             "--endpoint",
-            endpoint,
+            endpoint.url,
             "--warmup",
             str(warmup),
         ],
         check=True,
         capture_output=True,
         text=True,
+        timeout=600,  # a full-size batch takes seconds; a stuck child fails the run, not hangs it
     )
     child: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     # the child delivered everything before it exited: what came in meanwhile is its own
-    child["sessions_received"] = SlowEndpoint.sessions - before[0]
-    child["events_received"] = SlowEndpoint.events - before[1]
+    records = endpoint.received()[before:]
+    child["sessions_received"] = harness.sessions([r for r in records if r["path"].endswith("/sessions")])
+    child["events_received"] = harness.events(records)
     return child
 
 
@@ -177,7 +138,7 @@ def run_scenario(
     runs: int,
     batches: int,
     rounds: int,
-    endpoint: str,
+    endpoint: Any,
     warmup: float = 2.5,
     checks: list[Check] | None = None,
 ) -> dict[str, list[float]]:
@@ -275,7 +236,7 @@ def main() -> int:
         )
         return 0
 
-    server, endpoint = serve()
+    endpoint = harness.endpoint(harness.SLOW)
     variants, missing = available(args.variants)
     print(f"python {sys.version.split()[0]}; each variant in its own process, alternating")
     if missing:
@@ -300,11 +261,10 @@ def main() -> int:
         print_summary(scenario, summary)
         print(f"  added per task: median {summary[OURS]['added']:+.2f} us")
         checks += verdicts(scenario, summary)
-    print(
-        f"\nlocal endpoint (50 ms per request): {SlowEndpoint.events:,} events"
-        f" in {SlowEndpoint.requests:,} requests"
-    )
-    server.shutdown()
+    received = endpoint.received()
+    events = harness.events(received)
+    print(f"\nlocal endpoint (50 ms per request): {events:,} events in {len(received):,} requests")
+    endpoint.close()
     print()
     return conclude(checks, args.quick)
 

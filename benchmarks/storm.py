@@ -34,13 +34,13 @@ import threading
 import time
 import uuid
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from delivery import REDIS, fill, rss_tree  # noqa: E402
+import harness  # noqa: E402
+from harness import REDIS, rss_tree  # noqa: E402
 from variants import OURS, PLAIN  # noqa: E402
 from verdict import EXACT, TARGET, Check  # noqa: E402
 
@@ -50,69 +50,30 @@ DELAY = 0.2
 RETRY_AFTER = 1.0
 
 
-class StormEndpoint(BaseHTTPRequestHandler):
-    """Answers after 200 ms; a 429 (Retry-After: 1) to each process's first event request."""
+class FirstRequestThrottled:
+    """The endpoint's answer: 429 to the first event request that carries each worker
+    process's events (the rest: the endpoint's default, 200)."""
 
-    protocol_version = "HTTP/1.1"  # keep-alive, as BugSnag
-    lock = threading.Lock()
-    requests: ClassVar[list[dict[str, Any]]] = []  # path, at, pids, ids, status, answered
-    sessions = 0
-    throttled: ClassVar[set[int]] = set()
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.throttled: set[Any] = set()
 
-    def do_POST(self) -> None:
-        arrived = time.monotonic()
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        ids: list[str] = []
-        pids: set[int] = set()
-        sessions = 0
-        try:
-            data = json.loads(body)
-            for event in data.get("events", []):
-                task = event.get("metaData", {}).get("task", {})
-                ids.append(task.get("id"))
-                pids.add(task.get("worker_pid"))
-            sessions = sum(row["sessionsStarted"] for row in data.get("sessionCounts", []))
-        except (ValueError, AttributeError, KeyError, TypeError):  # the peers' bodies: counted, not read
-            pass
-        status = 200
+    def __call__(self, record: dict[str, Any]) -> int | None:
+        pids = {pid for _, pid in harness.tasks(record["body"])}
         with self.lock:
             fresh = pids - self.throttled
-            if fresh and self.path.endswith("/notify"):
+            if fresh and record["path"].endswith("/notify"):
                 self.throttled.update(fresh)
-                status = 429
-        time.sleep(DELAY)
-        record = {
-            "path": self.path,
-            "at": arrived,
-            "pids": pids,
-            "ids": ids,
-            "status": status,
-            "answered": time.monotonic(),
-        }
-        with self.lock:
-            self.requests.append(record)
-            if status == 200:
-                type(self).sessions += sessions
-        self.send_response(status)
-        if status == 429:
-            self.send_header("Retry-After", f"{RETRY_AFTER:g}")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    @classmethod
-    def reset(cls) -> None:
-        with cls.lock:
-            cls.requests, cls.sessions, cls.throttled = [], 0, set()
+                return 429
+        return None
 
 
-def serve() -> tuple[ThreadingHTTPServer, str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), StormEndpoint)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, f"http://127.0.0.1:{server.server_address[1]}"
+def endpoint() -> Any:
+    """A fresh storm endpoint: after 200 ms, keep-alive (as BugSnag), 429 + Retry-After: 1 to
+    each process's first event request."""
+    return harness.endpoint(
+        DELAY, answer=FirstRequestThrottled(), retry_after=f"{RETRY_AFTER:g}", keep_alive=True
+    )
 
 
 def deliver_after(queue: str, endpoint: str) -> dict[str, Any]:
@@ -145,18 +106,15 @@ def per_second_peak(times: list[float]) -> int:
     return peak
 
 
-def received(n: int) -> dict[str, Any]:
-    """What the endpoint saw of bugsnag-celery's storm."""
-    with StormEndpoint.lock:
-        rows = list(StormEndpoint.requests)
-        sessions = StormEndpoint.sessions
+def received(records: list[dict[str, Any]], n: int) -> dict[str, Any]:
+    """What the endpoint saw of bugsnag-celery's storm (*records*: its digests)."""
     delivered = Counter(
-        i for r in rows if r["path"].endswith("/notify") and r["status"] == 200 for i in r["ids"]
+        i for r in records if r["path"].endswith("/notify") and r["status"] == 200 for i, _ in r["tasks"]
     )
     by_pid: dict[int, list[dict[str, Any]]] = {}
-    for r in rows:
+    for r in records:
         if r["path"].endswith("/notify"):
-            for pid in r["pids"]:
+            for pid in {pid for _, pid in r["tasks"]}:
                 by_pid.setdefault(pid, []).append(r)
     peak = max((per_second_peak(sorted(r["at"] for r in rs)) for rs in by_pid.values()), default=0)
     honoured = waited = 0
@@ -171,8 +129,8 @@ def received(n: int) -> dict[str, Any]:
         "events": sum(delivered.values()),
         "unique": len(delivered),
         "duplicates": sum(c - 1 for c in delivered.values()),
-        "sessions": sessions,
-        "requests": sum(r["path"].endswith("/notify") for r in rows),
+        "sessions": harness.sessions([r for r in records if r["status"] == 200]),
+        "requests": sum(r["path"].endswith("/notify") for r in records),
         "processes": len(by_pid),
         "peak_requests_per_second": peak,
         "throttled": waited,
@@ -181,51 +139,44 @@ def received(n: int) -> dict[str, Any]:
     }
 
 
-def storm_once(variant: str, n: int, endpoint: str) -> dict[str, Any]:
+def storm_once(variant: str, n: int) -> dict[str, Any]:
     """One storm: tasks/s, peak RSS growth, and (bugsnag-celery) what the endpoint received."""
-    import compare  # the worker helpers; imported here, compare imports this module
-
     queue = f"bench-storm-{uuid.uuid4().hex[:8]}"
-    conn, client = compare.redis_client()
-    StormEndpoint.reset()
-    fill(queue, n, "bench.fails")
-    proc = compare.start_worker(variant, queue, endpoint)
+    conn, client = harness.redis_client()
+    stand_in = endpoint()
+    harness.fill(queue, n, "bench.fails")
+    proc = harness.start_worker(queue, stand_in.url, "-c", "2", BENCH_VARIANT=variant)
     peak = base = 0
     try:
-        deadline = time.monotonic() + 120
-        while client.llen(queue) >= n:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"{variant}: the worker did not start (see {queue}.log in the temp folder)"
-                )
-            time.sleep(0.002)
-        start = time.monotonic()
-        base = peak = rss_tree(proc.pid)
-        sampled = start
-        while not compare.drained(client, queue):
-            if proc.poll() is not None:
-                raise RuntimeError(f"{variant}: the worker died")
-            if time.monotonic() - sampled >= 0.25:
-                peak, sampled = max(peak, rss_tree(proc.pid)), time.monotonic()
-            time.sleep(0.002)
-        took = time.monotonic() - start
-        peak = max(peak, rss_tree(proc.pid))
-    finally:
-        compare.stop_worker(proc)  # a warm shutdown: children flush or spool what they hold
-    result: dict[str, Any] = {"tasks_per_s": n / took, "rss_growth_mb": (peak - base) / 1e6}
-    try:
+        try:
+            harness.wait_started(proc, client, queue, n, variant)
+            start = time.monotonic()
+            base = peak = rss_tree(proc.pid)
+            sampled = start
+            while not harness.drained(client, queue):
+                harness.alive(proc, variant, start, n, client, queue)
+                if time.monotonic() - sampled >= 0.25:
+                    peak, sampled = max(peak, rss_tree(proc.pid)), time.monotonic()
+                time.sleep(0.002)
+            took = time.monotonic() - start
+            peak = max(peak, rss_tree(proc.pid))
+        finally:
+            harness.stop_worker(proc)  # a warm shutdown: children flush or spool what they hold
+        result: dict[str, Any] = {"tasks_per_s": n / took, "rss_growth_mb": (peak - base) / 1e6}
         if variant == OURS:
-            result["delivery"] = deliver_after(queue, endpoint)
+            result["delivery"] = deliver_after(queue, stand_in.url)
             time.sleep(0.5)
-            result["received"] = received(n)
+            result["received"] = received(stand_in.received(), n)
     finally:
-        conn.release()
-        compare.delete_own_keys(queue)
+        with harness.shielded():
+            stand_in.close()
+            conn.release()
+            harness.cleanup(REDIS, queue)
     return result
 
 
 def storm(
-    variants: list[str], n: int, rounds: int, endpoint: str, quick: bool = False
+    variants: list[str], n: int, rounds: int, quick: bool = False
 ) -> tuple[dict[str, Any], list[Check]]:
     """Alternating rounds of every variant's storm: the summary and bugsnag-celery's checks.
 
@@ -248,7 +199,7 @@ def storm(
         order = runs if i % 2 == 0 else list(reversed(runs))
         line = []
         for v in order:
-            got[v].append(storm_once(v, n, endpoint))
+            got[v].append(storm_once(v, n))
         for v in runs:
             r = got[v][-1]
             line.append(f"{v} {r['tasks_per_s']:,.0f} tasks/s (RSS +{r['rss_growth_mb']:.1f} MB)")

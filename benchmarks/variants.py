@@ -62,26 +62,6 @@ def versions() -> dict[str, str]:
     return out
 
 
-def eager_app(name: str) -> tuple[Any, Any]:
-    """An app for eager runs in this process (memory broker, no stored results) and its no-op task.
-
-    Logging is off: the in-process benchmarks time the task's path, not log lines.
-    """
-    import logging
-
-    from celery import Celery
-
-    logging.disable(logging.CRITICAL)
-    app = Celery(name, broker="memory://", backend=None, set_as_current=True)
-    app.conf.task_store_eager_result = False
-
-    @app.task
-    def noop() -> None:
-        return None
-
-    return app, noop
-
-
 def instrument(variant: str, app: Any, endpoint: str, *, worker: bool = False) -> None:
     """Set *variant* up on *app*, reporting to *endpoint* (``http://127.0.0.1:port``).
 
