@@ -50,7 +50,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import harness  # noqa: E402
 import overhead  # noqa: E402
-import results as results_file  # noqa: E402
+import report as results_file  # noqa: E402
 import storm  # noqa: E402
 from harness import REDIS, rss_tree  # noqa: E402
 from variants import OURS, PEERS, PLAIN, available, instrument, shutdown  # noqa: E402

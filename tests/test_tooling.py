@@ -289,7 +289,7 @@ def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 #: it runs in its own process and the writing of RESULTS.md. A script is not a library:
 #: nothing imports delivery.py or compare.py, so each can change without breaking another.
 BENCHMARK_LIBRARIES = {"harness", "variants", "verdict"}
-COMPARE_PARTS = {"overhead", "storm", "results"}
+COMPARE_PARTS = {"overhead", "storm", "report"}
 
 
 def test_benchmarks_share_one_harness_and_import_in_no_circle(tmp_path: Path) -> None:
