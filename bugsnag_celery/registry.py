@@ -21,6 +21,7 @@ from .options.declared import Options
 from .reporting.reporter import Reporter
 from .sessions import counts
 from .sessions.counts import Release
+from .transport.http import route_through_proxy
 
 __all__ = ["AppState", "state_for", "states", "add", "remove", "current_reporter", "flusher"]
 
@@ -45,6 +46,8 @@ class AppState:
         self.options = options
         self.kwargs = dict(kwargs or {})  # what configure() was given: the worker start resolves again
         self.release = Release.of(options)
+        for endpoint in options.endpoints:
+            route_through_proxy(endpoint, options.proxy_host)
         self.minutes = counts.minutes_for(self.release)  # the live counters the wrapper counts in
         self.excluded = options.task_excluded()
         self.active = True

@@ -40,23 +40,21 @@ def report_failure(task: Task, state: AppState, exc: BaseException) -> None:
         if isinstance(exc, Retry):
             cause = exc.exc
             if opts.report_retries and isinstance(cause, BaseException):
-                event = reporter.build_event(
+                reporter.report(
                     cause, unhandled=False, severity="warning", severity_reason={"type": "handledException"},
                     context=task.name, session=CURRENT.get(),
                     metadata={"task": task_metadata(task, task.request_stack.top, opts)},
                 )  # fmt: skip
-                reporter.send(event)
             return
         if isinstance(exc, (Ignore, Reject)) or not isinstance(exc, Exception):
             return  # control flow, or SystemExit/KeyboardInterrupt: not a task failure
         throws = getattr(task, "throws", ())
         if throws and isinstance(exc, throws):
             return  # expected errors, declared by the task
-        event = reporter.build_event(
+        reporter.report(
             exc, unhandled=True, severity="error", severity_reason=UNHANDLED_REASON, context=task.name,
             session=CURRENT.get(), metadata={"task": task_metadata(task, task.request_stack.top, opts)},
         )  # fmt: skip
-        reporter.send(event)
     except Exception:
         logger.exception("bugsnag_celery: could not report the failure of %r", getattr(task, "name", task))
 
@@ -111,11 +109,10 @@ def report_crash_seen_by_main(
         text = traceback if isinstance(traceback, str) else getattr(einfo, "traceback", None)
         meta = task_metadata(sender, request, state.options) if getattr(request, "id", None) == task_id else {
             "id": task_id, "name": sender.name, "retries": retries}  # fmt: skip
-        event = state.reporter.build_event(
+        state.reporter.report(
             exception, unhandled=True, severity="error", severity_reason=UNHANDLED_REASON,
             context=sender.name, session=None, session_override=session, metadata={"task": meta},
             traceback_text=text if isinstance(text, str) else None,
         )  # fmt: skip
-        state.reporter.send(event)
     except Exception:
         logger.exception("bugsnag_celery: could not report a crash seen by the worker")

@@ -53,10 +53,9 @@ def notify(
             meta["task"] = task_metadata(task, request, reporter.options)
         if context is None and task is not None:
             context = task.name
-        event = reporter.build_event(
+        reporter.report(
             exception, unhandled=False, severity=level, severity_reason=reason, context=context,
             session=current_session(), metadata=meta, grouping_hash=grouping_hash, user=user,
         )  # fmt: skip
-        reporter.send(event)
     except Exception:
         logger.exception("bugsnag_celery.notify failed")

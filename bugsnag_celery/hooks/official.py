@@ -36,15 +36,17 @@ from typing import TYPE_CHECKING, Protocol
 from .. import registry
 from ..logs import log_every
 from ..options.declared import DEFAULT_NOTIFY_ENDPOINT, DEFAULT_SESSIONS_ENDPOINT, Options, official_name
-from ..payload.shapes import session_reference
+from ..reporting.official_event import filled_in, is_task_event
 from ..reporting.reporter import raised_while_paused
 from ..sessions.current import current_session
 from .modes import TRACK, mode_for
+from .official_delivery import ATTRIBUTION, TaskRunDelivery
+from .official_scope import RunScope, make_run_scope
 
 if TYPE_CHECKING:
     from celery import Task
 
-__all__ = ["Adoption", "adopt", "undo_adoption", "official_module", "take_notes"]
+__all__ = ["Adoption", "adopt", "undo_adoption", "official_module", "take_notes", "run_scope"]
 
 logger = logging.getLogger("bugsnag_celery")
 
@@ -64,7 +66,15 @@ class MiddlewareStack(Protocol):
 class Adoption:
     """What adopting the official client changed in this process, so that it can be undone."""
 
-    __slots__ = ("callback_in", "dropped_handler", "guarded", "notes")
+    __slots__ = (
+        "callback_in",
+        "delivery_of",
+        "dropped_handler",
+        "excluded_in",
+        "guarded",
+        "notes",
+        "run_scope",
+    )
 
     def __init__(self) -> None:
         #: The official clients' callback stacks our ``before_notify`` callback was added to.
@@ -75,6 +85,13 @@ class Adoption:
         self.dropped_handler: Callable[..., object] | None = None
         #: What adoption said, for the worker's start-up lines (see :func:`take_notes`).
         self.notes: list[str] = []
+        #: ``(configuration, our wrapper)``: its delivery wrapped (official_delivery.py).
+        self.delivery_of: list[tuple[object, TaskRunDelivery]] = []
+        #: Each task run's own breadcrumbs, flags and request data (official_scope.py).
+        self.run_scope: RunScope | None = None
+        #: ``(traceback_exclude_modules list, our module)``: the task wrapper's frames left out
+        #: of the official client's stacks, as they are of ours.
+        self.excluded_in: list[tuple[list[object], object]] = []
 
     def undo(self) -> None:
         """Put the official client back as it was: callback removed, guard off, handler back."""
@@ -92,6 +109,15 @@ class Adoption:
             else:
                 vars(tracker)["start_session"] = before
         self.guarded.clear()
+        for config, wrapper in self.delivery_of:
+            if getattr(config, "delivery", None) is wrapper:
+                config.delivery = wrapper.original  # type: ignore[attr-defined]
+        self.delivery_of.clear()
+        self.run_scope = None
+        for excluded, module in self.excluded_in:
+            if module in excluded:
+                excluded.remove(module)
+        self.excluded_in.clear()
         handler, self.dropped_handler = self.dropped_handler, None
         if handler is not None:
             from celery.signals import task_failure
@@ -158,6 +184,8 @@ def before_notify(event: OfficialEvent) -> bool | None:
     try:
         if not registry.states():
             return None  # everything unconfigured: the official client is on its own again
+        if is_task_event(event):
+            return None  # this package's own event, under the official policy (official_event.py)
         if _is_official_celery_failure(event) and _task_of_configured_app(getattr(event, "context", None)):
             _say_once(
                 "handler",
@@ -168,16 +196,11 @@ def before_notify(event: OfficialEvent) -> bool | None:
             return False
         if _in_task_run() is None:
             return None
+        # Which session it belongs to; counted only once it is delivered (official_delivery.py)
         session = current_session()
         raised = getattr(event, "exception", None)
         paused = isinstance(raised, BaseException) and raised_while_paused(raised)
-        if session is None or session.paused or paused:
-            return None
-        if getattr(event, "unhandled", False):
-            session.unhandled += 1
-        else:
-            session.handled += 1
-        event.session = session_reference(session.id, session.started_at, session.handled, session.unhandled)
+        ATTRIBUTION.set(None if session is None or session.paused or paused else session)
     except Exception:
         logger.exception("bugsnag_celery: could not attribute an event of the official client")
     return None
@@ -212,9 +235,14 @@ def _configure_unset(module: ModuleType, options: Options) -> None:
         values[official_name("release_stage")] = options.release_stage
     if official("app_version") is None and options.app_version is not None:
         values[official_name("app_version")] = options.app_version
+    if official("enabled_release_stages") is None and options.enabled_release_stages is not None:
+        # our stages bind the client we fill in: bugsnag.notify() outside task runs included
+        values[official_name("enabled_release_stages")] = list(options.enabled_release_stages)
     if not values:
         return
     module.configure(**values)
+    if official_name("api_key") in values:
+        filled_in(config, True)  # its policy is ours: our events keep our rules (official_event.py)
     _say_once(
         "configured",
         "bugsnag_celery: filled in the official bugsnag client's unset %s from bugsnag_celery's "
@@ -274,10 +302,39 @@ def adopt(options: Options, *, load: bool) -> None:
             module.before_notify(before_notify)
         _drop_failure_handler()
         _guard_start_session(module)
+        _wrap_delivery(module)
+        _exclude_the_wrapper(module)
+        if _adoption.run_scope is None:
+            _adoption.run_scope = make_run_scope(module)
         if load:
             _configure_unset(module, options)
     except Exception:
         logger.exception("bugsnag_celery: could not adopt the official bugsnag client")
+
+
+def _wrap_delivery(module: ModuleType) -> None:
+    config = module.configuration
+    if any(adopted is config for adopted, _ in _adoption.delivery_of):
+        return
+    wrapper = TaskRunDelivery(config.delivery)
+    config.delivery = wrapper
+    _adoption.delivery_of.append((config, wrapper))
+
+
+def _exclude_the_wrapper(module: ModuleType) -> None:
+    """The task wrapper's frame in ``bugsnag.notify()`` stacks: left out by its module, as the
+    official client leaves out its own (``traceback_exclude_modules`` matches by file)."""
+    ours = sys.modules.get(f"{__package__}.runner")
+    excluded = getattr(module.configuration, "traceback_exclude_modules", None)
+    if ours is None or not isinstance(excluded, list) or ours in excluded:
+        return
+    excluded.append(ours)
+    _adoption.excluded_in.append((excluded, ours))
+
+
+def run_scope() -> RunScope | None:
+    """Each run's own breadcrumbs, flags and request data, if the official client is adopted."""
+    return _adoption.run_scope
 
 
 def undo_adoption() -> None:

@@ -29,6 +29,7 @@ from ..sessions import counts
 from ..sessions.current import CURRENT, Session
 from .failures import report_failure
 from .modes import OPT_OUT, TRACK
+from .official import run_scope
 
 __all__ = ["session_runner", "call_runner", "set_session_clock", "WRAPPER_CODES"]
 
@@ -174,16 +175,33 @@ def session_runner(
     enter, failed = _run_hooks(task, state, mode)
     reset = CURRENT.reset
     base_exception = BaseException
+    scope = run_scope()
 
-    def run_in_session(*args: object, **kwargs: object) -> object:
-        token = enter()
-        try:
-            return call(*args, **kwargs)
-        except base_exception as exc:
-            failed(exc)
-            raise
-        finally:
-            reset(token)
+    if scope is None:
+
+        def run_in_session(*args: object, **kwargs: object) -> object:
+            token = enter()
+            try:
+                return call(*args, **kwargs)
+            except base_exception as exc:
+                failed(exc)
+                raise
+            finally:
+                reset(token)
+
+    else:  # the official client adopted: the run's own breadcrumbs, flags, request data
+
+        def run_in_session(*args: object, **kwargs: object) -> object:
+            token = enter()
+            undo = scope()
+            try:
+                return call(*args, **kwargs)
+            except base_exception as exc:
+                failed(exc)
+                raise
+            finally:
+                undo()
+                reset(token)
 
     return run_in_session
 
@@ -201,18 +219,37 @@ def call_runner(
     enter, failed = _run_hooks(task, state, mode)
     reset = CURRENT.reset
     base_exception = BaseException
+    scope = run_scope()
 
-    def call_in_session(self: object, *args: object, **kwargs: object) -> object:
-        if self is not task:
-            return fallback(self, *args, **kwargs)
-        token = enter()
-        try:
-            return call(self, *args, **kwargs)
-        except base_exception as exc:
-            failed(exc)
-            raise
-        finally:
-            reset(token)
+    if scope is None:
+
+        def call_in_session(self: object, *args: object, **kwargs: object) -> object:
+            if self is not task:
+                return fallback(self, *args, **kwargs)
+            token = enter()
+            try:
+                return call(self, *args, **kwargs)
+            except base_exception as exc:
+                failed(exc)
+                raise
+            finally:
+                reset(token)
+
+    else:  # the official client adopted: the run's own breadcrumbs, flags, request data
+
+        def call_in_session(self: object, *args: object, **kwargs: object) -> object:
+            if self is not task:
+                return fallback(self, *args, **kwargs)
+            token = enter()
+            undo = scope()
+            try:
+                return call(self, *args, **kwargs)
+            except base_exception as exc:
+                failed(exc)
+                raise
+            finally:
+                undo()
+                reset(token)
 
     return call_in_session
 

@@ -153,18 +153,31 @@ class Options:
     hostname: str = option(
         factory=socket.gethostname, check=checks.text, official=("hostname",), from_official_client=True
     )
-    auto_track_sessions: bool = option(True, checks.boolean, official=("auto_capture_sessions",))
+    auto_track_sessions: bool = option(
+        True, checks.boolean, official=("auto_capture_sessions",), from_official_client=True
+    )
     track_eager: bool = option(True, checks.boolean)
     exclude_tasks: tuple[str, ...] = option((), checks.patterns)
-    notify_endpoint: str | None = option(None, checks.endpoint, official=("endpoint",))
-    sessions_endpoint: str | None = option(None, checks.endpoint, official=("session_endpoint",))
+    notify_endpoint: str | None = option(
+        None, checks.endpoint, official=("endpoint",), from_official_client=True
+    )
+    sessions_endpoint: str | None = option(
+        None, checks.endpoint, official=("session_endpoint",), from_official_client=True
+    )
+    #: Requests to BugSnag go through this HTTP proxy (the official client's ``proxy_host``).
+    proxy_host: str | None = option(
+        None, checks.optional_text, official=("proxy_host",), from_official_client=True
+    )
     session_flush_interval: float = option(1.0, checks.seconds(0.1))
     session_delivery_interval: float = option(30.0, checks.seconds(1.0))
     enabled_release_stages: tuple[str, ...] | None = option(
-        None, checks.optional_strings, official=("notify_release_stages", "enabled_release_stages")
+        None,
+        checks.optional_strings,
+        official=("notify_release_stages", "enabled_release_stages"),
+        from_official_client=True,
     )
     project_root: str | None = option(None, checks.path, official=("project_root",))
-    send_code: bool = option(True, checks.boolean, official=("send_code",))
+    send_code: bool = option(True, checks.boolean, official=("send_code",), from_official_client=True)
     send_task_args: bool = option(True, checks.boolean)
     redacted_keys: tuple[str, ...] = option(DEFAULT_REDACTED_KEYS, checks.lowered_strings)
     before_notify: tuple[Callable[[dict[str, Any]], Any], ...] = option((), checks.callbacks)

@@ -14,16 +14,20 @@ from typing import Any, cast
 
 from ..about import runtime_versions
 from ..clock import now_iso
+from ..logs import log_every
 from ..options.declared import Options
 from ..payload.encoding import encode_json
 from ..payload.exceptions import exception_entries
 from ..payload.redaction import Redacted, redact
 from ..payload.shapes import JSON, Event, SessionRef, SeverityReason, session_reference
+from ..payload.text import type_name
 from ..payload.wire import EVENTS_VERSION
 from ..sessions.counts import Release
 from ..sessions.current import PAUSED_MARK, Session
 from ..transport.http import Request
 from ..transport.sender import Sender
+from . import official_event
+from .official_event import configured_client
 
 __all__ = ["Reporter", "UNHANDLED_REASON", "raised_while_paused", "hide_frames_of"]
 
@@ -68,9 +72,9 @@ class Reporter:
         self.sender = Sender(spool, timeout=options.delivery_timeout)
         self._warned_no_key = False
 
-    # ------------------------------------------------------------------ building
+    # ------------------------------------------------------------------ reporting
 
-    def build_event(
+    def report(
         self,
         exc: BaseException,
         *,
@@ -84,7 +88,111 @@ class Reporter:
         user: Mapping[str, object] | None = None,
         traceback_text: str | None = None,
         session_override: SessionRef | None = None,
+    ) -> bool:
+        """Build *exc*'s event, pass it through the project's policy, count it, hand it over.
+
+        The policy is the official client's configuration where it is configured in the
+        process (``official_event.py``), then this package's options on top. The run's
+        session counts the event only once it is handed to the sender: BugSnag learns that
+        a session had an error only through an event carrying it, so one the policy drops
+        leaves its run as healthy as it looks to BugSnag. True if handed over. Never raises
+        for a bad exception (the payload layer degrades instead).
+        """
+        opts = self.options
+        if not opts.sends:
+            return False
+        if not opts.api_key:
+            if not self._warned_no_key:
+                self._warned_no_key = True
+                logger.warning("bugsnag_celery: no API key configured; events are not sent")
+            return False
+        client = configured_client()
+        official: Event | None = None
+        if client is not None:
+            try:
+                official = official_event.build(
+                    client, exc, unhandled=unhandled, severity=severity, severity_reason=severity_reason,
+                    context=context, metadata=metadata or {}, grouping_hash=grouping_hash, user=user,
+                    traceback_text=traceback_text, hide_frame=_is_own_frame, ours=opts,
+                )  # fmt: skip
+            except Exception:
+                # A hostile exception (its ``__str__`` raises...) or a callback of the project's
+                # that raises: the official code does not survive what ours does. The crash is
+                # still reported, by this package's rules, rather than lost.
+                log_every("official-build", 60.0, logging.ERROR,
+                          "bugsnag_celery: the official client could not build an event for %s; "
+                          "sent as bugsnag_celery builds it", type_name(exc))  # fmt: skip
+                client = None
+            else:
+                if official is None:
+                    return False  # the official client's policy drops it
+        if official is not None:
+            event = self._ours_on_top(official)
+        else:
+            event = self.build_event(
+                exc, unhandled=unhandled, severity=severity, severity_reason=severity_reason,
+                context=context, metadata=metadata, grouping_hash=grouping_hash, user=user,
+                traceback_text=traceback_text,
+            )  # fmt: skip
+        paused = session is not None and raised_while_paused(exc)
+        return self._finish(event, None if paused else session, session_override)
+
+    def take_over(
+        self, event: Event, session: Session | None, task_name: str | None, task_tab: Mapping[str, object]
+    ) -> bool:
+        """An event the official client built (``bugsnag.notify`` in a task run, after its own
+        callbacks and filters): a task event like the run's crash (context, ``task`` tab),
+        this package's options on top, counted in *session*, sent."""
+        opts = self.options
+        if not opts.sends or not opts.api_key:
+            return False
+        if not event.get("context"):
+            event["context"] = task_name
+        event["metaData"] = {"task": redact(task_tab, opts.redacted_keys), **(event.get("metaData") or {})}
+        event.pop("session", None)  # the official client's own session tracking: not this run's
+        app = event.get("app") or {}
+        # in the worker's release, where its session is counted (the official one unless told otherwise)
+        release = self.release
+        event["app"] = {"version": release.app_version, "releaseStage": release.release_stage,
+                        "type": app.get("type") or release.app_type}  # fmt: skip
+        return self._finish(self._ours_on_top(event), session, None)
+
+    def _finish(self, event: Event, session: Session | None, session_override: SessionRef | None) -> bool:
+        """This package's callbacks; then, if it is still to be sent, counted and handed over."""
+        for callback in self.options.before_notify:
+            try:
+                # The option's callbacks take a plain dict (which an event is at run time).
+                if callback(cast("dict[str, Any]", event)) is False:
+                    return False
+            except Exception:
+                logger.exception("bugsnag_celery: before_notify callback %r raised; skipped", callback)
+        if session_override is not None:
+            event["session"] = session_override  # a crash seen by the main process (hooks/failures.py)
+        elif session is not None and not session.paused:
+            if event["unhandled"]:
+                session.unhandled += 1
+            else:
+                session.handled += 1
+            event["session"] = session_reference(
+                session.id, session.started_at, session.handled, session.unhandled
+            )
+        self.submit(event)
+        return True
+
+    def build_event(
+        self,
+        exc: BaseException,
+        *,
+        unhandled: bool,
+        severity: str,
+        severity_reason: SeverityReason,
+        context: str | None,
+        metadata: Mapping[str, object] | None = None,
+        grouping_hash: str | None = None,
+        user: Mapping[str, object] | None = None,
+        traceback_text: str | None = None,
     ) -> Event:
+        """The event by this package's own rules (no official client configured); no session yet."""
         opts = self.options
         entries = exception_entries(
             exc,
@@ -114,43 +222,28 @@ class Reporter:
         }  # fmt: skip
         if grouping_hash:
             event["groupingHash"] = grouping_hash
-        if session_override is not None:
-            event["session"] = session_override  # a crash seen by the main process (hooks/failures.py)
-        elif session is not None and not session.paused and not raised_while_paused(exc):
-            if unhandled:
-                session.unhandled += 1
-            else:
-                session.handled += 1
-            event["session"] = session_reference(
-                session.id, session.started_at, session.handled, session.unhandled
-            )
+        return event
+
+    def _ours_on_top(self, event: Event) -> Event:
+        """This package's ``redacted_keys`` over what the official policy let through."""
+        keys = self.options.redacted_keys
+        event["metaData"] = {str(tab): redact(values, keys) for tab, values in event["metaData"].items()}
+        event["user"] = redact(event["user"], keys) if event["user"] else {}
+        for crumb in event["breadcrumbs"]:
+            if crumb.get("metaData"):
+                crumb["metaData"] = redact(crumb["metaData"], keys)
         return event
 
     # ------------------------------------------------------------------ sending
 
-    def send(self, event: Event) -> bool:
-        """Run callbacks, encode, hand over. True if it was handed to the sender."""
-        opts = self.options
-        if not opts.sends:
-            return False
-        if not opts.api_key:
-            if not self._warned_no_key:
-                self._warned_no_key = True
-                logger.warning("bugsnag_celery: no API key configured; events are not sent")
-            return False
-        for callback in opts.before_notify:
-            try:
-                # The option's callbacks take a plain dict (which an event is at run time).
-                if callback(cast("dict[str, Any]", event)) is False:
-                    return False
-            except Exception:
-                logger.exception("bugsnag_celery: before_notify callback %r raised; skipped", callback)
-        # Encoded here, once (see ``Request.encoded``); merged with other queued events into
-        # one request on the sender thread.
-        self.sender.submit(
-            Request(self.notify_endpoint, opts.api_key, EVENTS_VERSION, encoded=[encode_json(event)])
-        )
-        return True
+    def submit(self, event: Event) -> None:
+        """Encode (here, once: see ``Request.encoded``) and hand over to the sender thread,
+        which merges it with other queued events into one request."""
+        api_key = self.options.api_key
+        if api_key:
+            self.sender.submit(
+                Request(self.notify_endpoint, api_key, EVENTS_VERSION, encoded=[encode_json(event)])
+            )
 
 
 def raised_while_paused(exc: BaseException) -> bool:

@@ -28,7 +28,7 @@ import shlex  # noqa: F401  # isort: skip
 from ..clock import now_iso
 from .outcome import Fate, Outcome
 
-__all__ = ["Request", "post", "headers_for"]
+__all__ = ["Request", "post", "headers_for", "route_through_proxy"]
 
 CONNECT_TIMEOUT = 5.0
 
@@ -118,6 +118,19 @@ def _session() -> requests.Session:
     return _http
 
 
+#: ``scheme://host`` of an endpoint -> the HTTP proxy its requests go through (``proxy_host``):
+#: requests' own per-host proxy keys, so that apps with different proxies share one session.
+_proxies: dict[str, str] = {}
+
+
+def route_through_proxy(endpoint: str | None, proxy: str | None) -> None:
+    """Send every request to *endpoint*'s host through *proxy* (the official ``proxy_host``)."""
+    if not endpoint or not proxy:
+        return
+    scheme, _, rest = endpoint.partition("://")
+    _proxies[f"{scheme}://{rest.split('/', 1)[0]}"] = proxy if "://" in proxy else f"http://{proxy}"
+
+
 def post(request: Request, timeout: float) -> tuple[Outcome, str]:
     """POST once; classify the result. Never raises."""
     try:
@@ -127,6 +140,7 @@ def post(request: Request, timeout: float) -> tuple[Outcome, str]:
                 data=request.body,
                 headers=headers_for(request),
                 timeout=(min(timeout, CONNECT_TIMEOUT), timeout),
+                proxies=_proxies or None,
             )
             status = response.status_code
             if status == 429:

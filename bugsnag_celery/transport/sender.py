@@ -19,6 +19,7 @@ import os
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 from ..logs import log_every
@@ -67,33 +68,57 @@ def _size(item: Request | None) -> int:
     return len(item.body) + 1024 * len(item.events or ())
 
 
-class _RequestQueue(queue.Queue):  # type: ignore[type-arg]
-    """A FIFO bounded by payloads *and* bytes: full when either cap is reached.
+class _RequestQueue:
+    """A FIFO bounded by requests *and* bytes: full when either cap is reached.
 
-    Encoded events make the bytes known at the door. ``_put``/``_get``/``_qsize`` are
-    ``queue.Queue``'s own extension points, called with its mutex held, so the byte count
-    needs no lock of its own. A queue over its byte cap reports itself as full (``_qsize``
-    says ``maxsize``) while it still holds items, so ``put_nowait`` raises ``queue.Full``
-    and the sender spills the oldest, as for the request cap.
+    Encoded events make the bytes known at the door. Its own class over a deque and one
+    ``threading.Condition`` -- not a ``queue.Queue`` subclass: gevent and eventlet replace
+    ``queue.Queue`` when they patch the standard library, and a subclass of the class they
+    replaced mixes the two (``task_done()`` raised, the sender thread died after every
+    batch). ``threading.Condition`` is looked up when the queue is made, so a patched
+    process gets the patched one. ``queue.Full``/``queue.Empty`` say full and empty, as
+    before; a queue over its byte cap is full while it holds anything.
     """
 
     def __init__(self, maxsize: int, max_bytes: int) -> None:
+        self.maxsize = maxsize
         self.max_bytes = max_bytes
         self.bytes = 0
-        super().__init__(maxsize)
+        self.items: deque[Request | None] = deque()
+        self.unfinished_tasks = 0
+        self._ready = threading.Condition(threading.Lock())
 
-    def _qsize(self) -> int:
-        n = len(self.queue)
-        return self.maxsize if n and self.bytes >= self.max_bytes else n
+    def put_nowait(self, item: Request | None) -> None:
+        with self._ready:
+            n = len(self.items)
+            if n and (n >= self.maxsize or self.bytes >= self.max_bytes):
+                raise queue.Full
+            self.items.append(item)
+            self.bytes += _size(item)
+            self.unfinished_tasks += 1
+            self._ready.notify()
 
-    def _put(self, item: Request | None) -> None:
-        self.queue.append(item)
-        self.bytes += _size(item)
+    def get(self) -> Request | None:
+        with self._ready:
+            while not self.items:
+                self._ready.wait()
+            return self._take()
 
-    def _get(self) -> Request | None:
-        item: Request | None = self.queue.popleft()
+    def get_nowait(self) -> Request | None:
+        with self._ready:
+            if not self.items:
+                raise queue.Empty
+            return self._take()
+
+    def _take(self) -> Request | None:
+        item = self.items.popleft()
         self.bytes -= _size(item)
         return item
+
+    def task_done(self) -> None:
+        with self._ready:
+            if self.unfinished_tasks > 0:
+                self.unfinished_tasks -= 1
 
 
 class Sender:
@@ -132,7 +157,7 @@ class Sender:
 
     def _reset(self) -> None:
         self._pid = os.getpid()
-        self._queue: queue.Queue[Request | None] = _RequestQueue(self.max_queue, self.max_queue_bytes)
+        self._queue = _RequestQueue(self.max_queue, self.max_queue_bytes)
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._stopping = threading.Event()

@@ -384,7 +384,7 @@ def test_the_send_queue_is_bounded_in_bytes_too(endpoint: Endpoint) -> None:
     for n in range(40):
         event = encode_json({"n": n, "pad": "x" * 100_000})
         sender.submit(Request(f"{endpoint.url}/notify", KEY, "4.0", encoded=[event]))
-        peak = max(peak, sender._queue.bytes)  # type: ignore[attr-defined]
+        peak = max(peak, sender._queue.bytes)
     sender.flush(20)
     assert peak <= 1_000_000 + 100_100  # the cap, plus the one that found it full
     delivered = [e["n"] for r in endpoint.requests for e in r["body"]["events"]]

@@ -1,0 +1,163 @@
+"""A worker app with BugSnag's official client configured as its Python guide shows, then
+``bugsnag_celery.configure(app)`` with nothing of its own (``celery -A official_app worker``).
+
+The environment picks the set-up (broker and queue as ``env_app``: ``BSC_BROKER_URL``,
+``BSC_TRANSPORT_OPTIONS``, ``BSC_QUEUE``; ``BSC_OUT`` for the records the tasks write):
+
+- ``OFFICIAL_CONFIGURE``: JSON keyword arguments for ``bugsnag.configure`` (``api_key``,
+  ``endpoint``, ``session_endpoint``, ``params_filters``, ...); ``traceback_exclude_modules``
+  is given as module names, imported here (the client wants the modules themselves).
+- ``OFFICIAL_CALLBACK``: the name of a module-level ``before_notify`` callback below, registered
+  with ``bugsnag.before_notify``.
+- ``OFFICIAL_PLAIN=1``: the official client alone, as projects used it before this package:
+  ``bugsnag.celery.connect_failure_handler()`` and no ``bugsnag_celery.configure``.
+
+At import, outside any task run, the process-wide breadcrumb, feature flag and metadata tab
+that every run's events carry (``PROCESS_*``). The log handler is attached the way the
+guide shows: ``client.log_handler()`` at ERROR on the logger, its ``leave_breadcrumbs``
+filter on the same logger (records below ERROR become "log" breadcrumbs).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+from typing import Any
+
+import bugsnag
+import bugsnag.celery
+from bugsnag.event import Event
+from celery import Celery
+from official_helpers import fail
+
+import bugsnag_celery
+from bugsnag_celery.tools.fs_transport import TRANSPORT
+
+#: What is set at import, outside any run: every run's events carry exactly these.
+PROCESS_BREADCRUMB = "process-wide breadcrumb"
+PROCESS_FLAG = ("process-flag", "on")
+PROCESS_TAB: tuple[str, dict[str, Any]] = ("process", {"wide": "yes"})
+
+
+class PaymentDeclined(Exception):
+    """A project's own exception class (``official_app.PaymentDeclined`` to BugSnag)."""
+
+
+KINDS: dict[str, type[Exception]] = {
+    "ValueError": ValueError,
+    "KeyError": KeyError,
+    "RuntimeError": RuntimeError,
+    "PaymentDeclined": PaymentDeclined,
+}
+
+
+# ---- before_notify callbacks, chosen by OFFICIAL_CALLBACK ------------------------------------
+
+
+def drop_declined(event: Event) -> Any:
+    """Drop every event of a declined payment (handled or not); leave the others alone."""
+    if isinstance(event.original_error, PaymentDeclined):
+        return False
+    return None
+
+
+def decorate(event: Event) -> None:
+    """What projects do in a callback: a tab, the user, context, grouping hash, severity."""
+    event.add_tab("callback", {"added": "by decorate", "error": type(event.original_error).__name__})
+    event.set_user(id="callback-user", email="cb@example.com")
+    event.context = "callback-context"
+    event.grouping_hash = "callback-group"
+    event.severity = "info"
+
+
+CALLBACKS = {"drop_declined": drop_declined, "decorate": decorate}
+
+
+# ---- the official client, as BugSnag's Python guide configures it ---------------------------
+
+_settings: dict[str, Any] = json.loads(os.environ.get("OFFICIAL_CONFIGURE", "{}"))
+if "traceback_exclude_modules" in _settings:
+    _settings["traceback_exclude_modules"] = [
+        importlib.import_module(name) for name in _settings["traceback_exclude_modules"]
+    ]
+bugsnag.configure(**_settings)
+if os.environ.get("OFFICIAL_CALLBACK"):
+    bugsnag.before_notify(CALLBACKS[os.environ["OFFICIAL_CALLBACK"]])
+
+logger = logging.getLogger("official_app.tasks")
+logger.setLevel(logging.INFO)
+_handler = bugsnag.legacy.default_client.log_handler()
+_handler.setLevel(logging.ERROR)
+logger.addHandler(_handler)
+logger.addFilter(_handler.leave_breadcrumbs)
+
+bugsnag.leave_breadcrumb(PROCESS_BREADCRUMB)
+bugsnag.add_feature_flag(*PROCESS_FLAG)
+bugsnag.add_metadata_tab(*PROCESS_TAB)
+
+
+# ---- the Celery app --------------------------------------------------------------------------
+
+_queue = os.environ.get("BSC_QUEUE", "celery")
+app = Celery("official_app", broker=os.environ["BSC_BROKER_URL"])
+app.conf.update(
+    broker_transport=TRANSPORT if os.environ["BSC_BROKER_URL"].startswith("filesystem") else None,
+    broker_transport_options=json.loads(os.environ.get("BSC_TRANSPORT_OPTIONS", "{}")),
+    task_default_queue=_queue,
+    task_default_exchange=_queue,
+    task_default_routing_key=_queue,
+    worker_enable_remote_control=False,
+    broker_connection_retry_on_startup=True,
+    # this package's own queues get the test's prefix (nothing shared); no key, no endpoint
+    bugsnag_queue_prefix=_queue,
+)
+if os.environ.get("OFFICIAL_PLAIN") == "1":
+    bugsnag.celery.connect_failure_handler()
+else:
+    bugsnag_celery.configure(app)
+
+
+def _record(**fields: Any) -> None:
+    line = (json.dumps({"pid": os.getpid(), **fields}) + "\n").encode()
+    fd = os.open(os.path.join(os.environ["BSC_OUT"], f"records-{os.getpid()}.jsonl"),
+                 os.O_WRONLY | os.O_CREAT | os.O_APPEND)  # fmt: skip
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+@app.task(bind=True, name="official.work")
+def work(
+    self: Any,
+    tag: str,
+    notify: list[str] | None = None,
+    crash: str | None = None,
+    ssn: str | None = None,
+    iban: str | None = None,
+) -> str:
+    """One run that leaves everything a project's task leaves, all named after *tag*.
+
+    A manual breadcrumb, a log breadcrumb, a feature flag, a metadata tab and the user of
+    the request; then a ``bugsnag.notify`` for each kind in *notify* (handled); then, with
+    *crash*, that kind raised from ``official_helpers.fail``. *ssn*/*iban* are kwargs of the
+    run (its task tab) and are put in a metadata tab and a breadcrumb's metadata (the user takes
+    only id, name and email: the official client's ``set_user``).
+    """
+    _record(id=self.request.id, tag=tag)
+    secrets = {k: v for k, v in (("ssn", ssn), ("iban", iban)) if v is not None}
+    bugsnag.leave_breadcrumb(f"manual {tag}", {"tag": tag, **secrets})
+    logger.info("log %s", tag)
+    bugsnag.add_feature_flag(f"flag-{tag}", "v1")
+    bugsnag.add_metadata_tab("run", {"tag": tag, **secrets})
+    bugsnag.configure_request(user={"id": f"user-{tag}", "name": f"name-{tag}"})
+    for kind in notify or ():
+        try:
+            fail(KINDS[kind](f"handled {tag}"))
+        except Exception as exc:
+            bugsnag.notify(exc)
+    if crash is not None:
+        fail(KINDS[crash](f"crash {tag}"))
+    return tag
