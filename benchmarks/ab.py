@@ -61,6 +61,27 @@ def cpu_batch(apply: Callable[[], Any], runs: int, package: ModuleType | None) -
     return (time.process_time() - start) / runs * 1e6
 
 
+def configure_official(endpoint: str) -> None:
+    """The official client as a project has it: configured, one callback, breadcrumbs and flags.
+
+    Its policy then applies to every event this package sends (``reporting/official_event.py``):
+    what honouring it costs is the difference between this run and one without ``--official``.
+    """
+    import bugsnag
+
+    bugsnag.configure(api_key=KEY, endpoint=f"{endpoint}/notify", session_endpoint=f"{endpoint}/sessions",
+                      app_version="ab", params_filters=["password", "ssn"])  # fmt: skip
+
+    def callback(event: Any) -> None:
+        event.add_tab("account", {"plan": "pro", "region": "eu"})
+
+    bugsnag.before_notify(callback)
+    for n in range(20):
+        bugsnag.leave_breadcrumb(f"step {n}", {"n": n})
+    bugsnag.add_feature_flag("checkout", "v2")
+    bugsnag.add_feature_flag("beta")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -69,6 +90,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=100)
     parser.add_argument("--runs", type=int, help="task.apply() calls per batch (1,000; 100 with --failure)")
     parser.add_argument("--failure", action="store_true", help="a raising task against a 50 ms endpoint")
+    parser.add_argument(
+        "--official",
+        action="store_true",
+        help="the official bugsnag client configured too: one before_notify callback, 20 breadcrumbs, 2 flags",
+    )
     args = parser.parse_args()
     if args.runs is None:
         args.runs = 100 if args.failure else 1000
@@ -104,6 +130,8 @@ def main() -> int:
         except ValueError:  # pragma: no cover - eager runs store the failure, not raise it
             pass
 
+    if args.official:
+        configure_official(endpoint)
     options = {"api_key": KEY, "app_version": "ab", "notify_endpoint": f"{endpoint}/notify",
                "sessions_endpoint": f"{endpoint}/sessions"}  # fmt: skip
     packages: dict[str, ModuleType | None] = {"plain": None, "this checkout": bugsnag_celery, "other": other}
@@ -133,6 +161,8 @@ def main() -> int:
         server.wait()
     plain = statistics.median(results["plain"])
     path = "failure path (50 ms endpoint), CPU of every thread" if args.failure else "success path"
+    if args.official:
+        path += ", official client configured (1 callback, 20 breadcrumbs, 2 flags)"
     print(f"{path}, {args.rounds} rounds x {args.runs:,} task.apply() per variant, medians:")
     print(f"  plain Celery      {plain:7.2f} us per task")
     for name in names[1:]:

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 import sys
-from collections.abc import Iterable, Mapping, Sized
+from collections.abc import Callable, Iterable, Mapping, Sized
 from typing import Any, NamedTuple, Union
 
 from ..options.declared import DEFAULT_REDACTED_KEYS
 from .shapes import JSON
 from .text import ELLIPSIS, clean_text, safe_repr, type_name
 
-__all__ = ["REDACTED", "Redacted", "redact", "encodable", "is_secret"]
+__all__ = ["REDACTED", "Redacted", "redact", "scrub", "secret_matcher", "encodable", "is_secret"]
 
 REDACTED = "[REDACTED]"
 
@@ -201,6 +202,68 @@ def redact(
         return _jsonable(value, limits, 0, set())
     except Exception:
         return f"<unrepresentable {type_name(value)}>"
+
+
+def scrub(value: object, keys: tuple[str, ...]) -> object:
+    """*value* with the values of secret keys (matched as :func:`redact` matches them)
+    replaced by ``"[REDACTED]"``, copying only the containers that change.
+
+    For data that is JSON-like already (an event the official client built and filtered):
+    no bounds, no ``repr`` -- the encoder makes the rest encodable -- so a clean event costs
+    one walk and no copy. Deeper than 32 levels is left as it is (a cycle ends there too).
+    """
+    if not isinstance(value, (dict, list, tuple)):
+        return value
+    try:
+        return _scrub(value, _secret_pattern(_key_words(keys)).search, 0)
+    except Exception:
+        return value
+
+
+def secret_matcher(keys: tuple[str, ...]) -> Callable[[str], bool]:
+    """A test of one key against *keys*, as :func:`redact` matches keys (one search a key)."""
+    search = _secret_pattern(_key_words(keys)).search
+    separators = _KEY_SEPARATORS
+
+    def secret(key: str) -> bool:
+        return search(key.lower().translate(separators)) is not None
+
+    return secret
+
+
+@functools.lru_cache(maxsize=16)
+def _secret_pattern(words: tuple[str, ...]) -> re.Pattern[str]:
+    """Any of *words* in a normalised key, as one search (``_is_secret`` in one call)."""
+    return re.compile("|".join(re.escape(w) for w in words) or "(?!)")
+
+
+def _scrub(value: object, search: Callable[[str], object], depth: int) -> object:
+    if depth > 32:
+        return value
+    if isinstance(value, dict):
+        out: dict[object, object] | None = None
+        for key, item in value.items():
+            if type(key) is str and search(key.lower().translate(_KEY_SEPARATORS)) is not None:
+                new: object = REDACTED
+            elif isinstance(item, (dict, list, tuple)):
+                new = _scrub(item, search, depth + 1)
+            else:
+                continue
+            if new is not item:
+                if out is None:
+                    out = dict(value)
+                out[key] = new
+        return value if out is None else out
+    items: list[object] | None = None
+    for index, item in enumerate(value):  # type: ignore[arg-type]
+        if not isinstance(item, (dict, list, tuple)):
+            continue
+        new = _scrub(item, search, depth + 1)
+        if new is not item:
+            if items is None:
+                items = list(value)  # type: ignore[call-overload]
+            items[index] = new
+    return value if items is None else items
 
 
 # No redaction, no item or string limits: this only makes a payload encodable, losslessly

@@ -18,7 +18,7 @@ from ..logs import log_every
 from ..options.declared import Options
 from ..payload.encoding import encode_json
 from ..payload.exceptions import exception_entries
-from ..payload.redaction import Redacted, redact
+from ..payload.redaction import Redacted, redact, scrub
 from ..payload.shapes import JSON, Event, SessionRef, SeverityReason, session_reference
 from ..payload.text import type_name
 from ..payload.wire import EVENTS_VERSION
@@ -127,7 +127,7 @@ class Reporter:
                 if official is None:
                     return False  # the official client's policy drops it
         if official is not None:
-            event = self._ours_on_top(official)
+            event = official  # redacted_keys applied where params_filters are (official_event.py)
         else:
             event = self.build_event(
                 exc, unhandled=unhandled, severity=severity, severity_reason=severity_reason,
@@ -227,11 +227,14 @@ class Reporter:
     def _ours_on_top(self, event: Event) -> Event:
         """This package's ``redacted_keys`` over what the official policy let through."""
         keys = self.options.redacted_keys
-        event["metaData"] = {str(tab): redact(values, keys) for tab, values in event["metaData"].items()}
-        event["user"] = redact(event["user"], keys) if event["user"] else {}
+        event["metaData"] = {  # the task tab is redacted where it is built: not walked twice
+            str(tab): values if type(values) is Redacted else scrub(values, keys)  # type: ignore[misc]
+            for tab, values in event["metaData"].items()
+        }
+        event["user"] = scrub(event["user"], keys) if event["user"] else {}  # type: ignore[typeddict-item]
         for crumb in event["breadcrumbs"]:
             if crumb.get("metaData"):
-                crumb["metaData"] = redact(crumb["metaData"], keys)
+                crumb["metaData"] = scrub(crumb["metaData"], keys)  # type: ignore[assignment]
         return event
 
     # ------------------------------------------------------------------ sending
