@@ -93,7 +93,7 @@ def main() -> int:
     parser.add_argument(
         "--official",
         action="store_true",
-        help="the official bugsnag client configured too: one before_notify callback, 20 breadcrumbs, 2 flags",
+        help="the official bugsnag client configured too: 1 before_notify callback, 20 breadcrumbs, 2 flags",
     )
     args = parser.parse_args()
     if args.runs is None:
