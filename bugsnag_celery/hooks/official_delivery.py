@@ -24,7 +24,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from .. import registry
-from ..reporting.official_event import filter_params
+from ..payload.official_filters import filter_params
 from ..reporting.task_tab import task_metadata
 from ..sessions.current import Session
 

@@ -25,18 +25,17 @@ import logging
 import sys
 from collections import deque
 from collections.abc import Callable
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import Any
-from weakref import WeakKeyDictionary
 
-__all__ = ["RunScope", "make_run_scope"]
+__all__ = ["RunScope", "Tokens", "make_run_scope", "end_run_scope"]
 
 logger = logging.getLogger("bugsnag_celery")
 
-#: Undoes one run's scope (resets the ContextVars set at its start).
-Undo = Callable[[], None]
-#: Starts a run's scope; returns its undo.
-RunScope = Callable[[], Undo]
+#: What a run's scope set: its ContextVar tokens, reset by :func:`end_run_scope`.
+Tokens = tuple[Token[Any], Token[Any], Token[Any]]
+#: Starts a run's scope; returns what :func:`end_run_scope` resets.
+RunScope = Callable[[], Tokens]
 
 _FLAGS_KEY = "feature_flag_delegate"  # bugsnag.context.FEATURE_FLAG_DELEGATE_KEY
 
@@ -76,7 +75,7 @@ def make_run_scope(module: Any) -> RunScope | None:
         copy.metadata = {tab: dict(v) if isinstance(v, dict) else v for tab, v in request.metadata.items()}
         return copy
 
-    def start() -> Undo:
+    def start() -> Tokens:
         crumbs = crumbs_var.get(None)
         if crumbs is None:
             crumbs = process_crumbs
@@ -89,16 +88,17 @@ def make_run_scope(module: Any) -> RunScope | None:
             flags = contexts[client].get(_FLAGS_KEY)
         if flags is None:
             flags = process_flags
-        fresh = None
-        if flags._storage:
-            fresh = WeakKeyDictionary({client: {_FLAGS_KEY: flags.copy()}})
-        contexts_token = contexts_var.set(fresh)
-
-        def undo() -> None:
-            contexts_var.reset(contexts_token)
-            request_var.reset(request_token)
-            crumbs_var.reset(crumbs_token)
-
-        return undo
+        # a plain dict where the official client keeps a WeakKeyDictionary: it only looks its
+        # client up in it, and the default client lives as long as the process
+        contexts_token = contexts_var.set({client: {_FLAGS_KEY: flags.copy()}} if flags._storage else None)
+        return contexts_token, request_token, crumbs_token
 
     return start
+
+
+def end_run_scope(tokens: Tokens) -> None:
+    """Reset what :func:`make_run_scope`'s ``start`` set (in the same frame: the run's)."""
+    contexts_token, request_token, crumbs_token = tokens
+    contexts_token.var.reset(contexts_token)
+    request_token.var.reset(request_token)
+    crumbs_token.var.reset(crumbs_token)

@@ -30,6 +30,7 @@ from ..sessions.current import CURRENT, Session
 from .failures import report_failure
 from .modes import OPT_OUT, TRACK
 from .official import run_scope
+from .official_scope import end_run_scope
 
 __all__ = ["session_runner", "call_runner", "set_session_clock", "WRAPPER_CODES"]
 
@@ -175,7 +176,7 @@ def session_runner(
     enter, failed = _run_hooks(task, state, mode)
     reset = CURRENT.reset
     base_exception = BaseException
-    scope = run_scope()
+    scope, end_scope = run_scope(), end_run_scope
 
     if scope is None:
 
@@ -193,14 +194,14 @@ def session_runner(
 
         def run_in_session(*args: object, **kwargs: object) -> object:
             token = enter()
-            undo = scope()
+            scoped = scope()
             try:
                 return call(*args, **kwargs)
             except base_exception as exc:
                 failed(exc)
                 raise
             finally:
-                undo()
+                end_scope(scoped)
                 reset(token)
 
     return run_in_session
@@ -219,7 +220,7 @@ def call_runner(
     enter, failed = _run_hooks(task, state, mode)
     reset = CURRENT.reset
     base_exception = BaseException
-    scope = run_scope()
+    scope, end_scope = run_scope(), end_run_scope
 
     if scope is None:
 
@@ -241,14 +242,14 @@ def call_runner(
             if self is not task:
                 return fallback(self, *args, **kwargs)
             token = enter()
-            undo = scope()
+            scoped = scope()
             try:
                 return call(self, *args, **kwargs)
             except base_exception as exc:
                 failed(exc)
                 raise
             finally:
-                undo()
+                end_scope(scoped)
                 reset(token)
 
     return call_in_session

@@ -18,8 +18,7 @@ and ``Client.deliver``:
 4. the internal middleware and the ``before_notify`` callbacks: ``False`` drops the event,
    a changed severity is reported as ``userCallbackSetSeverity``;
 5. the event's attributes, after the callbacks, become the v4 event, with ``params_filters``
-   applied where the official encoder applies them (``metaData``, ``user``, ``device`` and
-   each breadcrumb's ``metaData``: a key containing a filter, in any case, is ``[FILTERED]``).
+   applied where the official encoder applies them (``payload/official_filters.py``).
 
 The package's own options apply on top of that, in the reporter (``redacted_keys``,
 ``before_notify``, ``enabled_release_stages``), and the run's session is counted only for
@@ -28,10 +27,8 @@ an event that passed everything.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
-import re
 import sys
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -41,7 +38,8 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 from ..about import runtime_versions
 from ..clock import now_iso
 from ..payload.frames import HideFrame, Root, frames_from_text, frames_from_traceback
-from ..payload.redaction import REDACTED, secret_matcher
+from ..payload.official_filters import Cleaner, filters_search
+from ..payload.redaction import secret_matcher
 from ..payload.shapes import Event, Frame, JSONObject, SeverityReason
 
 if TYPE_CHECKING:
@@ -53,13 +51,9 @@ __all__ = [
     "filled_in",
     "build",
     "is_task_event",
-    "FILTERED",
-    "filter_params",
 ]
 
 logger = logging.getLogger("bugsnag_celery")
-
-FILTERED = "[FILTERED]"  # what the official encoder writes for a filtered value
 
 
 class OfficialClient(Protocol):
@@ -99,51 +93,6 @@ def configured_client() -> OfficialClient | None:
         return client
     except Exception:
         return None
-
-
-def filter_params(value: object, filters: tuple[str, ...], seen: set[int] | None = None) -> object:
-    """*value* with the official encoder's ``params_filters`` applied (its ``filter_string_values``).
-
-    Dict keys that contain a filter, compared in lower case, get ``"[FILTERED]"``; the walk
-    goes into dicts only, as the official encoder's does. A dict inside itself is left
-    to the encoder, which turns the cycle into text.
-    """
-    if not filters or not isinstance(value, dict):
-        return value
-    return _filter_dict(value, _pattern(filters), set() if seen is None else seen)
-
-
-@functools.lru_cache(maxsize=16)
-def _pattern(filters: tuple[str, ...]) -> re.Pattern[str]:
-    """One search for any filter (a substring of the lower-cased key), built once per filter list."""
-    return re.compile("|".join(re.escape(f) for f in filters))
-
-
-def _filter_dict(value: dict[object, object], pattern: re.Pattern[str], seen: set[int]) -> object:
-    if id(value) in seen:
-        return value
-    seen.add(id(value))
-    clean: dict[object, object] | None = None  # copied only if something is filtered
-    search = pattern.search
-    for key, item in value.items():
-        if isinstance(key, str):
-            hit = search(key.lower())
-        elif isinstance(key, bytes):
-            hit = search(key.decode("utf-8", "replace").lower())
-        else:
-            hit = None
-        if hit is not None:
-            new: object = FILTERED
-        elif isinstance(item, dict):
-            new = _filter_dict(item, pattern, seen)
-        else:
-            continue
-        if new is not item:
-            if clean is None:
-                clean = dict(value)
-            clean[key] = new
-    seen.discard(id(value))
-    return value if clean is None else clean
 
 
 # --------------------------------------------------------------------------- the official rules
@@ -291,64 +240,6 @@ def _frame_of(frame: FrameType) -> Frame:
 # --------------------------------------------------------------------------- building
 
 
-class _Cleaner:
-    """The official ``params_filters`` (``[FILTERED]``) and this package's ``redacted_keys``
-    (``[REDACTED]``) over JSON-like data, in one walk (see :func:`_as_v4`)."""
-
-    __slots__ = ("filtered", "secret")
-
-    def __init__(self, filtered: Callable[[str], object] | None, secret: Callable[[str], bool]) -> None:
-        self.filtered = filtered
-        self.secret = secret
-
-    def dict(self, value: object, in_filter: bool = True, depth: int = 0) -> object:
-        if not isinstance(value, dict) or depth > 32:
-            return value
-        filtered = self.filtered if in_filter else None
-        secret = self.secret
-        out: dict[object, object] | None = None
-        for key, item in value.items():
-            if isinstance(key, (str, bytes)):
-                text = key if isinstance(key, str) else key.decode("utf-8", "replace")
-                if filtered is not None and filtered(text.lower()) is not None:
-                    new: object = FILTERED
-                elif secret(text):
-                    new = REDACTED
-                elif isinstance(item, dict):
-                    new = self.dict(item, in_filter, depth + 1)
-                elif isinstance(item, (list, tuple)):
-                    new = self.items(item, depth + 1)
-                else:
-                    continue
-            elif isinstance(item, dict):
-                new = self.dict(item, in_filter, depth + 1)
-            else:
-                continue
-            if new is not item:
-                if out is None:
-                    out = dict(value)
-                out[key] = new
-        return value if out is None else out
-
-    def items(self, value: list[object] | tuple[object, ...], depth: int) -> object:
-        # the official encoder filters dicts only where it reaches them through dicts
-        if depth > 32:
-            return value
-        out: list[object] | None = None
-        for index, item in enumerate(value):
-            if isinstance(item, dict):
-                new = self.dict(item, False, depth + 1)
-            elif isinstance(item, (list, tuple)):
-                new = self.items(item, depth + 1)
-            else:
-                continue
-            if new is not item:
-                if out is None:
-                    out = list(value)
-                out[index] = new
-        return value if out is None else out
-
-
 def build(
     client: OfficialClient,
     exc: BaseException,
@@ -444,7 +335,7 @@ def _as_v4(event: object, config: object, ours: Options) -> Event:
     ``redacted_keys`` everywhere, in one walk that copies only what it changes.
     """
     filters = tuple(str(f).lower() for f in getattr(config, "params_filters", None) or ())
-    clean = _Cleaner(_pattern(filters).search if filters else None, secret_matcher(ours.redacted_keys))
+    clean = Cleaner(filters_search(filters), secret_matcher(ours.redacted_keys))
     versions: dict[str, str] = {**runtime_versions(), **(getattr(event, "runtime_versions", None) or {})}
     device = clean.dict({"hostname": event.hostname, "runtimeVersions": versions})  # type: ignore[attr-defined]
     crumbs: list[JSONObject] = []

@@ -10,7 +10,7 @@ Where the official client alone is the reference, it runs the same task in the s
 events are compared with ours.
 
 Covers: bugsnag_celery/reporting/official_event.py, bugsnag_celery/hooks/official.py
-Covers: bugsnag_celery/hooks/official_delivery.py
+Covers: bugsnag_celery/hooks/official_delivery.py, bugsnag_celery/payload/official_filters.py
 """
 
 from __future__ import annotations

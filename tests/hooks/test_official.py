@@ -23,6 +23,7 @@ from celery.signals import task_failure
 import bugsnag_celery
 from bugsnag_celery import registry
 from bugsnag_celery.hooks.official import before_notify
+from bugsnag_celery.testing import Endpoint
 
 KEY = "0123456789abcdef0123456789abcdef"
 
@@ -48,11 +49,15 @@ def _ours_in_the_callbacks() -> int:
 
 def test_unconfigure_gives_the_official_client_back_as_it_was(app: Celery) -> None:
     callbacks_before = list(bugsnag.configuration.middleware.stack)
+    delivery_before = bugsnag.configuration.delivery
+    excluded_before = list(bugsnag.configuration.traceback_exclude_modules)
     task_failure.connect(bugsnag.celery.failure_handler, weak=False)  # connect_failure_handler()
 
     bugsnag_celery.configure(app, api_key=KEY)
     assert _ours_in_the_callbacks() == 1
     assert "start_session" in vars(_tracker())  # guarded
+    assert bugsnag.configuration.delivery is not delivery_before  # wrapped: task runs' events taken over
+    assert len(bugsnag.configuration.traceback_exclude_modules) == len(excluded_before) + 1  # the wrapper
     assert not task_failure.disconnect(bugsnag.celery.failure_handler)  # dropped: nothing to disconnect
 
     bugsnag_celery.configure(app, api_key=KEY)  # again: nothing added twice
@@ -63,6 +68,8 @@ def test_unconfigure_gives_the_official_client_back_as_it_was(app: Celery) -> No
     assert "start_session" not in vars(_tracker())  # the class's own method again
     assert _tracker().start_session.__func__ is SessionTracker.start_session  # type: ignore[attr-defined]
     assert task_failure.disconnect(bugsnag.celery.failure_handler)  # re-connected, as it was
+    assert bugsnag.configuration.delivery is delivery_before
+    assert bugsnag.configuration.traceback_exclude_modules == excluded_before
 
 
 def test_a_failure_handler_never_connected_is_not_connected_by_the_undo(app: Celery) -> None:
@@ -96,3 +103,35 @@ def test_a_start_session_replaced_after_the_adoption_is_left_alone_by_the_undo(a
         assert vars(tracker)["start_session"] is theirs
     finally:
         del vars(tracker)["start_session"]
+
+
+def test_events_go_through_the_official_clients_proxy_host(app: Celery, endpoint: Endpoint) -> None:
+    """``proxy_host``: every request to BugSnag goes through it (the stand-in plays the proxy:
+    a proxied request names the whole URL, ``http://bugsnag.invalid/notify``)."""
+    config = bugsnag.configuration
+    saved = {
+        name: getattr(config, name) for name in ("api_key", "endpoint", "session_endpoint", "proxy_host")
+    }
+    try:
+        far = "http://bugsnag.invalid"
+        bugsnag.configure(api_key=KEY, endpoint=f"{far}/notify", session_endpoint=f"{far}/sessions",
+                          proxy_host=endpoint.url)  # fmt: skip
+        app.conf.task_always_eager = True
+
+        @app.task(name=f"proxied_{uuid.uuid4().hex[:6]}")
+        def proxied() -> None:
+            raise ValueError("through the proxy")
+
+        bugsnag_celery.configure(app)  # key, endpoints and proxy: the official client's
+        with pytest.raises(ValueError):
+            proxied.apply(throw=True)
+        bugsnag_celery.flush_events(10)  # returns once the request is answered
+        assert [r["path"] for r in endpoint.requests] == [f"{far}/notify"]
+        (event,) = endpoint.requests[0]["body"]["events"]
+        assert event["exceptions"][0]["message"] == "through the proxy"
+    finally:
+        for name, value in saved.items():
+            if value is not None:
+                setattr(config, name, value)
+            else:
+                config.__dict__["_" + name] = None

@@ -1,0 +1,130 @@
+"""The official client's ``params_filters``, applied as its encoder applies them; with this
+package's ``redacted_keys`` in the same walk.
+
+The official encoder (``SanitizingJSONEncoder``) replaces the value of every dict key that
+contains a filter, compared in lower case, with ``"[FILTERED]"``, in the dicts it marks
+(``metaData``, ``user``, ``device``, each breadcrumb's ``metaData``) and the dicts under
+them -- not inside lists. Events this package builds under the official policy
+(``reporting/official_event.py``), and the ``task`` tab it adds to ``bugsnag.notify`` events,
+get exactly that. Pure functions: no I/O.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable
+
+from .redaction import REDACTED
+
+__all__ = ["FILTERED", "filter_params", "Cleaner", "filters_search"]
+
+FILTERED = "[FILTERED]"  # what the official encoder writes for a filtered value
+
+
+def filter_params(value: object, filters: tuple[str, ...], seen: set[int] | None = None) -> object:
+    """*value* with the official encoder's ``params_filters`` applied (its ``filter_string_values``).
+
+    Dict keys that contain a filter, compared in lower case, get ``"[FILTERED]"``; the walk
+    goes into dicts only, as the official encoder's does. A dict inside itself is left
+    to the encoder, which turns the cycle into text.
+    """
+    if not filters or not isinstance(value, dict):
+        return value
+    return _filter_dict(value, _pattern(filters), set() if seen is None else seen)
+
+
+@functools.lru_cache(maxsize=16)
+def _pattern(filters: tuple[str, ...]) -> re.Pattern[str]:
+    """One search for any filter (a substring of the lower-cased key), built once per filter list."""
+    return re.compile("|".join(re.escape(f) for f in filters))
+
+
+def _filter_dict(value: dict[object, object], pattern: re.Pattern[str], seen: set[int]) -> object:
+    if id(value) in seen:
+        return value
+    seen.add(id(value))
+    clean: dict[object, object] | None = None  # copied only if something is filtered
+    search = pattern.search
+    for key, item in value.items():
+        if isinstance(key, str):
+            hit = search(key.lower())
+        elif isinstance(key, bytes):
+            hit = search(key.decode("utf-8", "replace").lower())
+        else:
+            hit = None
+        if hit is not None:
+            new: object = FILTERED
+        elif isinstance(item, dict):
+            new = _filter_dict(item, pattern, seen)
+        else:
+            continue
+        if new is not item:
+            if clean is None:
+                clean = dict(value)
+            clean[key] = new
+    seen.discard(id(value))
+    return value if clean is None else clean
+
+
+def filters_search(filters: tuple[str, ...]) -> Callable[[str], object] | None:
+    """The search for any of *filters* in a lower-cased key (None: no filters)."""
+    return _pattern(filters).search if filters else None
+
+
+class Cleaner:
+    """The official ``params_filters`` (``[FILTERED]``) and this package's ``redacted_keys``
+    (``[REDACTED]``) over JSON-like data, in one walk (see :func:`_as_v4`)."""
+
+    __slots__ = ("filtered", "secret")
+
+    def __init__(self, filtered: Callable[[str], object] | None, secret: Callable[[str], bool]) -> None:
+        self.filtered = filtered
+        self.secret = secret
+
+    def dict(self, value: object, in_filter: bool = True, depth: int = 0) -> object:
+        if not isinstance(value, dict) or depth > 32:
+            return value
+        filtered = self.filtered if in_filter else None
+        secret = self.secret
+        out: dict[object, object] | None = None
+        for key, item in value.items():
+            if isinstance(key, (str, bytes)):
+                text = key if isinstance(key, str) else key.decode("utf-8", "replace")
+                if filtered is not None and filtered(text.lower()) is not None:
+                    new: object = FILTERED
+                elif secret(text):
+                    new = REDACTED
+                elif isinstance(item, dict):
+                    new = self.dict(item, in_filter, depth + 1)
+                elif isinstance(item, (list, tuple)):
+                    new = self.items(item, depth + 1)
+                else:
+                    continue
+            elif isinstance(item, dict):
+                new = self.dict(item, in_filter, depth + 1)
+            else:
+                continue
+            if new is not item:
+                if out is None:
+                    out = dict(value)
+                out[key] = new
+        return value if out is None else out
+
+    def items(self, value: list[object] | tuple[object, ...], depth: int) -> object:
+        # the official encoder filters dicts only where it reaches them through dicts
+        if depth > 32:
+            return value
+        out: list[object] | None = None
+        for index, item in enumerate(value):
+            if isinstance(item, dict):
+                new = self.dict(item, False, depth + 1)
+            elif isinstance(item, (list, tuple)):
+                new = self.items(item, depth + 1)
+            else:
+                continue
+            if new is not item:
+                if out is None:
+                    out = list(value)
+                out[index] = new
+        return value if out is None else out
