@@ -135,3 +135,45 @@ def test_events_go_through_the_official_clients_proxy_host(app: Celery, endpoint
                 setattr(config, name, value)
             else:
                 config.__dict__["_" + name] = None
+
+
+def test_crash_events_carry_the_official_clients_hostname_app_type_and_runtime_versions(
+    app: Celery, endpoint: Endpoint
+) -> None:
+    config = bugsnag.configuration
+    names = ("api_key", "endpoint", "session_endpoint", "hostname", "app_type")
+    saved = {name: getattr(config, name) for name in names}
+    versions = dict(config.runtime_versions)
+    try:
+        here = endpoint.url
+        bugsnag.configure(api_key=KEY, endpoint=f"{here}/notify", session_endpoint=f"{here}/sessions",
+                          hostname="worker-7", app_type="billing")  # fmt: skip
+        config.runtime_versions["ledger"] = "2.4.1"
+        app.conf.task_always_eager = True
+
+        @app.task(name=f"described_{uuid.uuid4().hex[:6]}")
+        def described() -> None:
+            raise ValueError("described")
+
+        bugsnag_celery.configure(app)
+        with pytest.raises(ValueError):
+            described.apply(throw=True)
+        bugsnag_celery.flush_events(10)
+        (event,) = endpoint.wait_for_events(1, timeout=10)
+        assert event["device"]["hostname"] == "worker-7"
+        assert event["app"]["type"] == "billing"
+        runtime = event["device"]["runtimeVersions"]
+        assert runtime["ledger"] == "2.4.1" and runtime["python"] and runtime["celery"]
+        state = registry.state_for(app)
+        assert state is not None and (state.release.app_type, state.release.hostname) == (
+            "billing",
+            "worker-7",
+        )
+    finally:
+        config.runtime_versions.clear()
+        config.runtime_versions.update(versions)
+        for name, value in saved.items():
+            if value is not None:
+                setattr(config, name, value)
+            else:
+                config.__dict__["_" + name] = None
