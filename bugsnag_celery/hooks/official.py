@@ -217,6 +217,8 @@ def _configure_unset(module: ModuleType, options: Options) -> None:
     Its names are the declared ones (``official_name``): those ``sources.py`` reads.
     """
     config = module.configuration
+    if not getattr(config, official_name("api_key"), None):
+        _configure_as_django_does(module)
     values: dict[str, object] = {}
 
     def official(option: str) -> object:
@@ -249,6 +251,29 @@ def _configure_unset(module: ModuleType, options: Options) -> None:
         "options, so that bugsnag.notify() in tasks is delivered, to the same release",
         ", ".join(sorted(values)),
     )
+
+
+def _configure_as_django_does(module: ModuleType) -> None:
+    """A Django project's policy is ``settings.BUGSNAG``: its web processes configure the
+    official client from it (``bugsnag.django.configure()``, run by the middleware). A worker
+    never runs that middleware; it is run here, so that the worker's client is the web's --
+    its filters, callbacks, ignored classes and all -- and the project's policy applies."""
+    try:
+        conf = sys.modules.get("django.conf")
+        settings = getattr(conf, "settings", None) if conf is not None else None
+        if (
+            settings is None
+            or not settings.configured
+            or not isinstance(getattr(settings, "BUGSNAG", None), dict)
+        ):
+            return
+        import bugsnag.django
+
+        bugsnag.django.configure()  # type: ignore[no-untyped-call]
+        _say_once("django", "bugsnag_celery: configured the official bugsnag client from settings.BUGSNAG, "
+                  "as its Django integration does in web processes")  # fmt: skip
+    except Exception:
+        logger.exception("bugsnag_celery: could not configure the official client from settings.BUGSNAG")
 
 
 def _drop_failure_handler() -> None:

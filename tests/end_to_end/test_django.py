@@ -78,6 +78,9 @@ def test_a_django_project_that_already_uses_the_official_notifier(
         assert event["unhandled"] is True
         assert event["session"]["id"] == task_session_id(row["id"], 0)
         assert event["session"]["events"] == {"handled": int(row["notified"]), "unhandled": 1}
+        # settings.BUGSNAG is the project's policy in the worker too (its params_filters here)
+        assert event["metaData"]["task"]["retries"] == "[FILTERED]", event["metaData"]["task"]
+    assert all(e["metaData"]["task"]["retries"] == "[FILTERED]" for e in handled)
 
     # Paused: still reported by the official client, but not attributed to the run's session.
     (paused,) = [e for e in events if e["exceptions"][0]["message"] == "paused 7"]

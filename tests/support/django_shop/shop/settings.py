@@ -17,6 +17,8 @@ BUGSNAG = {
     "app_version": "3.1.0",
     "endpoint": f"{_ENDPOINT}/notify",
     "session_endpoint": f"{_ENDPOINT}/sessions",
+    # The project's policy: the worker's events obey it too (the task tab's "retries" filtered)
+    "params_filters": ["password", "retries"],
 }
 # A setting of the project's own that merely looks like ours: never read as an option.
 BUGSNAG_ENABLED = False
