@@ -15,11 +15,14 @@ import functools
 import re
 from collections.abc import Callable
 
-from .redaction import REDACTED
+from .redaction import ALREADY_FILTERED, REDACTED, secret_matcher
 
-__all__ = ["FILTERED", "filter_params", "Cleaner", "filters_search"]
+__all__ = ["FILTERED", "filter_params", "Cleaner", "filters_search", "cleaner_for"]
 
-FILTERED = "[FILTERED]"  # what the official encoder writes for a filtered value
+#: Keys whose verdict a :class:`Cleaner` keeps.
+MAX_KEYS = 4096
+
+FILTERED = ALREADY_FILTERED  # what the official encoder writes for a filtered value
 
 
 def filter_params(value: object, filters: tuple[str, ...], seen: set[int] | None = None) -> object:
@@ -74,27 +77,42 @@ def filters_search(filters: tuple[str, ...]) -> Callable[[str], object] | None:
 
 class Cleaner:
     """The official ``params_filters`` (``[FILTERED]``) and this package's ``redacted_keys``
-    (``[REDACTED]``) over JSON-like data, in one walk (see :func:`_as_v4`)."""
+    (``[REDACTED]``) over JSON-like data, in one walk (see ``reporting/official_event.py``).
 
-    __slots__ = ("filtered", "secret")
+    The same few keys come back in every event (a task tab's, breadcrumbs'): what each one
+    gets is decided once and kept (at most :data:`MAX_KEYS` keys, then forgotten wholesale).
+    """
+
+    __slots__ = ("filtered", "secret", "verdicts")
 
     def __init__(self, filtered: Callable[[str], object] | None, secret: Callable[[str], bool]) -> None:
         self.filtered = filtered
         self.secret = secret
+        #: key -> (its value inside filtered dicts, elsewhere): FILTERED, REDACTED or None
+        self.verdicts: dict[str, tuple[str | None, str | None]] = {}
+
+    def _verdict(self, text: str) -> tuple[str | None, str | None]:
+        secret = REDACTED if self.secret(text) else None
+        filtered = FILTERED if self.filtered is not None and self.filtered(text.lower()) is not None else None
+        verdict = (filtered or secret, secret)
+        if len(self.verdicts) >= MAX_KEYS:
+            self.verdicts.clear()
+        self.verdicts[text] = verdict
+        return verdict
 
     def dict(self, value: object, in_filter: bool = True, depth: int = 0) -> object:
         if not isinstance(value, dict) or depth > 32:
             return value
-        filtered = self.filtered if in_filter else None
-        secret = self.secret
+        verdicts = self.verdicts
+        side = 0 if in_filter else 1
         out: dict[object, object] | None = None
         for key, item in value.items():
             if isinstance(key, (str, bytes)):
                 text = key if isinstance(key, str) else key.decode("utf-8", "replace")
-                if filtered is not None and filtered(text.lower()) is not None:
-                    new: object = FILTERED
-                elif secret(text):
-                    new = REDACTED
+                verdict = verdicts.get(text) or self._verdict(text)
+                replaced = verdict[side]
+                if replaced is not None:
+                    new: object = replaced
                 elif isinstance(item, dict):
                     new = self.dict(item, in_filter, depth + 1)
                 elif isinstance(item, (list, tuple)):
@@ -128,3 +146,9 @@ class Cleaner:
                     out = list(value)
                 out[index] = new
         return value if out is None else out
+
+
+@functools.lru_cache(maxsize=8)
+def cleaner_for(filters: tuple[str, ...], redacted_keys: tuple[str, ...]) -> Cleaner:
+    """The cleaner of one configuration, kept with its verdicts across events."""
+    return Cleaner(filters_search(filters), secret_matcher(redacted_keys))

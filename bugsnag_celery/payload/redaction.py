@@ -20,6 +20,8 @@ from .text import ELLIPSIS, clean_text, safe_repr, type_name
 __all__ = ["REDACTED", "Redacted", "redact", "scrub", "secret_matcher", "encodable", "is_secret"]
 
 REDACTED = "[REDACTED]"
+#: What the official client's ``params_filters`` leave: :func:`scrub` keeps it as it is.
+ALREADY_FILTERED = "[FILTERED]"
 
 
 class Redacted(dict[str, JSON]):
@@ -244,6 +246,8 @@ def _scrub(value: object, search: Callable[[str], object], depth: int) -> object
         out: dict[object, object] | None = None
         for key, item in value.items():
             if type(key) is str and search(key.lower().translate(_KEY_SEPARATORS)) is not None:
+                if item == ALREADY_FILTERED:
+                    continue  # the official client's params_filters got there first: it says so
                 new: object = REDACTED
             elif isinstance(item, (dict, list, tuple)):
                 new = _scrub(item, search, depth + 1)

@@ -27,6 +27,7 @@ an event that passed everything.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -38,8 +39,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 from ..about import runtime_versions
 from ..clock import now_iso
 from ..payload.frames import HideFrame, Root, frames_from_text, frames_from_traceback
-from ..payload.official_filters import Cleaner, filters_search
-from ..payload.redaction import secret_matcher
+from ..payload.official_filters import cleaner_for
 from ..payload.shapes import Event, Frame, JSONObject, SeverityReason
 
 if TYPE_CHECKING:
@@ -108,14 +108,22 @@ def _official_root(path: object) -> str | None:
 def _excluded_paths(config: object) -> tuple[str, ...]:
     """What the official client leaves out of a stack: its own package, ``logging``, and the
     modules of ``traceback_exclude_modules`` (by their file)."""
+    try:
+        return _excluded_paths_of(tuple(getattr(config, "traceback_exclude_modules", None) or ()))
+    except TypeError:  # something unhashable in the list: worked out each time
+        return _excluded_paths_of.__wrapped__(tuple(getattr(config, "traceback_exclude_modules", None) or ()))
+
+
+@functools.lru_cache(maxsize=8)
+def _excluded_paths_of(modules: tuple[object, ...]) -> tuple[str, ...]:
     import logging as logging_module
 
     import bugsnag
 
     paths = [os.path.dirname(bugsnag.__file__), os.path.dirname(logging_module.__file__)]
-    for module in getattr(config, "traceback_exclude_modules", None) or ():
+    for module in modules:
         try:
-            file = module.__file__
+            file = module.__file__  # type: ignore[attr-defined]
             paths.append(file[:-1] if file.endswith(".pyc") else file)
         except Exception:
             logger.debug("bugsnag_celery: cannot exclude %r (no file)", module)
@@ -335,7 +343,7 @@ def _as_v4(event: object, config: object, ours: Options) -> Event:
     ``redacted_keys`` everywhere, in one walk that copies only what it changes.
     """
     filters = tuple(str(f).lower() for f in getattr(config, "params_filters", None) or ())
-    clean = Cleaner(filters_search(filters), secret_matcher(ours.redacted_keys))
+    clean = cleaner_for(filters, ours.redacted_keys)
     versions: dict[str, str] = {**runtime_versions(), **(getattr(event, "runtime_versions", None) or {})}
     device = clean.dict({"hostname": event.hostname, "runtimeVersions": versions})  # type: ignore[attr-defined]
     crumbs: list[JSONObject] = []
