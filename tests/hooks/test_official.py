@@ -177,3 +177,39 @@ def test_crash_events_carry_the_official_clients_hostname_app_type_and_runtime_v
                 setattr(config, name, value)
             else:
                 config.__dict__["_" + name] = None
+
+
+def test_an_event_the_official_policy_drops_is_not_counted_in_the_runs_session(
+    app: Celery, endpoint: Endpoint
+) -> None:
+    """``bugsnag_celery.notify`` of an ignored class: not sent, so not counted (the crash after it
+    says ``handled: 1``, for the one handled event BugSnag got)."""
+    config = bugsnag.configuration
+    names = ("api_key", "endpoint", "session_endpoint", "ignore_classes")
+    saved = {name: getattr(config, name) for name in names}
+    try:
+        here = endpoint.url
+        bugsnag.configure(api_key=KEY, endpoint=f"{here}/notify", session_endpoint=f"{here}/sessions",
+                          ignore_classes=["KeyError"])  # fmt: skip
+        app.conf.task_always_eager = True
+
+        @app.task(name=f"counted_{uuid.uuid4().hex[:6]}")
+        def counted() -> None:
+            bugsnag_celery.notify(KeyError("ignored: never sent"))
+            bugsnag_celery.notify(ValueError("sent"))
+            raise RuntimeError("crash")
+
+        bugsnag_celery.configure(app)
+        with pytest.raises(RuntimeError):
+            counted.apply(throw=True)
+        bugsnag_celery.flush_events(10)
+        events = endpoint.wait_for_events(2, timeout=10)
+        assert sorted(e["exceptions"][0]["errorClass"] for e in events) == ["RuntimeError", "ValueError"]
+        crash = next(e for e in events if e["exceptions"][0]["errorClass"] == "RuntimeError")
+        assert crash["session"]["events"] == {"handled": 1, "unhandled": 1}
+    finally:
+        for name, value in saved.items():
+            if value is not None:
+                setattr(config, name, value)
+            else:
+                config.__dict__["_" + name] = None
