@@ -16,7 +16,7 @@ from .redaction import encodable
 from .text import cut, safe_repr
 from .wire import MAX_BODY_BYTES
 
-__all__ = ["PayloadTooLarge", "encode_payload", "encode_json"]
+__all__ = ["PayloadTooLarge", "EncodedList", "encode_payload", "encode_json", "encode_event"]
 
 _SURROGATES = re.compile("[\ud800-\udfff]")
 
@@ -63,6 +63,37 @@ def _encode(payload: object) -> bytes:
 def encode_json(value: object) -> bytes:
     """UTF-8 JSON of *value*, whatever it holds: how events are encoded once, one by one."""
     return _encode(value)
+
+
+class EncodedList(list):  # type: ignore[type-arg]  # a list of JSON objects, as an event holds
+    """A list whose JSON was made with its items: an event's breadcrumbs under the official
+    policy, the same stored breadcrumbs in every event of a process (``reporting/official_event.py``).
+
+    It is still the list (trimming and callbacks read it); :func:`encode_event` uses
+    ``json`` as long as the list holds exactly the items it was made with.
+    """
+
+    __slots__ = ("_made_of", "json")
+
+    def __init__(self, items: list[Any], parts: list[bytes]) -> None:
+        super().__init__(items)
+        self.json = b"[" + b",".join(parts) + b"]"
+        self._made_of = tuple(map(id, items))
+
+    def unchanged(self) -> bool:
+        return len(self) == len(self._made_of) and all(map(int.__eq__, map(id, self), self._made_of))
+
+
+def encode_event(event: Mapping[str, Any]) -> bytes:
+    """UTF-8 JSON of one event (``encode_json``), its breadcrumbs spliced in where their
+    JSON is known (an :class:`EncodedList`): encoded once for every event that carries them."""
+    crumbs = event.get("breadcrumbs")
+    if type(crumbs) is not EncodedList or not crumbs.unchanged():
+        return _encode(event)
+    rest = _encode({key: value for key, value in event.items() if key != "breadcrumbs"})
+    if rest == b"{}":
+        return b'{"breadcrumbs":' + crumbs.json + b"}"
+    return rest[:-1] + b',"breadcrumbs":' + crumbs.json + b"}"
 
 
 def _note(event: dict[str, Any], what: str) -> None:

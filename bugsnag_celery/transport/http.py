@@ -1,9 +1,9 @@
 """One HTTP request to BugSnag, and what its answer means (an :class:`~.outcome.Outcome`).
 
 This module moves bytes: the body is built elsewhere (``payload/``), and what to do with
-an outcome is decided in ``outcome.py``. Connect and read time-outs are separate:
-connecting is quick or dead (at most 5 s), a slow answer gets the whole
-``delivery_timeout``, since deliveries run off the task's path.
+an outcome -- and how long to wait for it -- is decided in ``outcome.py``. Connect and read
+time-outs are separate: connecting is quick or dead (at most 5 s), a slow answer gets the
+whole read time-out the caller gives, since deliveries run off the task's path.
 """
 
 from __future__ import annotations
@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import requests
+import requests.adapters
+import urllib3
+import urllib3.connection
 
 # requests imports these lazily on a session's first request (to read ~/.netrc). Our
 # sender thread in a worker's main process makes that first request while billiard may
@@ -51,7 +54,7 @@ class Request:
     body: bytes = b""
     kind: str = "event"
     attempts: int = 0
-    unknown: int = 0  # sends whose outcome was unknown (read time-out): retried at most once
+    unknown: int = 0  # sends whose outcome was unknown (no answer), up to outcome.HUNG: the policy's
     retry_after: float = 0.0  # seconds BugSnag asked us to wait (429 with Retry-After)
     events: list[dict[str, Any]] | None = None
     # Events already encoded, one JSON object each. The failure path encodes on the task's
@@ -90,14 +93,20 @@ def headers_for(request: Request) -> dict[str, str]:
 _http: requests.Session | None = None
 _http_pid = 0
 
-# A fork waits for a request in flight. The main process of a prefork worker posts the
-# crash it saw (a child SIGKILLed, a hard time limit) at the very moment billiard forks the
+# A fork never waits for an answer. The main process of a prefork worker posts the crash it
+# saw (a child SIGKILLed, a hard time limit) at the very moment billiard forks the
 # replacement child; a fork taken while our thread is inside requests/urllib3 (their locks,
-# a lazy import's module lock) leaves those held for ever in the child, which then hangs at
-# its first request or at shutdown (seen: a warm shutdown stuck for 60 s). Holding this lock
-# around every request, and taking it before a fork, makes the fork wait (at most one
-# request's time-out) instead.
+# a lazy import's module lock, OpenSSL's) leaves those held for ever in the child, which
+# then hangs at its first request or at shutdown (seen: a warm shutdown stuck for 60 s). So
+# every request holds this lock, and a fork takes it first -- except while the request
+# waits for BugSnag's answer (``_Waiting.getresponse``): then the thread sits in a socket
+# read on a connection of its own (a child makes its own session and connections, and
+# never touches that one), holding nothing a child needs. A fork waits at most for a
+# request to be built, connected and sent (each socket step within the connect time-out),
+# never for the answer: a hung BugSnag once stalled every fork for a whole
+# ``delivery_timeout``, twice, with ``--max-tasks-per-child=1`` (100 tasks: 36.5 s, not 14.5 s).
 _request_lock = threading.Lock()
+_holding = threading.local()  # ``.lock``: True while this thread's post() holds _request_lock
 
 
 def _before_fork() -> None:
@@ -111,10 +120,62 @@ def _after_fork() -> None:
 os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork)
 
 
+class _Waiting:
+    """A connection that waits for the answer without the request lock (see above)."""
+
+    def getresponse(self, *args: Any, **kwargs: Any) -> Any:
+        if not getattr(_holding, "lock", False):  # not inside post(): nothing to let go of
+            return super().getresponse(*args, **kwargs)  # type: ignore[misc]
+        _request_lock.release()
+        try:
+            return super().getresponse(*args, **kwargs)  # type: ignore[misc]
+        finally:
+            _request_lock.acquire()
+
+
+class _HTTPConnection(_Waiting, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_Waiting, urllib3.connection.HTTPSConnection):
+    pass
+
+
+class _HTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+_POOLS = {"http": _HTTPPool, "https": _HTTPSPool}
+
+
+# Called through Any: older types-requests (the one Python 3.9 gets) leave both methods untyped.
+_BaseAdapter: Any = requests.adapters.HTTPAdapter
+
+
+class _Adapter(requests.adapters.HTTPAdapter):
+    """requests' adapter, with connections that wait for answers without the request lock."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        _BaseAdapter.init_poolmanager(self, *args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _POOLS
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = _BaseAdapter.proxy_manager_for(self, proxy, **proxy_kwargs)
+        if not proxy.lower().startswith("socks"):  # SOCKS has connection classes of its own
+            manager.pool_classes_by_scheme = _POOLS
+        return manager
+
+
 def _session() -> requests.Session:
     global _http, _http_pid
     if _http is None or _http_pid != os.getpid():  # never share a connection pool across fork
         _http, _http_pid = requests.Session(), os.getpid()
+        _http.mount("http://", _Adapter())
+        _http.mount("https://", _Adapter())
     return _http
 
 
@@ -132,20 +193,24 @@ def route_through_proxy(endpoint: str | None, proxy: str | None) -> None:
 
 
 def post(request: Request, timeout: float) -> tuple[Outcome, str]:
-    """POST once; classify the result. Never raises."""
+    """POST once, waiting *timeout* seconds for the answer; classify the result. Never raises."""
     try:
         with _request_lock:
-            response = _session().post(
-                request.endpoint,
-                data=request.body,
-                headers=headers_for(request),
-                timeout=(min(timeout, CONNECT_TIMEOUT), timeout),
-                proxies=_proxies or None,
-            )
-            status = response.status_code
-            if status == 429:
-                request.retry_after = _retry_after(response.headers.get("Retry-After"))
-            response.close()
+            _holding.lock = True
+            try:
+                response = _session().post(
+                    request.endpoint,
+                    data=request.body,
+                    headers=headers_for(request),
+                    timeout=(min(timeout, CONNECT_TIMEOUT), timeout),
+                    proxies=_proxies or None,
+                )
+                status = response.status_code
+                if status == 429:
+                    request.retry_after = _retry_after(response.headers.get("Retry-After"))
+                response.close()
+            finally:
+                _holding.lock = False
     except requests.ReadTimeout:
         return Outcome.UNKNOWN, "no answer within the read time-out (the payload may have arrived)"
     except requests.RequestException as exc:

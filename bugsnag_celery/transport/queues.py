@@ -1,19 +1,27 @@
 """The package's own durable queues on the app's broker, and publishing to them.
 
-Three queues per ``queue_prefix`` (default ``bugsnag_celery``): ``<prefix>.sessions``
+Four queues per ``queue_prefix`` (default ``bugsnag_celery``): ``<prefix>.sessions``
 (session counts on their way to delivery), ``<prefix>.events`` (events spooled when
-BugSnag could not be reached) and ``<prefix>.status`` (the last delivery's outcome).
+BugSnag could not be reached), ``<prefix>.status`` (the last delivery's outcome) and
+``<prefix>.beat_mark`` (when the delivery task was last sent, and by whom).
 Messages are JSON, never pickle. A different prefix keeps apps (or test runs) that
 share a broker apart.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable, Sequence
+import json
+import os
+import threading
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from kombu.entity import Exchange, Queue
+
+from .libraries import BrokerLibraryMissing, library_missing
+from .limits import broker_limit, message_limit
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -24,26 +32,31 @@ __all__ = [
     "queue_names",
     "durable_queue",
     "connection",
+    "kept_connection",
+    "body_limit",
+    "MessageTooLarge",
     "publish",
+    "broker_problem",
+    "check_broker_libraries",
     "bound_queue",
     "message_count",
-    "Batch",
-    "take_batch",
+    "queue_length",
 ]
 
 DEFAULT_PREFIX = "bugsnag_celery"
 
 
 class QueueNames(NamedTuple):
-    """The three queues of one ``queue_prefix``: the only place their names are spelled."""
+    """The four queues of one ``queue_prefix``: the only place their names are spelled."""
 
     sessions: str
     events: str
     status: str
+    beat_mark: str  # one message: the mark the delivery task's sender (a beat) leaves
 
 
 def queue_names(prefix: str = DEFAULT_PREFIX) -> QueueNames:
-    return QueueNames(f"{prefix}.sessions", f"{prefix}.events", f"{prefix}.status")
+    return QueueNames(f"{prefix}.sessions", f"{prefix}.events", f"{prefix}.status", f"{prefix}.beat_mark")
 
 
 # Bounded: a dead broker must not hold a task or a shutdown for long.
@@ -59,28 +72,160 @@ def durable_queue(name: str) -> Queue:
 #: A broker that accepts connections and never answers must not hang a flush or a shutdown.
 SOCKET_TIMEOUTS = {"socket_timeout": 5.0, "socket_connect_timeout": 5.0}
 
+#: The package's own connections never wait on an empty queue. kombu's SQS transport
+#: long-polls every read for ``wait_time_seconds`` (10 s by default, what a worker wants for
+#: its task queues): each read that found a queue empty held a delivery run 10 s, and a run
+#: took 41-68 s, longer than its interval. It also hides a message handed back for that long.
+NO_LONG_POLL = {"wait_time_seconds": 0}
+
 
 def connection(app: Celery, write: bool = True) -> Any:
-    """A connection to the app's broker with bounded socket waits (Redis ignores none by default).
+    """A connection to the app's broker with bounded socket waits (Redis ignores none by default)
+    and no long polls (SQS).
 
     kombu's connections, queues and messages are left untyped here: kombu has
-    type hints from 5.7 on only, and few of its methods have them even there.
+    type hints from 5.7 on only, and few of its methods have them even there. A library the
+    transport needs that is not installed raises :class:`BrokerLibraryMissing` (one line:
+    which library, and the extra that installs it).
     """
     options = dict(app.conf.broker_transport_options or {})
     for key, value in SOCKET_TIMEOUTS.items():
         options.setdefault(key, value)
     factory = app.connection_for_write if write else app.connection_for_read
-    return factory(connect_timeout=5, transport_options=options)
+    try:
+        conn = factory(connect_timeout=5, transport_options=options)  # imports the transport
+        if conn.transport.driver_type == "sqs":  # building the transport opens nothing
+            conn.transport_options.update(NO_LONG_POLL)
+    except Exception as exc:  # kombu 5.7 without redis-py: AttributeError on None.Redis
+        missing = library_missing(app, exc, write)
+        if missing is None:
+            raise
+        raise missing from exc
+    return conn
+
+
+def check_broker_libraries(app: Celery) -> None:
+    """Raise :class:`BrokerLibraryMissing` if *app*'s broker transport cannot load here.
+
+    Builds a connection and its transport, as every broker step does first: no I/O.
+    """
+    connection(app).release()
+
+
+#: Each thread's kept connections (``pid``, ``conns``: id(app) -> (app, connection, producer)).
+#: An instance, not a subclass: gevent and eventlet replace ``threading.local`` when they patch.
+_kept = threading.local()
+#: Apps whose connection a thread keeps at most (tests configure many; a worker has one or two).
+MAX_KEPT = 8
+
+
+def _publisher(app: Celery) -> tuple[Any, Any]:
+    """This thread's connection to *app*'s broker and its producer: made once, then kept.
+
+    The flusher publishes every second: a connection per publish was ~2% of a pool child's
+    time in an error storm and 155 new broker connections a minute on ``-c 4``. Kept per
+    thread (a kombu connection is not thread-safe) and per process (after a fork the parent's
+    socket is neither used nor closed by the child).
+    """
+    pid = os.getpid()
+    kept: dict[int, tuple[Any, Any, Any]] | None = getattr(_kept, "conns", None)
+    if kept is None or getattr(_kept, "pid", None) != pid:
+        kept = _kept.conns = {}
+        _kept.pid = pid
+    entry = kept.get(id(app))
+    if entry is None or entry[0] is not app:
+        if len(kept) >= MAX_KEPT:
+            for other in list(kept):
+                _forget(other)
+        conn = connection(app)
+        entry = kept[id(app)] = (app, conn, conn.Producer(serializer="json"))
+    return entry[1], entry[2]
+
+
+@contextlib.contextmanager
+def kept_connection(app: Celery) -> Iterator[Any]:
+    """This thread's kept connection to *app*'s broker (:func:`_publisher`), for reads as well
+    as publishes: a delivery run, a status read and a flush share it. On SQS each new
+    connection makes a new boto3 client (~100 ms of CPU); one is made per process and thread.
+    An error inside drops it (the next use connects anew)."""
+    conn, _producer = _publisher(app)
+    try:
+        yield conn
+    except ImportError as exc:  # a library a transport imports late (kombu's SQS: pycurl)
+        _forget(id(app))
+        missing = library_missing(app, exc)
+        if missing is None:
+            raise
+        raise missing from exc
+    except BaseException:
+        _forget(id(app))
+        raise
+
+
+def body_limit(app: Celery) -> int:
+    """The largest JSON body (bytes) the package may publish to *app*'s broker: what kombu then
+    stores (``transport/limits.py``) stays under the broker's limit. No I/O."""
+    conn, _producer = _publisher(app)
+    return message_limit(broker_limit(conn.transport.driver_type, conn.transport_options))
+
+
+class MessageTooLarge(ValueError):
+    """A body over :func:`body_limit`: the broker would refuse it (the writer splits first)."""
+
+
+def _json(body: object) -> bytes:
+    if isinstance(body, bytes):
+        return body
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _forget(key: int) -> None:
+    """Drop and close a kept connection (broken, or evicted): the next publish connects anew."""
+    kept: dict[int, tuple[Any, Any, Any]] = getattr(_kept, "conns", None) or {}
+    entry = kept.pop(key, None)
+    if entry is not None:
+        try:
+            entry[1].release()
+        except Exception:  # a dead socket: nothing to close cleanly
+            pass
+
+
+#: What a broker says when it refuses access rather than being out of reach: AMQP's
+#: ACCESS_REFUSED (a 403 of RabbitMQ's permissions), Redis' ACL and authentication errors.
+_REFUSALS = ("AccessRefused", "NoPermissionError", "AuthenticationError", "NotAllowed")
+
+
+def broker_problem(exc: BaseException) -> tuple[str, str]:
+    """What a failed publish was -- ``"refused"``, ``"unreachable"`` or ``"library"`` (the
+    transport's library is not installed) -- and how to say it.
+
+    RabbitMQ permissions that forbid the package's queues once read "broker unreachable":
+    a refusal names the user's permissions and the queue, and lasts until they change.
+    """
+    if isinstance(exc, BrokerLibraryMissing):
+        return "library", str(exc)
+    if type(exc).__name__ in _REFUSALS or getattr(exc, "code", None) == 403:
+        return "refused", f"the broker refused access (permissions of the broker user for this queue?): {exc}"
+    return "unreachable", f"the broker is unreachable: {exc}"
 
 
 def publish(app: Celery, name: str, bodies: Sequence[object]) -> None:
-    """Publish JSON *bodies* to queue *name*, persistently. Raises if the broker refuses."""
+    """Publish JSON *bodies* (objects, or their encoded JSON) to queue *name*, persistently,
+    over this thread's kept connection (:func:`_publisher`). Raises if the broker refuses, and
+    :class:`MessageTooLarge`, publishing nothing, for a body over :func:`body_limit`."""
     queue = durable_queue(name)
-    with connection(app) as conn:
-        producer = conn.Producer(serializer="json")
-        for body in bodies:
+    limit = body_limit(app)
+    encoded = [_json(body) for body in bodies]
+    for data in encoded:
+        if len(data) > limit:
+            raise MessageTooLarge(f"a message of {len(data)} bytes for {name}, over the broker's {limit}")
+    _conn, producer = _publisher(app)
+    try:
+        for data in encoded:
             producer.publish(
-                body,
+                data,
+                content_type="application/json",
+                content_encoding="utf-8",
                 exchange=queue.exchange,
                 routing_key=name,
                 declare=[queue],
@@ -88,6 +233,12 @@ def publish(app: Celery, name: str, bodies: Sequence[object]) -> None:
                 retry=True,
                 retry_policy=RETRY_POLICY,
             )
+    except BaseException as exc:
+        _forget(id(app))  # not kept broken (nor half-used, if a signal interrupted it)
+        missing = library_missing(app, exc) if isinstance(exc, ImportError) else None
+        if missing is None:
+            raise
+        raise missing from exc
 
 
 def bound_queue(conn: Any, name: str) -> Any:
@@ -98,148 +249,12 @@ def bound_queue(conn: Any, name: str) -> Any:
 
 
 def message_count(app: Celery, name: str) -> int:
-    with connection(app, write=False) as conn:
-        _name, count, _consumers = bound_queue(conn, name).queue_declare()
-        return int(count)
+    """Messages waiting in queue *name* (on SQS, approximate: its ``ApproximateNumberOfMessages``)."""
+    with kept_connection(app) as conn:
+        return queue_length(conn, name)
 
 
-class Batch:
-    """Messages taken from a queue, to be acknowledged (after a 2xx) or handed back."""
-
-    def __init__(
-        self, bodies: list[object], ack: Callable[[], None], requeue: Callable[[], None], malformed: int = 0
-    ) -> None:
-        self.bodies = bodies
-        self._ack, self._requeue = ack, requeue
-        self.malformed = malformed
-
-    def ack(self) -> None:
-        self._ack()
-
-    def requeue(self) -> None:
-        self._requeue()
-
-
-def take_batch(conn: Any, name: str, limit: int) -> Batch:
-    """Take up to *limit* JSON messages from queue *name*, unacknowledged.
-
-    On Redis, kombu's per-message ``basic_get``/``ack`` costs three round trips and a
-    new redis-py pipeline each (about 0.5 ms a message here: 10,000 messages in 5 s).
-    There the whole queue is taken in one atomic ``RENAME`` to an in-flight key that is
-    deleted after the 2xx, pushed back on failure, and adopted by a later run if the
-    process dies in between. Other transports use kombu's ``get``/``ack``.
-    """
-    channel = conn.default_channel
-    bound_queue(conn, name)
-    if conn.transport.driver_type == "redis" and not getattr(channel, "global_keyprefix", ""):
-        return _redis_batch(channel.client, name)
-    return _kombu_batch(conn, name, limit)
-
-
-def _kombu_batch(conn: Any, name: str, limit: int) -> Batch:
-    bound = bound_queue(conn, name)
-    messages: list[Any] = []
-    bodies: list[object] = []
-    malformed = 0
-    while len(messages) < limit:
-        message = bound.get(no_ack=False, accept=["json"])
-        if message is None:
-            break
-        messages.append(message)
-        try:
-            bodies.append(message.decode())
-        except Exception:
-            malformed += 1
-
-    def ack() -> None:
-        for message in messages:
-            message.ack()
-
-    def requeue() -> None:
-        for message in messages:
-            message.requeue()
-
-    return Batch(bodies, ack, requeue, malformed)
-
-
-#: An in-flight batch older than this was taken by a delivery that died: adopt it. Far
-#: longer than any delivery run takes (each request has its own timeout).
-ORPHAN_AFTER = 3600.0
-
-
-def _redis_batch(client: Any, name: str) -> Batch:
-    import base64
-    import json
-    import time
-    import uuid
-
-    from redis.exceptions import ResponseError, WatchError
-
-    registry = f"{name}.inflight"  # a set of in-flight keys: no keyspace SCAN per run
-
-    def take(source: str) -> str | None:
-        """Atomically move *source* to a new in-flight key of ours; None if it is gone."""
-        key = f"{name}.inflight.{time.time():.0f}.{uuid.uuid4().hex}"
-        pipe = client.pipeline(transaction=True)
-        pipe.sadd(registry, key)
-        pipe.rename(source, key)
-        try:
-            pipe.execute()
-        except ResponseError:  # no such key: nothing to take (or another run took it)
-            client.srem(registry, key)
-            return None
-        return key
-
-    def give_back(key: str, items: Sequence[bytes | str]) -> None:
-        """Push *items* back to the queue -- only if *key* is still ours, atomically."""
-        with client.pipeline(transaction=True) as pipe:
-            try:
-                pipe.watch(key)
-                if not pipe.exists(key):
-                    return  # adopted by another run: it is theirs now
-                pipe.multi()
-                if items:
-                    pipe.rpush(name, *items)
-                pipe.delete(key)
-                pipe.srem(registry, key)
-                pipe.execute()
-            except WatchError:
-                return
-
-    now = time.time()
-    for member in client.smembers(registry):
-        key = member.decode() if isinstance(member, bytes) else str(member)
-        try:
-            taken_at = float(key[len(registry) + 1 :].split(".", 1)[0])
-        except ValueError:
-            continue
-        if not client.exists(key):
-            client.srem(registry, key)
-        elif now - taken_at > ORPHAN_AFTER:
-            claimed = take(key)  # the delivery that took it died: one adopter wins
-            if claimed is not None:
-                give_back(claimed, client.lrange(claimed, 0, -1))
-
-    mine = take(name)
-    if mine is None:  # the queue is empty
-        return Batch([], lambda: None, lambda: None)
-    items = client.lrange(mine, 0, -1)
-    bodies: list[object] = []
-    malformed = 0
-    for item in items:
-        try:
-            envelope = json.loads(item)
-            body = envelope["body"]
-            if envelope.get("properties", {}).get("body_encoding") == "base64":
-                body = base64.b64decode(body)
-            bodies.append(json.loads(body))
-        except Exception:
-            malformed += 1
-
-    def ack() -> None:
-        pipe = client.pipeline(transaction=True)
-        pipe.delete(mine)
-        pipe.srem(registry, mine)
-        pipe.execute()
-
-    return Batch(bodies, ack, lambda: give_back(mine, items), malformed)
+def queue_length(conn: Any, name: str) -> int:
+    """Messages waiting in queue *name*, on an open connection."""
+    _name, count, _consumers = bound_queue(conn, name).queue_declare()
+    return int(count)

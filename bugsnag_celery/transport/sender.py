@@ -6,10 +6,12 @@ that never reports starts nothing) and again after ``fork()``: a prefork child i
 neither the thread nor any lock it held (``submit`` notices a new pid). The bodies are
 packed by ``payload/packing.py``: this module queues, sends, retries and keeps the books.
 
-What to do after each answer is ``outcome.decide``'s: retryable outcomes are retried
-with capped exponential backoff, and a payload that still fails -- or is still queued
-when the process shuts down -- is handed to the *spool* (a durable queue on the app's
-broker, see ``delivery/spool.py``) for the periodic delivery task to send later.
+What to do after each answer, and how long to wait for it, is ``outcome.py``'s:
+retryable outcomes are retried with capped exponential backoff; no answer is sent once
+more, waiting longer. A payload that still fails, that BugSnag left unanswered twice (it
+is hung), or that is still queued when the process shuts down is handed to the *spool*
+(a durable queue on the app's broker, see ``delivery/spool.py``) for the periodic
+delivery task to send later: nothing is dropped for want of an answer.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from ..logs import log_every
 from ..payload.packing import pack_events
 from ..payload.wire import EVENTS_VERSION, MAX_BODY_BYTES
 from .http import Request, post
-from .outcome import Fate, Next, decide, log_decision
+from .journal import journal
+from .outcome import Fate, Next, Outcome, decide, log_decision, read_timeout, unknown_after
 
 __all__ = ["Sender", "encoded"]
 
@@ -40,21 +43,23 @@ def encoded(requests: list[Request], limit: int = MAX_BODY_BYTES) -> list[Reques
     BugSnag's limit (``payload/packing.py``), each a request whose ``parts`` are the
     requests handed over. One with no events is done at once; one that cannot be brought
     under the limit even by trimming is dropped with a log line (BugSnag would answer 400
-    and lose it anyway).
+    and lose it anyway). Events sent before with no answer are packed apart from the
+    others, keeping their mark (``unknown``): the policy's wait and order depend on it.
     """
     ready = [r for r in requests if r.body or not r.holds_events()]
-    groups: dict[tuple[str, str], list[Request]] = {}
+    groups: dict[tuple[str, str, int], list[Request]] = {}
     for r in requests:
         if not r.body and r.holds_events():
-            groups.setdefault((r.endpoint, r.api_key), []).append(r)
-    for (endpoint, api_key), pending in groups.items():
+            groups.setdefault((r.endpoint, r.api_key, r.unknown), []).append(r)
+    for (endpoint, api_key, unknown), pending in groups.items():
         packed = pack_events(api_key, pending, limit)
         for request, too_large in packed.skipped:
             if too_large:
                 logger.error("bugsnag_celery: an event is over 1 MB even after trimming; dropped")
             Sender._done(request, Fate.PERMANENT if too_large else Fate.DELIVERED)
         ready += [
-            Request(endpoint, api_key, EVENTS_VERSION, body, parts=parts) for body, parts in packed.bodies
+            Request(endpoint, api_key, EVENTS_VERSION, body, unknown=unknown, parts=parts)
+            for body, parts in packed.bodies
         ]
     return ready
 
@@ -162,6 +167,7 @@ class Sender:
         self._start_lock = threading.Lock()
         self._stopping = threading.Event()
         self._in_flight: Request | None = None
+        self._posting: Request | None = None  # the request whose answer the thread waits for
         self._current: list[Request] = []  # what the thread has taken from the queue
         self._last_request = 0.0  # monotonic time the last request began
 
@@ -174,6 +180,8 @@ class Sender:
                 self._reset()  # forked without the at-fork hook having run (or a new pid)
             if self._thread is None or not self._thread.is_alive():
                 self._start()
+            if request.encoded is not None:
+                journal(request)
             self._queue.put_nowait(request)
         except queue.Full:
             # Memory stays bounded in an error storm: the oldest queued payload goes to the
@@ -259,23 +267,26 @@ class Sender:
         while True:
             request.attempts += 1
             self._last_request = time.monotonic()
-            outcome, reason = post(request, self.timeout)
+            self._posting = request
+            try:
+                outcome, reason = post(request, read_timeout(self.timeout, request.unknown))
+            finally:
+                self._posting = None
             if any(p.taken_over for p in request.originals()):
                 return  # a shutdown flush spooled it while the request hung
             step = decide(outcome, request.unknown)
-            log_decision(step, request.kind, sum(p.event_count() for p in request.originals()), reason)
+            count = sum(p.event_count() for p in request.originals())
+            log_decision(step, request.kind, count, reason, self.timeout)
+            request.unknown = unknown_after(outcome, request.unknown)
             if step is Next.DONE:
                 self._done(request, Fate.DELIVERED)
                 return
             if step is Next.DROP:
                 self._done(request, Fate.PERMANENT)
                 return
-            if step is Next.GIVE_UP:
-                request.unknown += 1
-                self._done(request, Fate.UNKNOWN)
+            if step is Next.KEEP:  # BugSnag is hung: kept on the broker, sent once it answers
+                self._give_up([request], "no answer from BugSnag")
                 return
-            if step is Next.SEND_AGAIN:
-                request.unknown += 1
             if request.attempts >= self.attempts or self._stopping.is_set():
                 logger.warning(
                     "bugsnag_celery: %s not delivered after %d attempt(s) (%s); spooling it",
@@ -320,6 +331,12 @@ class Sender:
 
     # ------------------------------------------------------------------ shutdown
 
+    def _only_taken_over(self) -> bool:
+        """All the thread holds was taken over by an earlier flush (a request hanging on BugSnag):
+        a second flush (the exit flush after the worker's) does not wait for it again."""
+        current = self._current
+        return not self._queue.items and bool(current) and all(p.finished or p.taken_over for p in current)
+
     @property
     def pending(self) -> int:
         return self._queue.unfinished_tasks if self._pid == os.getpid() else 0
@@ -329,12 +346,13 @@ class Sender:
 
         Called when a prefork child shuts down (it then leaves through ``os._exit``) and
         when the worker shuts down. A request still in flight at the deadline is spooled
-        too: a possible duplicate is better than a lost crash.
+        too, marked as one more send without an answer (``outcome.unknown_after``): a
+        possible duplicate is better than a lost crash.
         """
         if self._pid != os.getpid() or self._thread is None:
             return
         deadline = time.monotonic() + timeout
-        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+        while self._queue.unfinished_tasks and not self._only_taken_over() and time.monotonic() < deadline:
             time.sleep(0.01)
         self._stopping.set()  # a request backing off spools itself now
         leftovers: list[Request] = []
@@ -350,11 +368,15 @@ class Sender:
         # slow endpoint, or waiting behind it): give it a moment, then take it over. A
         # request that still succeeds later makes a duplicate; better than a lost crash.
         end = time.monotonic() + 0.5
-        while any(not p.finished for p in self._current) and time.monotonic() < end:
+        while any(not p.finished and not p.taken_over for p in self._current) and time.monotonic() < end:
             time.sleep(0.01)
+        posting = self._posting
         for request in list(self._current):
             if not request.finished and not request.taken_over:
                 request.taken_over = True
+                if posting is not None and any(request is p for p in posting.originals()):
+                    # its body left: the answer, not yet come, is an unknown outcome
+                    request.unknown = max(request.unknown, unknown_after(Outcome.UNKNOWN, posting.unknown))
                 leftovers.append(request)
         if leftovers:
             self._give_up(leftovers, "process shutting down")

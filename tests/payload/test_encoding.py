@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -23,7 +24,13 @@ from payload_cases import (
     _raise_from,
 )
 
-from bugsnag_celery.payload.encoding import PayloadTooLarge, encode_payload
+from bugsnag_celery.payload.encoding import (
+    EncodedList,
+    PayloadTooLarge,
+    encode_event,
+    encode_json,
+    encode_payload,
+)
 from bugsnag_celery.payload.exceptions import exception_entries
 from bugsnag_celery.payload.redaction import redact
 from bugsnag_celery.payload.shapes import ExceptionEntry
@@ -288,3 +295,25 @@ def test_property_exception_messages_encode(message: str, exc_type: type[Excepti
             assert sent == expected
         else:
             assert sent == expected.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def test_an_encoded_list_is_spliced_in_while_it_holds_what_it_was_made_with() -> None:
+    """``encode_event``: breadcrumbs whose JSON is known (the official policy's stored ones)
+    are spliced in, byte for byte what encoding them would give; a list changed since it was
+    made -- an item added, removed or replaced -- is encoded afresh, never sent stale."""
+    crumbs = [{"name": "a", "metaData": {"n": 1}}, {"name": "ü", "metaData": {}}]
+    made = EncodedList(crumbs, [encode_json(c) for c in crumbs])
+    event: dict[str, Any] = {"context": "t", "breadcrumbs": made, "featureFlags": []}
+    assert json.loads(encode_event(event)) == json.loads(encode_json(event))
+    assert encode_event(event).endswith(b',"breadcrumbs":' + made.json + b"}")
+    assert json.loads(encode_event({"breadcrumbs": made})) == {"breadcrumbs": crumbs}
+    changes: list[Callable[[EncodedList], object]] = [
+        lambda c: c.append({"name": "later"}),
+        lambda c: c.pop(),
+        lambda c: c.__setitem__(0, {"name": "replaced"}),
+    ]
+    for change in changes:
+        copy_ = EncodedList(crumbs, [encode_json(c) for c in crumbs])
+        change(copy_)
+        sent = json.loads(encode_event({"context": "t", "breadcrumbs": copy_}))
+        assert sent["breadcrumbs"] == list(copy_)

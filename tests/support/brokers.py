@@ -1,17 +1,24 @@
 """Real brokers for the tests: which ones answer here, and each test's own queue on them.
 
 The embedded filesystem transport always works; Redis and RabbitMQ are used when they
-answer on 127.0.0.1. On a machine without them those tests skip with a reason, unless
+answer on 127.0.0.1. SQS is moto's server (``moto[server]``, a test dependency), started by
+the first test that needs it on a free loopback port (its receives made atomic, as SQS's
+are: ``moto_sqs.py``) and stopped when the tests end. On a
+machine without them those tests skip with a reason, unless
 ``BUGSNAG_CELERY_REQUIRE_BROKERS=1`` (set by ``.ci/run``) turns the skip into a failure.
 Every test gets its own queue name; Redis tests use database 11 and delete only the keys
-of their own queue; RabbitMQ tests delete only their own queue and exchange.
+of their own queue; RabbitMQ and SQS tests delete only their own queues (and exchanges).
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -51,12 +58,14 @@ class Broker:
     queue: str
     transport_options: dict[str, Any] = field(default_factory=dict)
     cleanup: Callable[[], None] = lambda: None
+    extra_env: dict[str, str] = field(default_factory=dict)  # what a worker on it needs besides
 
     def env(self) -> dict[str, str]:
         return {
             "BSC_BROKER_URL": self.url,
             "BSC_TRANSPORT_OPTIONS": json.dumps(self.transport_options),
             "BSC_QUEUE": self.queue,
+            **self.extra_env,
         }
 
     def producer(self) -> Celery:
@@ -106,6 +115,30 @@ def redis_broker() -> Broker:
     return Broker("redis", url, queue, {"visibility_timeout": 3600}, cleanup)
 
 
+def redis_message_bodies(queue: str) -> list[str]:
+    """The bodies of the messages waiting in Redis list *queue* (database :data:`REDIS_DB`),
+    decoded as kombu wrote them: each list item is kombu's JSON envelope, its ``body``
+    base64-encoded (``properties.body_encoding``). What a test searches for a secret: the raw
+    list never shows one, whatever the messages carry."""
+    import base64
+
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB)
+    try:
+        items: Any = client.lrange(queue, 0, -1)  # Awaitable | list in redis's types
+    finally:
+        client.close()
+    bodies = []
+    for item in items:
+        envelope = json.loads(item)
+        body = envelope["body"]
+        if envelope.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body).decode("utf-8")
+        bodies.append(body)
+    return bodies
+
+
 def rabbitmq_broker() -> Broker:
     need_service("RabbitMQ", 5672)
     queue = f"bsc-test-{uuid.uuid4().hex[:10]}"
@@ -124,6 +157,79 @@ def rabbitmq_broker() -> Broker:
     return Broker("rabbitmq", url, queue, {}, cleanup)
 
 
+#: Credentials and region of the SQS emulator: made up (moto takes any), never a real account's.
+SQS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+_moto: dict[str, Any] = {}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def moto_port() -> int:
+    """The port of this test session's moto server (SQS), started on first use."""
+    if "port" in _moto:
+        return int(_moto["port"])
+    try:
+        import moto.server  # noqa: F401  (the emulator is a test dependency: pyproject's dev extra)
+    except ImportError:
+        need_service("moto's SQS emulator (pip install 'moto[server]')", -1)
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("moto_sqs.py")), str(port)],  # atomic receives
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **SQS_ENV},
+    )  # fmt: skip
+
+    def stop() -> None:
+        proc.kill()
+        proc.wait(10)
+
+    atexit.register(stop)
+    deadline = time.monotonic() + 60
+    while not _reachable(port):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            need_service(f"moto's SQS emulator (exited with {proc.poll()})", -1)
+        time.sleep(0.1)
+    _moto.update(port=port, proc=proc)
+    return port
+
+
+def sqs_client() -> Any:
+    """A boto3 SQS client of the emulator (for clean-up and for what a test inspects)."""
+    import boto3
+
+    return boto3.client(
+        "sqs", endpoint_url=f"http://127.0.0.1:{moto_port()}", region_name="us-east-1",
+        aws_access_key_id="testing", aws_secret_access_key="testing",
+    )  # fmt: skip
+
+
+def sqs_broker() -> Broker:
+    """kombu's SQS transport on moto's server. Its queues take at most 256 KiB a message (the
+    ``MaximumMessageSize`` of queues made before 2025 and the smallest default SQS has had;
+    moto's own default is 1 MiB). The options are a user's: kombu's default long polls."""
+    port = moto_port()
+    queue = f"bsc-test-{uuid.uuid4().hex[:10]}"
+    os.environ.update({k: v for k, v in SQS_ENV.items() if k not in os.environ})
+
+    def cleanup() -> None:
+        client = sqs_client()
+        # kombu names an SQS queue after the kombu queue, '.' made '-'
+        for url in client.list_queues(QueueNamePrefix=queue).get("QueueUrls", []):
+            client.delete_queue(QueueUrl=url)
+
+    options = {"region": "us-east-1", "is_secure": False, "visibility_timeout": 60,
+               "sqs-creation-attributes": {"MaximumMessageSize": "262144"}}  # fmt: skip
+    return Broker("sqs", f"sqs://testing:testing@127.0.0.1:{port}", queue, options, cleanup, dict(SQS_ENV))
+
+
 def make_broker(kind: str, tmp: Path) -> Broker:
     if kind == "filesystem":
         return filesystem_broker(tmp)
@@ -131,6 +237,8 @@ def make_broker(kind: str, tmp: Path) -> Broker:
         return redis_broker()
     if kind == "rabbitmq":
         return rabbitmq_broker()
+    if kind == "sqs":
+        return sqs_broker()
     raise ValueError(kind)
 
 

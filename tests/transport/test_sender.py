@@ -2,8 +2,9 @@
 
 A storm of failures (an outage downstream) must not become a storm of requests: events
 queued while a request is out, and those that fail within ``min_interval`` of the last
-request, go out together, packed into requests of at most BugSnag's 1 MB. These run the
-real thread against the real local endpoint (``tests/endpoint.py``).
+request, go out together, packed into requests of at most BugSnag's 1 MB. A slow endpoint
+answers the second, patient send; a hung one leaves the event kept on the spool, never
+given up. These run the real thread against the real local endpoint (``tests/endpoint.py``).
 
 Covers: bugsnag_celery/transport/sender.py, bugsnag_celery/transport/http.py
 Covers: bugsnag_celery/transport/outcome.py, bugsnag_celery/payload/packing.py
@@ -108,3 +109,65 @@ def test_merged_requests_are_packed_under_the_limit_in_order(form: str) -> None:
         assert body["apiKey"] == KEY and body["payloadVersion"] == "4.0" and body["notifier"]["name"]
     assert {len(p.originals()) for p in out} >= {1, 9}
     assert outcomes == []  # trimmed, not dropped
+
+
+def wait_for(outcomes: list[str], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not outcomes and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_a_slow_endpoint_answers_the_patient_second_send(endpoint: Endpoint) -> None:
+    """Answering after 1.5 s, delivery_timeout 1 s: the first send has no answer in time (the
+    endpoint processes it anyway); the second waits 3 s and gets the answer. Delivered, two
+    copies at most (the second send used to wait 1 s too, and give the event up)."""
+    endpoint.delay = 1.5
+    spooled: list[Request] = []
+    outcomes: list[str] = []
+    sender = Sender(keep_in(spooled), timeout=1, backoff=0.05)
+    sender.submit(Request(f"{endpoint.url}/notify", KEY, "4.0", events=[{"n": 1}], on_done=outcomes.append))
+    wait_for(outcomes, 15)
+    assert outcomes == ["delivered"] and not spooled
+    assert [e["n"] for e in endpoint.events()] == [1, 1]
+
+
+def test_a_hung_endpoint_keeps_the_event_for_a_later_delivery(endpoint: Endpoint) -> None:
+    """Hung: no answer within 0.5 s, nor to the second send within 1.5 s. The event is kept
+    on the spool, marked hung (its later sends wait 1.5 s too), never given up."""
+    endpoint.hang(30)
+    spooled: list[Request] = []
+    outcomes: list[str] = []
+    sender = Sender(keep_in(spooled), timeout=0.5, backoff=0.05)
+    sender.submit(Request(f"{endpoint.url}/notify", KEY, "4.0", events=[{"n": 1}], on_done=outcomes.append))
+    wait_for(outcomes, 15)
+    done = time.monotonic()
+    assert outcomes == ["spooled"] and [json.loads(p.body)["events"] for p in spooled] == [[{"n": 1}]]
+    assert spooled[0].unknown == 2
+    first, second = (r["at"] for r in endpoint.unanswered)
+    assert second - first >= 0.5 and done - second >= 1.4  # waited 0.5 s, then 1.5 s
+
+
+def test_a_shutdown_during_the_patient_send_spools_the_event_marked(endpoint: Endpoint) -> None:
+    """A flush (the process shutting down) takes over a request still waiting for its answer:
+    spooled as one more send without an answer, so that its next send waits patiently."""
+    endpoint.hang(30)
+    spooled: list[Request] = []
+    sender = Sender(keep_in(spooled), timeout=1, backoff=0.05)
+    sender.submit(Request(f"{endpoint.url}/notify", KEY, "4.0", events=[{"n": 1}]))
+    sender.flush(2.0)  # the first send had no answer at 1 s; the second (3 s) is in flight
+    assert len(endpoint.unanswered) == 2
+    assert [(p.unknown, json.loads(p.body)["events"]) for p in spooled] == [(2, [{"n": 1}])]
+
+
+def test_a_second_flush_does_not_wait_again_for_a_request_taken_over(endpoint: Endpoint) -> None:
+    """A worker's main process flushes at ``worker_shutdown``, then again at interpreter exit:
+    the request the first flush took over (hanging on BugSnag) holds the second for nothing."""
+    endpoint.hang(30)
+    spooled: list[Request] = []
+    sender = Sender(keep_in(spooled), timeout=5)
+    sender.submit(Request(f"{endpoint.url}/notify", KEY, "4.0", events=[{"n": 1}]))
+    sender.flush(0.5)
+    started = time.monotonic()
+    sender.flush(5.0)
+    assert time.monotonic() - started < 0.5  # it waited 5.5 s
+    assert [json.loads(p.body)["events"] for p in spooled] == [[{"n": 1}]]
