@@ -12,7 +12,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-__all__ = ["format_timestamp", "now_iso", "minute_iso", "minute_from_iso"]
+__all__ = ["format_timestamp", "parse_timestamp", "now_iso", "minute_iso", "minute_from_iso"]
 
 
 _last_second: list[Any] = [None, ""]  # the last whole second formatted, and its text
@@ -41,6 +41,19 @@ def format_timestamp(epoch: float) -> str:
     if cached[0] != second:  # another thread moved it between the test and the read
         text = datetime.fromtimestamp(second, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.")
     return f"{text}{micro // 1000:03d}Z"
+
+
+def parse_timestamp(text: object) -> float | None:
+    """The epoch time of the :func:`format_timestamp` stamp that *text* starts with; None if
+    it starts with none. The delivery status keeps its times as such text (``last_delivery``,
+    ``last_error``'s ``"<stamp>: why"``): ``celery bugsnag status`` turns them into ages."""
+    if not isinstance(text, str) or len(text) < 24:
+        return None
+    try:
+        stamp = datetime.strptime(text[:24], "%Y-%m-%dT%H:%M:%S.%fZ")
+    except ValueError:
+        return None
+    return stamp.replace(tzinfo=timezone.utc).timestamp()
 
 
 def now_iso() -> str:

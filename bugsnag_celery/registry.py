@@ -54,7 +54,9 @@ class AppState:
         prefix = options.queue_prefix
         # no thread until something is sent
         self.reporter = Reporter(
-            options, self.release, lambda payloads: spool_payloads(app, payloads, prefix)
+            options,
+            self.release,
+            lambda payloads: spool_payloads(app, payloads, prefix, self.reporter.lost.give_back),
         )
         # (task, owner, attribute, original) for every wrapper installed (hooks/instrument.py)
         self.wrapped: list[tuple[Task, Any, str, Any]] = []
@@ -104,6 +106,7 @@ def _flush_targets() -> list[FlushTarget]:
             state.options.sends and bool(state.options.api_key),
             state.options.queue_prefix,
             state.options.session_delivery_interval,
+            state.reporter.lost,
         )
         for state in states()
     ]

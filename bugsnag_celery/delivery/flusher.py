@@ -20,6 +20,10 @@ Why the broker: counts are born in processes that die by ``os._exit`` (prefork
 children), on many hosts; the beat task runs in one process of one worker. The broker
 the app already has is durable and hands each message to exactly one consumer, so two
 deliveries running at once never send a count twice, and no new server is needed.
+
+The same messages carry how many events each process lost (:class:`LostEvents`: refused
+by BugSnag, unanswered twice, or neither sent nor spooled), so that the delivery run, the
+one writer of the status, counts them where ``celery bugsnag status`` shows them.
 """
 
 from __future__ import annotations
@@ -32,18 +36,56 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 from ..logs import log_every
-from ..payload.sessions import counts_message
+from ..payload.sessions import counts_messages
 from ..sessions import counts
 from ..sessions.counts import PendingCounts, Release
-from ..transport.queues import DEFAULT_PREFIX, publish, queue_names
-from .status import delivery_problem
+from ..transport.outcome import Fate
+from ..transport.queues import DEFAULT_PREFIX, body_limit, broker_problem, publish, queue_names
+from .status import diagnose_delivery
 
 if TYPE_CHECKING:
     from celery import Celery
 
-__all__ = ["FlushTarget", "Flusher", "publish_counts"]
+__all__ = ["FlushTarget", "Flusher", "LostEvents", "publish_counts"]
 
 logger = logging.getLogger("bugsnag_celery")
+
+
+class LostEvents:
+    """How many events of one app this process lost since the last flush: a fork-aware tally.
+
+    ``note`` is an event request's ``on_done`` (the sender calls it from its thread, or a
+    shutdown flush from another: hence the lock, taken only when an event ends badly).
+    """
+
+    _LOST = frozenset({Fate.PERMANENT, Fate.LOST})  # an unanswered one is kept (spooled), not lost
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._n = 0
+
+    def note(self, fate: Fate) -> None:
+        if fate in self._LOST:
+            self.give_back(1)
+
+    def give_back(self, n: int) -> None:
+        """Add *n* (taken by :meth:`take` and not handed on)."""
+        with self._lock:
+            self._forked()
+            self._n += n
+
+    def take(self) -> int:
+        """How many were lost since the last take (that many are now the taker's to report)."""
+        with self._lock:
+            self._forked()
+            n, self._n = self._n, 0
+            return n
+
+    def _forked(self) -> None:
+        # a forked child's tally starts at 0: the parent reports its own
+        if self._pid != os.getpid():
+            self._pid, self._n = os.getpid(), 0
 
 
 class FlushTarget(NamedTuple):
@@ -54,19 +96,38 @@ class FlushTarget(NamedTuple):
     sends: bool  # False outside enabled_release_stages or without an API key: discarded
     prefix: str
     delivery_interval: float = 30.0  # the beat's: a delivery older than 3 of them means no beat
+    lost: LostEvents | None = None  # the app's events lost in this process, reported with its counts
 
 
-def publish_counts(app: Celery, pending: PendingCounts, prefix: str = DEFAULT_PREFIX) -> bool:
-    """Put *pending* on the broker as one JSON message. True if the broker took it."""
-    if not pending:
+def publish_counts(
+    app: Celery, pending: PendingCounts, prefix: str = DEFAULT_PREFIX, lost_events: int = 0
+) -> bool:
+    """Put *pending* (and *lost_events*) on the broker as one JSON message (more, each under the
+    broker's limit, when they do not fit in one). True if the broker took the first: what it
+    did not take after that is put back in this process's memory here; False if it took
+    nothing (the caller puts everything back)."""
+    if not pending and not lost_events:
         return True
+    sent = 0
     try:
-        publish(app, queue_names(prefix).sessions, [counts_message(pending)])
+        messages = counts_messages(pending, body_limit(app), lost_events=lost_events)
+        for _part, body in messages:
+            publish(app, queue_names(prefix).sessions, [body])
+            sent += 1
         return True
     except Exception as exc:
-        message = "bugsnag_celery: session counts kept in memory, the broker is unreachable: %s"
-        log_every("broker-down", 60.0, logging.WARNING, message, exc)
-        return False
+        if sent:
+            for part, _body in messages[sent:]:
+                counts.restore_pending_counts(part)
+        kind, problem = broker_problem(exc)
+        log_every(
+            f"broker-{kind}",
+            60.0,
+            logging.WARNING,
+            "bugsnag_celery: session counts kept in memory, %s",
+            problem,
+        )
+        return bool(sent)
 
 
 class Flusher:
@@ -148,10 +209,14 @@ class Flusher:
             if now - self._checked.get(target.prefix, 0.0) < interval:
                 continue
             self._checked[target.prefix] = now
-            problem = delivery_problem(target.app, target.prefix, interval, now)
-            if problem:
+            problem = diagnose_delivery(target.app, target.prefix, interval, now)
+            if problem:  # hourly per diagnosis: a beat started after this check changes it
                 log_every(
-                    f"no-delivery:{target.prefix}", 3600.0, logging.WARNING, "bugsnag_celery: %s", problem
+                    f"no-delivery:{target.prefix}:{problem.kind}",
+                    3600.0,
+                    logging.WARNING,
+                    "bugsnag_celery: %s",
+                    problem.text,
                 )
 
     def flush_once(self, wait: float | None = None) -> int:
@@ -172,25 +237,31 @@ class Flusher:
         moved = 0
         handled: set[Release] = set()
         for target in self.targets():
-            taken = counts.take_pending_counts(target.releases)
+            taken = counts.take_pending_counts(target.releases, hold=True)
             handled.update(target.releases)
-            if not taken:
+            lost = target.lost.take() if target.lost is not None else 0
+            if not taken and not lost:
                 continue
             if not target.sends:
                 continue  # outside enabled_release_stages / no API key: never sent
-            if publish_counts(target.app, taken, target.prefix):
+            if publish_counts(target.app, taken, target.prefix, lost):
                 moved += sum(n for b in taken.values() for n in b.values())
+                counts.settle()
             else:
                 counts.restore_pending_counts(taken)
+                if target.lost is not None:
+                    target.lost.give_back(lost)
         # Counts of releases no configured app owns (sessions started by hand before
         # configure, or after unconfigure) go with the last app.
         strays = [r for r in counts.releases_with_counts() if r not in handled]
-        orphans = counts.take_pending_counts(strays) if strays else {}
+        orphans = counts.take_pending_counts(strays, hold=True) if strays else {}
         if orphans:
             targets = list(self.targets())
             last = targets[-1] if targets else None
             if last is not None and last.sends and publish_counts(last.app, orphans, last.prefix):
                 moved += sum(n for b in orphans.values() for n in b.values())
+                counts.settle()
             else:  # no app to send them with (yet, or any more): they stay here
                 counts.restore_pending_counts(orphans)
+        counts.settle()  # what was discarded (not sent from this stage) is off the ledger too
         return moved

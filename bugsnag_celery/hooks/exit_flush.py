@@ -13,7 +13,7 @@ import logging
 import threading
 
 from .. import registry
-from ..sessions import counts
+from ..sessions import counts, ledger
 
 __all__ = ["flush_events", "register_exit_flush", "EXIT_FLUSH_SECONDS"]
 
@@ -42,6 +42,7 @@ def _at_exit() -> None:
     (Prefork children leave through ``os._exit``: theirs is ``worker_process_shutdown``.)
     """
     if not registry.states():
+        ledger.close(keep=False)  # no app here could deliver what it holds
         return
     done = threading.Event()
 
@@ -64,9 +65,12 @@ def _at_exit() -> None:
     left = counts.pending_total()
     if left or not finished:
         logger.error(
-            "bugsnag_celery: at exit, %d session count(s) could not reach the broker%s; they are lost",
-            left, "" if finished else f" within {EXIT_FLUSH_SECONDS:g} s (events may be lost too)",
+            "bugsnag_celery: at exit, %d session count(s) could not reach the broker%s; %s",
+            left, "" if finished else f" within {EXIT_FLUSH_SECONDS:g} s (events may not have either)",
+            "they stay in this process's ledger for a worker of this app to deliver"
+            if ledger.directory() is not None else "they are lost",
         )  # fmt: skip
+    ledger.close()
 
 
 def register_exit_flush() -> None:

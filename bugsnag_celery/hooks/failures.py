@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Hashable
+from types import FrameType
 from typing import Any
 
 from celery import Task
@@ -24,7 +25,7 @@ from ..payload.shapes import SessionRef, session_reference
 from ..registry import AppState
 from ..reporting.reporter import UNHANDLED_REASON
 from ..reporting.task_tab import task_metadata
-from ..sessions.current import CURRENT, task_session_id
+from ..sessions.current import CURRENT, DELIVERY_KEY, task_session_id
 from .modes import TRACK, mode_for
 
 __all__ = ["report_failure", "report_crash_seen_by_main", "Seen"]
@@ -32,8 +33,11 @@ __all__ = ["report_failure", "report_crash_seen_by_main", "Seen"]
 logger = logging.getLogger("bugsnag_celery")
 
 
-def report_failure(task: Task, state: AppState, exc: BaseException) -> None:
-    """Report an exception that escaped a task body (in the process that ran it). Never raises."""
+def report_failure(task: Task, state: AppState, exc: BaseException, caller: FrameType | None = None) -> None:
+    """Report an exception that escaped a task body (in the process that ran it). Never raises.
+
+    *caller*: the frame that called the task wrapper, if known (``runner._drop_own_frame``).
+    """
     try:
         opts = state.options
         reporter = state.reporter
@@ -54,6 +58,7 @@ def report_failure(task: Task, state: AppState, exc: BaseException) -> None:
         reporter.report(
             exc, unhandled=True, severity="error", severity_reason=UNHANDLED_REASON, context=task.name,
             session=CURRENT.get(), metadata={"task": task_metadata(task, task.request_stack.top, opts)},
+            caller=caller,
         )  # fmt: skip
     except Exception:
         logger.exception("bugsnag_celery: could not report the failure of %r", getattr(task, "name", task))
@@ -85,11 +90,14 @@ def report_crash_seen_by_main(
     exception: BaseException | None = None,
     traceback: object = None,
     einfo: object = None,
+    request: Any = None,
     **_: object,
 ) -> None:
     """Crashes only the worker's main process sees: a killed pool child, a hard time limit.
 
     Everything else was reported by the process that ran the task (:func:`report_failure`).
+    *request*: the run's context, where it is not on the task's request stack (a lost child
+    whose message Celery requeues sends no ``task_failure``: ``signals.py`` calls this).
     """
     if not isinstance(exception, (WorkerLostError, TimeLimitExceeded)):
         return
@@ -97,17 +105,21 @@ def report_crash_seen_by_main(
         state = registry.state_for(sender.app) if sender is not None else None
         if state is None or not state.active or not task_id:
             return
-        request = sender.request
-        retries = (request.retries or 0) if getattr(request, "id", None) == task_id else 0
-        if not _main_seen.add((task_id, retries)):
-            return  # Celery fires task_failure twice for a hard limit on some versions
+        if request is None:
+            request = sender.request
+        ours = getattr(request, "id", None) == task_id
+        retries = (request.retries or 0) if ours else 0
+        delivery = getattr(request, "__dict__", {}).get(DELIVERY_KEY) if ours else None
+        if not _main_seen.add((task_id, retries, delivery)):
+            return  # reported already: Celery fires task_failure twice for a hard limit on some versions
         session: SessionRef | None = None
         if mode_for(sender, state) == TRACK and not (
             not state.options.track_eager and getattr(request, "is_eager", False)
         ):
-            session = session_reference(task_session_id(task_id, retries), now_iso(), handled=0, unhandled=1)
+            sid = task_session_id(task_id, retries, delivery)
+            session = session_reference(sid, now_iso(), handled=0, unhandled=1)
         text = traceback if isinstance(traceback, str) else getattr(einfo, "traceback", None)
-        meta = task_metadata(sender, request, state.options) if getattr(request, "id", None) == task_id else {
+        meta = task_metadata(sender, request, state.options) if ours else {
             "id": task_id, "name": sender.name, "retries": retries}  # fmt: skip
         state.reporter.report(
             exception, unhandled=True, severity="error", severity_reason=UNHANDLED_REASON,

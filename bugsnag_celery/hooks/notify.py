@@ -49,8 +49,11 @@ def notify(
             logger.warning("bugsnag_celery.notify: no configured app; event not sent")
             return
         meta: dict[str, object] = dict(metadata or {})
-        if task is not None and request is not None and "task" not in meta:
-            meta["task"] = task_metadata(task, request, reporter.options)
+        given = meta.get("task")
+        if task is not None and request is not None and (given is None or isinstance(given, Mapping)):
+            # the task tab, with the keys given here on top (as for bugsnag.notify in a task run)
+            tab = task_metadata(task, request, reporter.options)
+            meta["task"] = {**tab, **given} if given else tab
         if context is None and task is not None:
             context = task.name
         reporter.report(

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextvars import Token
 from time import time
-from types import CodeType
+from types import CodeType, FrameType
 from typing import Any
 
 from celery import Task
@@ -99,8 +99,9 @@ def _run_hooks(
                     if track_eager or not request.is_eager:
                         started = now()
                         minute = started // 60
-                        tick(minutes.get(minute) or open_minute(release, minute))  # counts.py: no lock
-                        return set_current(session(release, started, request.id, request.retries or 0))
+                        counter, cells, cell = minutes.get(minute) or open_minute(release, minute)
+                        cells[cell] = tick(counter)  # counts.py: no lock; the ledger outlives us
+                        return set_current(session(release, started, request))
                     return set_current(None)
             # ``task()`` called as a plain function (or the app unconfigured): not a task
             # run, no new session; the caller's stays current.
@@ -115,16 +116,18 @@ def _run_hooks(
             return set_current(None if opt_out else get_current())
 
     def failed(exc: BaseException) -> None:
-        _drop_own_frame(exc)
+        caller = _drop_own_frame(exc)
         request = request_stack.top
         if state.active and request is not None and not request.called_directly:
-            report(task, state, exc)
+            report(task, state, exc, caller)
 
     return enter, failed
 
 
-def _drop_own_frame(exc: BaseException) -> None:
-    """Take the wrapper's frame off the head of *exc*'s traceback before it is re-raised.
+def _drop_own_frame(exc: BaseException) -> FrameType | None:
+    """Take the wrapper's frame off the head of *exc*'s traceback before it is re-raised;
+    return the frame that called the wrapper (where Celery's traceback of the failure starts:
+    the official client's rules add it, and finding it from here costs one frame object).
 
     The exception passed through the wrapper, so its traceback starts with the wrapper's
     frame; on Python 3.11+ a bare ``raise`` re-raises with ``exc.__traceback__`` as it is
@@ -137,6 +140,8 @@ def _drop_own_frame(exc: BaseException) -> None:
     tb = exc.__traceback__
     if tb is not None and tb.tb_frame.f_code in WRAPPER_CODES:
         exc.__traceback__ = tb.tb_next
+        return tb.tb_frame.f_back
+    return None
 
 
 def _request_storage(request_stack: object) -> tuple[Any, Any]:

@@ -19,10 +19,10 @@ from celery import signals as celery_signals
 from .. import registry
 from ..about import __version__
 from ..options.declared import Options
-from ..options.sources import django_settings_pending, resolve_options
+from ..options.sources import django_settings_pending, resolve_options, where_the_key_was_sought
 from ..registry import AppState
 from ..sessions import current
-from . import official, signals
+from . import leftovers, official, signals
 from .beat import DELIVER_TASK, register_delivery, unregister_delivery
 from .instrument import uninstrument
 from .tracer_hook import install_hook, remove_hook
@@ -45,6 +45,7 @@ def configure(app: Celery, **options: object) -> None:
     _teardown(app)
     state = AppState(app, resolved, options)
     registry.add(state)
+    leftovers.configure_ledger()
     current.set_default_release(state.release)
     register_delivery(app, resolved)
     signals.connect()
@@ -82,15 +83,33 @@ def _at_worker_start(sender: Any = None, **_: Any) -> None:
                      "settings (%s); keeping those resolved by configure()", exc)  # fmt: skip
     except Exception:
         logger.exception("bugsnag_celery: resolving the options at worker start failed")
+    # No key: said once, at worker_ready; the pool's children, forked before, inherit this
+    # and say nothing more when a task fails.
+    state.reporter.warned_no_key = not state.options.api_key
     official.adopt(state.options, load=True)
+    leftovers.watch()
+
+
+def _say_no_key(state: AppState) -> None:
+    """The one warning of a worker without an API key, naming every place it looked."""
+    try:
+        places = where_the_key_was_sought(state.app, state.kwargs)
+    except Exception:  # never fail a worker's start over a message
+        places = "keywords, Celery config, environment, Django settings, the official client"
+    logger.warning("bugsnag_celery: no API key configured, so nothing is sent to BugSnag (tasks run as "
+                   "usual); looked in: %s", places)  # fmt: skip
 
 
 def _say_what_the_worker_does(sender: Any = None, **_: Any) -> None:
-    """One line at worker start (``worker_ready``: Celery's logging is set up by then)."""
+    """One line at worker start (``worker_ready``: Celery's logging is set up by then), after
+    the warning of a worker without an API key."""
     try:
         state = registry.state_for(getattr(sender, "app", None))
         if state is not None:
+            if not state.options.api_key:
+                _say_no_key(state)
             logger.info("%s", status_line(state.options))
+            leftovers.keep_watching(sender)
         for note in official.take_notes():
             logger.info("%s", note)
     except Exception:

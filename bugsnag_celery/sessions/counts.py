@@ -2,12 +2,17 @@
 
 Every session that starts in this process is counted here, in a per-minute bucket
 (``startedAt`` floored to the minute, UTC) per *release group*: app version, release
-stage, app type and hostname -- the four values that BugSnag keys a session payload by.
+stage, app type and hostname -- the four values that BugSnag keys a session payload by --
+of one BugSnag project, the app's *identity* (its API key and sessions endpoint). Two
+configured apps that differ only in their key never share a counter: each app's counts
+go to its own project, whatever their release.
 
 Counting is the hot path of every task run, so it takes no lock: each release group's
 minute has an ``itertools.count``, and counting a session is ``next()`` on it -- one
 C call, atomic under the GIL (measured: 0.4 us a count, against 0.9 us for a dict update
-under a lock, of the ~3 us a task run's session costs). Whoever moves the counts out
+under a lock, of the ~3 us a task run's session costs) -- and one 8-byte store of the
+count into the process's ledger (``ledger.py``, ~0.04 us): memory that outlives the
+process, so that a pool child killed by the kernel loses no count. Whoever moves the counts out
 (a delivery path) calls :func:`take_pending_counts`, which reads each counter and
 remembers how far it has taken it, and, if it could not hand them on,
 :func:`restore_pending_counts` to put them back. Nothing here does I/O or starts a thread.
@@ -24,6 +29,7 @@ either loses them or sends them twice).
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 import threading
@@ -32,12 +38,15 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, NamedTuple
 
 from ..clock import minute_from_iso, minute_iso
+from . import ledger
+from .ledger import NO_CELLS, Cells
 
 if TYPE_CHECKING:
     from ..options.declared import Options
 
 __all__ = [
     "Release",
+    "identity_of",
     "PendingCounts",
     "Minutes",
     "count_session",
@@ -45,6 +54,8 @@ __all__ = [
     "open_minute",
     "take_pending_counts",
     "restore_pending_counts",
+    "settle",
+    "Tally",
     "on_first_count",
     "releases_with_counts",
     "pending_total",
@@ -53,25 +64,55 @@ __all__ = [
 ]
 
 
+def identity_of(api_key: str | None, sessions_endpoint: str | None) -> str:
+    """The identity of the BugSnag project that *api_key* and *sessions_endpoint* deliver to.
+
+    A fingerprint (16 hex digits of a SHA-256), never the key itself: it travels with the
+    counts on the broker, which must hold no key in plain text. ``""`` without a key: such
+    counts belong to no project, and go with whichever app delivers them. A trailing ``/``
+    of the endpoint does not count: processes that spell one URL two ways are one project.
+    """
+    if not api_key:
+        return ""
+    endpoint = (sessions_endpoint or "").rstrip("/")
+    return hashlib.sha256(f"{api_key}\n{endpoint}".encode()).hexdigest()[:16]
+
+
 class Release(NamedTuple):
-    """What BugSnag groups session counts by (one session payload per release group)."""
+    """What BugSnag groups session counts by, and whose they are: one counter, and one
+    session payload, per release group of one BugSnag project.
+
+    ``identity`` (:func:`identity_of` the app's key and sessions endpoint) keeps apps apart
+    that share a release group: with no ``app_version`` on the same host, two apps with
+    different keys would otherwise count into one counter and deliver under one key.
+    ``""`` is no project's (counts built by hand, or written by an earlier version).
+    """
 
     app_version: str | None
     release_stage: str
     app_type: str
     hostname: str
+    identity: str = ""
 
     @classmethod
     def of(cls, options: Options) -> Release:
         """The release group of an app's options: the one place a ``Release`` is built from them."""
-        return cls(options.app_version, options.release_stage, options.app_type, options.hostname)
+        return cls(
+            options.app_version, options.release_stage, options.app_type, options.hostname,
+            identity_of(options.api_key, options.endpoints.sessions),
+        )  # fmt: skip
 
 
 #: ``{release: {"2026-11-28T01:14:00Z": sessions_started, ...}}``
 PendingCounts = dict[Release, dict[str, int]]
 
-#: A release group's live counters: ``{started // 60: itertools.count()}`` (see ``minutes_for``).
-Minutes = dict[float, Iterator[int]]
+#: A minute's counter, and where a count is also written so that it outlives the process:
+#: ``(itertools.count(1), cells, cell)``; counting is ``cells[cell] = next(counter)``
+#: (``cells`` is the process's ledger, ``ledger.py``, or a stand-in without one).
+Tally = tuple[Iterator[int], Cells, int]
+
+#: A release group's live counters: ``{started // 60: Tally}`` (see ``minutes_for``).
+Minutes = dict[float, Tally]
 
 _lock = threading.Lock()  # for everything but the count itself (replaced after fork)
 # release -> its live counters. The dicts are long-lived: the task wrapper keeps a
@@ -81,42 +122,53 @@ _live: dict[Release, Minutes] = {}
 _taken: dict[Release, dict[float, int]] = {}
 # release -> {epoch minute -> count}: counts given back (restore_pending_counts)
 _kept: dict[Release, dict[int, int]] = {}
+# ledger cell -> count: taken, not yet recorded as such in the ledger (``settle``)
+_unsettled: dict[int, int] = {}
+_kept_changed = False
 
 
 def minutes_for(release: Release) -> Minutes:
     """The (live) counters of *release*, created once: count with :func:`open_minute`/``next``.
 
-    The task wrapper's hot path: ``counter = minutes.get(started // 60)``, then, only if
-    that is None, ``counter = open_minute(release, started // 60)``; then ``next(counter)``.
+    The task wrapper's hot path: ``tally = minutes.get(started // 60)``, then, only if
+    that is None, ``tally = open_minute(release, started // 60)``; then, with
+    ``counter, cells, cell = tally``, ``cells[cell] = next(counter)``.
     """
     with _lock:
         return _live.setdefault(release, {})
 
 
-def open_minute(release: Release, minute: float) -> Iterator[int]:
+def open_minute(release: Release, minute: float) -> Tally:
     """The counter of *release*'s *minute* (``started // 60``), created on the minute's first count."""
     with _lock:
         minutes = _live.setdefault(release, {})
-        counter = minutes.get(minute)
-        if counter is None:
-            counter = minutes[minute] = itertools.count()
+        tally = minutes.get(minute)
+        if tally is None:
+            book = ledger.current()
+            cell = book.slot(tuple(release), int(minute)) if book is not None else None
+            tally = minutes[minute] = (
+                (itertools.count(1), book.cells, cell)
+                if book is not None and cell is not None
+                else (itertools.count(1), NO_CELLS, 0)
+            )
     if not _watching:
         _start_watch()
-    return counter
+    return tally
 
 
 def count_session(release: Release, started: float) -> None:
     """Count one session of *release* that started at *started* (a ``time.time()``)."""
     minute = started // 60
-    counter = _live.get(release, {}).get(minute)
-    if counter is None:
-        counter = open_minute(release, minute)
-    next(counter)
+    tally = _live.get(release, {}).get(minute)
+    if tally is None:
+        tally = open_minute(release, minute)
+    counter, cells, cell = tally
+    cells[cell] = next(counter)
 
 
 def _value(counter: Iterator[int]) -> int:
-    """How many times *counter* was counted: ``itertools.count`` shows it only in its repr."""
-    return int(repr(counter)[6:-1])  # "count(5)"
+    """How many times *counter* was counted: ``itertools.count(1)`` shows it only in its repr."""
+    return int(repr(counter)[6:-1]) - 1  # "count(6)": five counted
 
 
 # The delivery path learns that this process has counts to move (once per process: the
@@ -149,37 +201,67 @@ def _new_counts(release: Release, now_minute: float, prune: bool) -> dict[int, i
     got: dict[int, int] = {}
     taken = _taken.setdefault(release, {}) if prune else _taken.get(release, {})
     minutes = _live.get(release, {})
-    for minute, counter in list(minutes.items()):
+    for minute, (counter, cells, cell) in list(minutes.items()):
         value = _value(counter)
         new = value - taken.get(minute, 0)
         if new:
             got[int(minute)] = new
             if prune:
                 taken[minute] = value
-        elif prune and minute < now_minute - IDLE_MINUTES:
+                if cells is not NO_CELLS:
+                    _unsettled[cell] = value
+        elif prune and minute < now_minute - IDLE_MINUTES and cell not in _unsettled:
             del minutes[minute]
             taken.pop(minute, None)
+            if cells is not NO_CELLS:
+                book = ledger.current()
+                if book is not None and book.cells is cells:
+                    book.free(cell)
     return got
 
 
-def take_pending_counts(releases: Iterable[Release] | None = None) -> PendingCounts:
+def take_pending_counts(releases: Iterable[Release] | None = None, *, hold: bool = False) -> PendingCounts:
     """Take (and remove) every count this process holds (of *releases*, if given).
 
     Returns ``{Release: {minute_iso: sessions_started}}`` with only non-zero buckets.
     Whoever takes the counts owns them: if they cannot be delivered, give them back
     with :func:`restore_pending_counts`, or they are lost.
+
+    *hold*: the process's ledger still shows them as its own until :func:`settle` (the
+    flusher, once the broker took them): a kill while they are on their way loses nothing.
     """
+    global _kept_changed
     out: PendingCounts = {}
     now_minute = time.time() // 60
     with _lock:
         wanted = _releases() if releases is None else set(releases)
         for release in wanted:
             got = _new_counts(release, now_minute, prune=True)
-            for minute, n in _kept.pop(release, {}).items():
+            kept = _kept.pop(release, {})
+            _kept_changed = _kept_changed or bool(kept)
+            for minute, n in kept.items():
                 got[minute] = got.get(minute, 0) + n
             if got:
                 out[release] = {minute_iso(m): n for m, n in sorted(got.items())}
+    if not hold:
+        settle()
     return out
+
+
+def settle() -> None:
+    """Record in the ledger that what was taken left this process (and what it keeps now)."""
+    global _kept_changed
+    book = ledger.current() if (_unsettled or _kept_changed) else None
+    with _lock:
+        marks, kept_changed = dict(_unsettled), _kept_changed
+        _unsettled.clear()
+        _kept_changed = False
+        kept = {tuple(r): dict(b) for r, b in _kept.items()} if kept_changed else None
+    if book is not None:
+        try:
+            book.settle(marks, kept)
+        except Exception:  # the ledger is a safety net: counting goes on without it
+            pass
 
 
 #: Minute buckets kept per release group while counts cannot leave the process (a day).
@@ -193,7 +275,9 @@ def restore_pending_counts(pending: PendingCounts, max_buckets: int = MAX_BUCKET
     *max_buckets* minutes per release group, the oldest buckets are merged into the next
     oldest -- a count may be filed under a later minute, but it is never dropped.
     """
+    global _kept_changed
     with _lock:
+        _kept_changed = _kept_changed or bool(pending)
         for release, counts in pending.items():
             kept = _kept.setdefault(release, {})
             for stamp, n in counts.items():
@@ -204,6 +288,7 @@ def restore_pending_counts(pending: PendingCounts, max_buckets: int = MAX_BUCKET
                 excess = ordered[: len(ordered) - max_buckets]
                 keep = ordered[len(ordered) - max_buckets]
                 kept[keep] += sum(kept.pop(m) for m in excess)
+    settle()
 
 
 def _releases() -> set[Release]:
@@ -231,13 +316,15 @@ def _after_fork_in_child() -> None:
     # The parent's lock may have been held by another thread at fork time, and the
     # parent's counts are the parent's to deliver: start the child clean. The live dicts
     # are emptied in place: task wrappers hold references to them.
-    global _lock, _watching
+    global _lock, _watching, _kept_changed
     _lock = threading.Lock()
     _watching = False
     for minutes in _live.values():
         minutes.clear()
     _taken.clear()
     _kept.clear()
+    _unsettled.clear()
+    _kept_changed = False
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

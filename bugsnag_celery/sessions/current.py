@@ -23,7 +23,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextvars import ContextVar
-from typing import TypedDict
+from typing import Any, TypedDict
 
 from ..clock import format_timestamp
 from ..options.declared import Options
@@ -40,6 +40,7 @@ __all__ = [
     "get_current_session",
     "session_paused",
     "task_session_id",
+    "DELIVERY_KEY",
     "current_session",
     "CURRENT",
     "PAUSED_MARK",
@@ -50,8 +51,17 @@ SESSION_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/bugsnag-c
 _NAMESPACE_BYTES = SESSION_NAMESPACE.bytes
 
 
-def task_session_id(task_id: str, retries: int) -> str:
-    """The id of the session of attempt *retries* of task *task_id*.
+#: Where a worker's main process puts the id it gives each delivery of a task message, in
+#: the request it hands the pool (``hooks/signals.py``): the child's run and the main process
+#: both read it there. A message redelivered after its child was killed (``acks_late`` with
+#: ``reject_on_worker_lost``) has the same task id and attempt number: only this tells the two
+#: runs, and their sessions, apart.
+DELIVERY_KEY = "bugsnag_celery_delivery"
+
+
+def task_session_id(task_id: str, retries: int, delivery: str | None = None) -> str:
+    """The id of the session of attempt *retries* of task *task_id* (in its *delivery*, where
+    the worker gave it one: see :data:`DELIVERY_KEY`).
 
     Deterministic, so that a crash seen only by the worker's main process (a killed
     pool child, a hard time limit) can be attributed to the session the child opened.
@@ -59,7 +69,8 @@ def task_session_id(task_id: str, retries: int) -> str:
     # str(uuid.uuid5(SESSION_NAMESPACE, name)), without building the UUID object: the
     # same SHA-1, version and variant bits and layout, at a third of the cost (every
     # failure's event names its session).
-    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + f"{task_id}:{retries}".encode()).digest()[:16])
+    name = f"{task_id}:{retries}" if delivery is None else f"{task_id}:{retries}:{delivery}"
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name.encode()).digest()[:16])
     digest[6] = (digest[6] & 0x0F) | 0x50
     digest[8] = (digest[8] & 0x3F) | 0x80
     h = digest.hex()
@@ -83,21 +94,25 @@ class SessionSnapshot(TypedDict):
 
 
 class Session:
-    """One BugSnag session. Mutable: the event counts grow as events are attributed."""
+    """One BugSnag session. Mutable: the event counts grow as events are attributed.
 
-    __slots__ = ("_id", "handled", "paused", "release", "retries", "started", "task_id", "unhandled")
+    A task run's session holds the run's request (Celery's ``Context``) and makes its id
+    from it only when something asks (an event, a snapshot): task id, attempt and the
+    worker's delivery id (:data:`DELIVERY_KEY`). Reading them at every run's start cost the
+    success path what most runs never use.
+    """
+
+    __slots__ = ("_id", "handled", "paused", "release", "request", "started", "unhandled")
 
     def __init__(
         self,
         release: Release,
         started: float,
-        task_id: str | None = None,
-        retries: int = 0,
+        request: Any = None,
         session_id: str | None = None,
     ) -> None:
         self._id = session_id
-        self.task_id = task_id
-        self.retries = retries
+        self.request = request
         self.started = started
         self.release = release
         self.paused = False
@@ -107,10 +122,13 @@ class Session:
     @property
     def id(self) -> str:
         if self._id is None:
-            if self.task_id is None:  # pragma: no cover - manual sessions get an id at birth
+            request = self.request
+            if request is None:  # pragma: no cover - manual sessions get an id at birth
                 self._id = str(uuid.uuid4())
             else:
-                self._id = task_session_id(self.task_id, self.retries)
+                delivery = getattr(request, "__dict__", {}).get(DELIVERY_KEY)
+                self._id = task_session_id(request.id, request.retries or 0, delivery)
+                self.request = None  # not kept past its use
         return self._id
 
     @property

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -88,6 +89,12 @@ def redis_pair(tmp_path: Path) -> Iterator[Broker]:
     yield from broker_fixture("redis", tmp_path)
 
 
+@pytest.fixture(params=["filesystem", "redis", "rabbitmq", "sqs"])
+def any_broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Broker]:
+    """The main delivery tests run on every supported broker: embedded, Redis, RabbitMQ, SQS."""
+    yield from broker_fixture(request.param, tmp_path)
+
+
 def test_exact_at_scale_two_workers_mixed_pools_several_minutes(
     redis_pair: Broker, tmp_path: Path, endpoint: Endpoint
 ) -> None:
@@ -163,14 +170,14 @@ def test_warm_shutdown_in_the_middle_of_the_load(
     assert total(received_sessions(endpoint.requests)) == len(rows) >= n
 
 
-def test_sigkilled_child_loses_at_most_what_it_counted_since_its_last_flush(
-    redis_broker: Broker, out_dir: Path, endpoint: Endpoint
-) -> None:
-    """The window is exact, not timed: every flush is recorded (``BSC_RECORD_FLUSHES``).
+def test_a_sigkilled_child_loses_no_count(redis_broker: Broker, out_dir: Path, endpoint: Endpoint) -> None:
+    """A pool child SIGKILLed mid-load, after it flushed counts: every session it counted is
+    delivered (its ledger, recovered by the main process), the run it was killed in too.
 
-    A run whose record started before the victim's last flush began had counted its session
-    before that flush took the counts: it must be delivered. Only later runs, and the one
-    the child was killed in (it counted but wrote no record), may be lost.
+    Every run writes a record when it ends; the run the child was killed in counted its
+    session and wrote none: one more session than records, or as many if the kill came
+    between two runs. (Before the ledger: all the counts of the child's last flush interval
+    were lost, allowed here as ``len(window)``.)
 
     On Redis, not the embedded broker: with a transport that has no event loop (kombu's
     filesystem one) Celery runs billiard's classic pool, whose children share one job pipe
@@ -194,51 +201,44 @@ def test_sigkilled_child_loses_at_most_what_it_counted_since_its_last_flush(
     rows = records(out_dir)
     deliver_sessions(redis_broker, endpoint.url)
     got = total(received_sessions(endpoint.requests))
-    every_flush = flushes(out_dir)
-    # whatever a process moved to the broker was delivered (the victim may have died
-    # during a flush whose publish went through but whose record was never written)
-    assert got >= sum(f["moved"] for f in every_flush)
-    last_flush = max(f["began"] for f in every_flush if f["pid"] == victim)
+    last_flush = max(f["began"] for f in flushes(out_dir) if f["pid"] == victim)
     window = [r for r in rows if r["pid"] == victim and r["started"] > last_flush]
-    lost = len(rows) - got
-    assert -1 <= lost <= len(window) + 1, (lost, len(window))
-    others = [r for r in rows if r["pid"] != victim]
-    assert got >= len(others) + len([r for r in rows if r["pid"] == victim]) - len(window) - 1
+    assert len(rows) <= got <= len(rows) + 1, (got, len(rows), len(window))
 
 
 def test_endpoint_503_then_202_and_401(
-    fs_broker: Broker, out_dir: Path, endpoint: Endpoint, caplog: pytest.LogCaptureFixture
+    any_broker: Broker, out_dir: Path, endpoint: Endpoint, caplog: pytest.LogCaptureFixture
 ) -> None:
     n = 60
-    with Worker(fs_broker, out_dir, configure=config(endpoint, "h")) as w:
-        send_observe(fs_broker, n)
+    with Worker(any_broker, out_dir, configure=config(endpoint, "h")) as w:
+        send_observe(any_broker, n)
         wait_for_records(out_dir, n, worker=w)
         assert w.stop() == 0
     endpoint.default = 503
     for _ in range(3):  # BugSnag down for a while: everything stays on the broker
-        assert deliver_sessions(fs_broker, endpoint.url)["retry"] == n
+        assert deliver_sessions(any_broker, endpoint.url)["retry"] == n
     endpoint.default = 202
-    assert deliver_sessions(fs_broker, endpoint.url)["delivered"] == n
-    assert deliver_sessions(fs_broker, endpoint.url)["messages"] == 0  # nothing left, nothing twice
+    assert deliver_sessions(any_broker, endpoint.url)["delivered"] == n
+    assert deliver_sessions(any_broker, endpoint.url)["messages"] == 0  # nothing left, nothing twice
     assert total(received_sessions(endpoint.requests)) == n
 
     # 401: dropped with one clear log line, never retried
     seven = {Release("4.0.0", "test", "celery", "h"): {"2026-01-01T00:00:00Z": 7}}
-    publish_counts(fs_broker.producer(), seven, fs_broker.queue)
+    publish_counts(any_broker.producer(), seven, any_broker.queue)
     endpoint.default = 401
     caplog.set_level(logging.ERROR, logger="bugsnag_celery")
-    stats = deliver_sessions(fs_broker, endpoint.url)
+    stats = deliver_sessions(any_broker, endpoint.url)
     assert stats["dropped"] == 7 and stats["requests"] == 1
-    assert deliver_sessions(fs_broker, endpoint.url)["messages"] == 0
+    assert deliver_sessions(any_broker, endpoint.url)["messages"] == 0
     lines = [r.getMessage() for r in caplog.records if "HTTP 401" in r.getMessage()]
     assert len(lines) == 1 and "API key" in lines[0] and KEY not in lines[0]
 
 
-def test_two_deliveries_at_once_never_send_a_count_twice(redis_broker: Broker, endpoint: Endpoint) -> None:
-    app = redis_broker.producer()
+def test_two_deliveries_at_once_never_send_a_count_twice(server_broker: Broker, endpoint: Endpoint) -> None:
+    app = server_broker.producer()
     release = Release("4.0.0", "test", "celery", "h")
     for i in range(300):
-        publish_counts(app, {release: {f"2026-01-01T00:{i % 60:02d}:00Z": 1 + i % 3}}, redis_broker.queue)
+        publish_counts(app, {release: {f"2026-01-01T00:{i % 60:02d}:00Z": 1 + i % 3}}, server_broker.queue)
     expected = sum(1 + i % 3 for i in range(300))
     # A post takes 0.3 s: the run that took the batch is still posting when the others
     # have started (asserted below), so the three really run at once.
@@ -251,7 +251,7 @@ def test_two_deliveries_at_once_never_send_a_count_twice(redis_broker: Broker, e
         try:
             gate.wait(timeout=30)
             started = time.monotonic()
-            stats = deliver_sessions(redis_broker, endpoint.url)
+            stats = deliver_sessions(server_broker, endpoint.url)
             results.append((started, time.monotonic(), stats))
         except BaseException as exc:  # reported below: a thread's exception must fail the test
             errors.append(exc)
@@ -352,15 +352,15 @@ def test_a_delivery_that_died_mid_way_is_adopted_later(redis_broker: Broker, end
 
 
 def test_celery_bugsnag_status_and_flush_commands(
-    fs_broker: Broker, out_dir: Path, endpoint: Endpoint
+    any_broker: Broker, out_dir: Path, endpoint: Endpoint
 ) -> None:
     from workers import APPS
 
     # No beat runs here: with the usual 2 s interval, status would (rightly) call counts
     # older than three intervals a delivery problem, and a slow machine gets there.
     cfg = config(endpoint, "h", session_delivery_interval=120)
-    with Worker(fs_broker, out_dir, configure=cfg) as w:
-        send_observe(fs_broker, 10)
+    with Worker(any_broker, out_dir, configure=cfg) as w:
+        send_observe(any_broker, 10)
         wait_for_records(out_dir, 10, worker=w)
         assert w.stop() == 0
     env = {**w.env, "PYTHONPATH": str(APPS)}
@@ -373,12 +373,15 @@ def test_celery_bugsnag_status_and_flush_commands(
     status = celery("status", "--json")
     assert status.returncode == 0, status.stderr
     report = __import__("json").loads(status.stdout)
-    assert report["pending_session_messages"] in (1, 2) and report["spooled_events"] == 0  # one per child
+    # one per flush that moved counts: one per child when the tasks arrive at once (as on the
+    # embedded broker); a worker on SQS receives them over a few seconds of polls
+    assert 1 <= report["pending_session_messages"] <= 10 and report["spooled_events"] == 0
     flushed = celery("flush")
     assert flushed.returncode == 0, flushed.stderr
     assert "sessions: 10 delivered in 1 request(s)" in flushed.stdout
     after = celery("status")
-    assert "pending session messages: 0" in after.stdout and "last delivery: 20" in after.stdout
+    assert "pending session messages: 0" in after.stdout
+    assert re.search(r"^last delivery: \d+ (s|min) ago \(20\d\d-", after.stdout, re.M), after.stdout
     assert total(received_sessions(endpoint.requests)) == 10
 
 
@@ -417,11 +420,133 @@ def test_a_backlog_of_delivery_runs_costs_one_delivery(
     app = redis_broker.producer()
     release = Release("4.0.0", "test", "celery", "h")
     publish_counts(app, {release: {"2026-01-01T00:00:00Z": 5}}, redis_broker.queue)
-    with Worker(redis_broker, out_dir, pool="solo", concurrency=1, configure=config(endpoint, "h")) as w:
+    # DEBUG: a routine run and a skipped one are not news at INFO (tests/end_to_end/test_status.py)
+    with Worker(redis_broker, out_dir, pool="solo", concurrency=1, configure=config(endpoint, "h"),
+                extra_args=("--loglevel=DEBUG",)) as w:  # fmt: skip
         for _ in range(10):
             app.send_task("bugsnag_celery.deliver_sessions", queue=redis_broker.queue)
-        wait_until(lambda: w.log().count("succeeded") >= 10, 60, "10 delivery runs")
+        runs = re.compile(r"Task bugsnag_celery\.deliver_sessions\[[^\]]+\] succeeded")
+        wait_until(lambda: len(runs.findall(w.log())) >= 10, 60, "10 delivery runs")
         assert w.stop() == 0
     assert w.log().count("delivery skipped: the previous run started") == 9
     posts = [r for r in endpoint.requests if r["path"] == "/sessions"]
     assert len(posts) == 1 and total(received_sessions(endpoint.requests)) == 5
+
+
+def _own_broker_ports(port: int = 6379) -> set[int]:
+    """Local ports of this process's TCP connections to 127.0.0.1:*port* (Linux ``/proc``):
+    which sockets to the broker this very process holds, whoever else uses the broker."""
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    ports = set()
+    with open("/proc/net/tcp") as table:
+        for line in table.read().splitlines()[1:]:
+            fields = line.split()
+            local, remote, state, inode = fields[1], fields[2], fields[3], fields[9]
+            if inode in inodes and state == "01" and remote == f"0100007F:{port:04X}":
+                ports.add(int(local.split(":")[1], 16))
+    return ports
+
+
+def test_counts_reach_the_broker_over_one_kept_connection(redis_broker: Broker, endpoint: Endpoint) -> None:
+    """The flusher publishes every second: one broker connection per process and thread,
+    kept, not one per publish (155 new connections a minute on ``-c 4`` before). 20 publishes
+    of counts, and after each the sockets this process holds to Redis: always the same ones
+    (with a connection per publish, none are left after it)."""
+    app = redis_broker.producer()
+    release = Release("4.0.0", "test", "celery", "h")
+    before = _own_broker_ports()  # what this process held already (none of this test's)
+    seen: list[set[int]] = []
+    for n in range(20):
+        assert publish_counts(app, {release: {"2026-01-01T00:00:00Z": n + 1}}, redis_broker.queue)
+        seen.append(_own_broker_ports() - before)
+    # the same sockets after every publish (kombu's Redis channel holds two); none would
+    # remain after a publish that opened and closed its own connection
+    assert all(ports == seen[0] for ports in seen) and 1 <= len(seen[0]) <= 2, seen
+    deliver_sessions(redis_broker, endpoint.url)
+    assert total(received_sessions(endpoint.requests)) == sum(range(1, 21))  # every publish arrived
+
+
+def _deliver_backlog(
+    broker: Broker, endpoint: Endpoint, messages: int, limit: int
+) -> tuple[dict[str, int], int]:
+    """*messages* count messages (one session each) delivered with batches of *limit*:
+    the run's stats and its peak of traced memory."""
+    import tracemalloc
+
+    from bugsnag_celery.delivery.sessions import deliver_session_counts
+    from bugsnag_celery.payload.sessions import counts_message
+    from bugsnag_celery.transport.queues import publish, queue_names
+
+    app = broker.producer()
+    release = Release("4.0.0", "test", "celery", f"backlog-{messages}")
+    minutes = [f"2026-01-01T00:0{m}:00Z" for m in range(3)]
+    bodies = [counts_message({release: {minutes[i % 3]: 1}}) for i in range(messages)]
+    publish(app, queue_names(broker.queue).sessions, bodies)
+    tracemalloc.start()
+    try:
+        stats = deliver_session_counts(
+            app, api_key=KEY, endpoint=f"{endpoint.url}/sessions", enabled_release_stages=None,
+            prefix=broker.queue, limit=limit,
+        )  # fmt: skip
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return stats, peak
+
+
+def test_a_backlog_is_delivered_in_bounded_batches(redis_broker: Broker, endpoint: Endpoint) -> None:
+    """A delivery run takes the backlog *limit* messages at a time (300,000 messages once took
+    623 MB in one process): 4,000 messages with batches of 250 peak at about the memory of
+    1,000, and every session is delivered exactly once."""
+    small, small_peak = _deliver_backlog(redis_broker, endpoint, 1_000, 250)
+    large, large_peak = _deliver_backlog(redis_broker, endpoint, 4_000, 250)
+    assert (small["messages"], small["delivered"]) == (1_000, 1_000)
+    assert (large["messages"], large["delivered"]) == (4_000, 4_000)
+    assert large["requests"] >= 16  # a payload per batch at least: 4,000 / 250
+    assert total(received_sessions(endpoint.requests)) == 5_000
+    assert large_peak < 2 * small_peak, (small_peak, large_peak)  # all at once: ~4x
+    again = deliver_sessions(redis_broker, endpoint.url)
+    assert again["messages"] == 0
+
+
+def test_a_broker_that_refuses_the_queues_is_named_as_such(caplog: pytest.LogCaptureFixture) -> None:
+    """RabbitMQ permissions that forbid the package's queues are a refusal, not an outage: the
+    log says so (it once said "broker unreachable"), and the counts stay in memory. A user of
+    the test's own, allowed only server-named queues, is added to the machine's RabbitMQ and
+    removed after; the same publish as the guest user is shown to succeed first."""
+    need_service("RabbitMQ", 5672)
+    ctl = shutil.which("rabbitmqctl")
+    if ctl is None or os.geteuid() != 0:
+        message = "rabbitmqctl (as root) is needed to add a restricted RabbitMQ user"
+        if os.environ.get("BUGSNAG_CELERY_REQUIRE_BROKERS") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    from celery import Celery
+
+    user, queue = f"bsc-test-{os.getpid()}", f"bsc-test-refused-{os.getpid()}"
+    release = Release("4.0.0", "test", "celery", "refused")
+    allowed = Celery("allowed", broker="amqp://guest:guest@127.0.0.1:5672//")
+    assert publish_counts(allowed, {release: {"2026-01-01T00:00:00Z": 1}}, queue)  # the same publish works
+    subprocess.run([ctl, "add_user", user, "pw"], check=True, capture_output=True, timeout=60)
+    try:
+        subprocess.run([ctl, "set_permissions", "-p", "/", user, "^amq\\.gen.*", ".*", ".*"],
+                       check=True, capture_output=True, timeout=60)  # fmt: skip
+        refused = Celery("refused", broker=f"amqp://{user}:pw@127.0.0.1:5672//")
+        with caplog.at_level(logging.WARNING, logger="bugsnag_celery"):
+            assert not publish_counts(refused, {release: {"2026-01-01T00:00:00Z": 1}}, f"{queue}-2")
+        text = caplog.text
+        assert "refused access" in text and "ACCESS_REFUSED" in text and "unreachable" not in text
+    finally:
+        subprocess.run([ctl, "delete_user", user], capture_output=True, timeout=60)
+        with allowed.connection_for_write() as conn:
+            channel = conn.default_channel
+            for name in (f"{queue}.sessions",):
+                channel.queue_delete(name)
+                channel.exchange_delete(name)

@@ -128,7 +128,7 @@ def test_a_configured_worker_runs_tasks_as_plain_celery_does(
     # the comparison is with the instrumentation at work: every run in its own session
     assert all(r["session"] is None for r in want_runs)
     for run in runs:
-        assert run["session"]["id"] == task_session_id(run["id"], run["retries"]), run
+        assert run["session"]["id"] == task_session_id(run["id"], run["retries"], run["delivery"]), run
 
     # the worker log's traceback: plain Celery's (before 3.11, plus one frame of ours)
     plain_tb = logged_traceback(plain_worker.log(), "compat.fails")

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from brokers import Broker
+from brokers import Broker, redis_message_bodies
 from endpoint import Endpoint
 from results import deliver_sessions, received_sessions, total, wait_for_records
 from workers import APPS, Worker, wait_until
@@ -105,23 +105,28 @@ def test_slow_endpoint_sends_a_spooled_event_at_most_twice(redis_broker: Broker,
 def test_the_spool_holds_no_endpoint_nor_key_and_a_bad_message_blocks_nothing(
     redis_broker: Broker, endpoint: Endpoint
 ) -> None:
-    import redis
-
     app = redis_broker.producer()
-    event = {"exceptions": [{"errorClass": "E", "message": "m", "stacktrace": []}], "severity": "error"}
+    event = {"exceptions": [{"errorClass": "E", "message": "spooled-event-7f3a", "stacktrace": []}],
+             "severity": "error"}  # fmt: skip
+    name = queue_names(redis_broker.queue).events
+    # The search is shown to find what a message carries: the same decoding finds a key and an
+    # endpoint in a message that has them (kombu base64-encodes bodies: the raw list never shows them).
+    publish(app, name, [{"control": [KEY, "http://elsewhere.invalid/notify"]}])
+    (control,) = redis_message_bodies(name)
+    assert KEY in control and "elsewhere" in control
+    drain(redis_broker, endpoint)  # the control message (not a spool message): dropped
+    assert redis_message_bodies(name) == []
     assert spool_payloads(app, [Request("http://elsewhere.invalid/notify", KEY, "4.0", events=[event])],
                           redis_broker.queue)  # fmt: skip
-    name = queue_names(redis_broker.queue).events
-    # a list (redis < 8, on Python 3.9, types lrange as ``Awaitable[list] | list``)
-    messages: Any = redis.Redis(host="127.0.0.1", port=6379, db=11).lrange(name, 0, -1)
-    raw = b"".join(m if isinstance(m, bytes) else str(m).encode() for m in messages)
-    assert raw and KEY.encode() not in raw and b"elsewhere" not in raw
+    (spooled,) = redis_message_bodies(name)
+    assert "spooled-event-7f3a" in spooled  # the event is there, decoded
+    assert KEY not in spooled and "elsewhere" not in spooled
     # An old-format message pointing at an unusable endpoint, a malformed one, then a good one:
     old = {"kind": "event", "endpoint": "http://127.0.0.1:notaport/notify", "payload_version": "4.0",
            "body": json.dumps({"apiKey": "f" * 32, "events": [{**event, "message": "old"}]})}  # fmt: skip
     publish(app, name, [old, {"v": 2, "events": "not a list"}, {"v": 2, "events": [event], "unknown": 0}])
     stats = drain(redis_broker, endpoint)
-    assert stats == {"delivered": 3, "dropped": 1, "requeued": 0}
+    assert stats == {"delivered": 3, "dropped": 1, "requeued": 0, "unanswered": 0, "overflow": 0}
     # every one went to the configured endpoint, with the configured key
     assert {r["headers"]["Bugsnag-Api-Key"] for r in endpoint.requests} == {KEY}
     assert drain(redis_broker, endpoint)["delivered"] == 0
@@ -161,6 +166,10 @@ def test_no_beat_is_noticed_by_the_worker_and_by_status(
         assert w.stop() == 0
     assert status.returncode != 0 and "is a beat running?" in status.stderr, status.stderr
     assert "Traceback" not in status.stderr
+    # no beat is not taken for a beat whose task no worker runs (that one: tests/end_to_end/test_status.py)
+    assert "no worker runs the delivery task" not in w.log() + status.stderr
+    assert "nothing sends the delivery task: bugsnag_celery.deliver_sessions was never sent" in status.stderr
+    assert "\ndelivery task last sent: never\n" in status.stdout and "\nlast run: never\n" in status.stdout
 
 
 def test_status_with_the_broker_down_is_a_message_not_a_traceback(tmp_path: Path) -> None:
@@ -260,4 +269,7 @@ def test_impossible_counts_from_the_queue_are_dropped_the_rest_delivered(
     publish(redis_broker.producer(), queue_names(redis_broker.queue).sessions, [body])
     stats = deliver(redis_broker, endpoint, timeout=10)
     assert stats["delivered"] == 7 and total(received_sessions(endpoint.requests)) == 7
-    assert "dropping 4 session count(s) with impossible values" in caplog.text
+    # the sessions of the year-9999 minute are counted; the other three entries hold none that can be
+    assert stats["dropped"] == 5 and stats["unreadable"] == 3
+    assert "dropping 3 session-count entr(ies) with impossible values" in caplog.text
+    assert "dropping 5 session(s) counted in minutes over a day ahead" in caplog.text

@@ -6,10 +6,12 @@ counts the worker processes took add up exactly.
 
 Covers: bugsnag_celery/hooks/runner.py, bugsnag_celery/hooks/signals.py
 Covers: bugsnag_celery/delivery/flusher.py, bugsnag_celery/payload/sessions.py
+Covers: bugsnag_celery/hooks/wiring.py, bugsnag_celery/options/sources.py
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -74,7 +76,7 @@ def check_records(rows: list[dict[str, Any]]) -> None:
             assert first is None, row
             continue
         assert first is not None, row
-        assert first["id"] == task_session_id(row["id"], row["retries"]), row
+        assert first["id"] == task_session_id(row["id"], row["retries"], row["delivery"]), row
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", first["startedAt"]), first
         assert first["paused"] is False and first["events"] == {"handled": 0, "unhandled": 0}, row
         assert first["id"] not in ids_seen, "two runs shared a session"
@@ -174,7 +176,7 @@ def test_no_leak_between_concurrent_tasks(
         peak = max(peak, running)
     assert peak == n, f"only {peak} tasks ran at once"
     for row in rows:
-        expected = task_session_id(row["id"], 0)
+        expected = task_session_id(row["id"], 0, row["delivery"])
         assert row["first"]["id"] == expected and row["last"]["id"] == expected, row
     assert len({r["first"]["id"] for r in rows}) == n
 
@@ -192,7 +194,7 @@ def test_seed_semantics_inside_a_worker(fs_broker: Broker, out_dir: Path, endpoi
         assert worker.stop() == 0
     manual = next(r for r in rows if r["task"] == "manual_calls")
     after = next(r for r in rows if r["task"] == "after_manual")
-    task_id = task_session_id(manual["id"], 0)
+    task_id = task_session_id(manual["id"], 0, manual["delivery"])
     assert manual["start"]["id"] == task_id
     assert manual["resume_active"] is False  # not paused: nothing changes
     assert manual["after_pause"] == {**manual["start"], "paused": True}
@@ -200,22 +202,59 @@ def test_seed_semantics_inside_a_worker(fs_broker: Broker, out_dir: Path, endpoi
     assert manual["after_resume"] == manual["start"]
     assert manual["after_start"]["id"] not in (task_id, None)  # replaced, random UUID
     assert manual["after_start"]["paused"] is False
-    assert after["first"]["id"] == task_session_id(after["id"], 0)  # no leak into the next task
+    assert after["first"]["id"] == task_session_id(
+        after["id"], 0, after["delivery"]
+    )  # no leak into the next task
     assert total(delivered(fs_broker, endpoint)) == 3  # two task runs + one started by hand
 
 
+#: Every place the worker says it looked for the key (README "Configuration").
+KEY_PLACES = (
+    "configure(api_key=...)",
+    "app.conf.bugsnag_api_key",
+    "the environment variable BUGSNAG_API_KEY",
+    "Django's settings.BUGSNAG['api_key']",
+    "the official bugsnag client's configuration.api_key",
+)
+
+
+@pytest.mark.parametrize(
+    ("source", "held"),
+    [
+        ({}, "configure(api_key=...) (not set)"),
+        ({"configure": {"api_key": "  "}}, "configure(api_key=...) (empty)"),
+        ({"env": {"BUGSNAG_API_KEY": ""}}, "the environment variable BUGSNAG_API_KEY (empty)"),
+        ({"conf": {"bugsnag_api_key": ""}}, "app.conf.bugsnag_api_key (empty)"),
+    ],
+    ids=["absent", "keyword-whitespace", "environment-empty", "celery-config-empty"],
+)
 def test_missing_api_key_warns_once_and_tasks_run(
-    fs_broker: Broker, out_dir: Path, endpoint: Endpoint
+    fs_broker: Broker, out_dir: Path, endpoint: Endpoint, source: dict[str, dict[str, str]], held: str
 ) -> None:
-    config = local(endpoint, **{k: v for k, v in CONFIG.items() if k != "api_key"})
-    with Worker(fs_broker, out_dir, configure=config) as worker:
+    """An empty key is no key, from any source: the worker starts (its module imports), warns
+    once naming every place it looked, runs every task -- crashes too, in two pool children --
+    and sends nothing."""
+    config = local(
+        endpoint, **{k: v for k, v in CONFIG.items() if k != "api_key"}, **source.get("configure", {})
+    )
+    env = {**source.get("env", {}), "BSC_APP_CONF": json.dumps(source.get("conf", {}))}
+    with Worker(fs_broker, out_dir, configure=config, env=env) as worker:
         app = fs_broker.producer()
         for i in range(4):
             app.send_task("session_app.observe", (f"k{i}",))
-        rows = wait_for_records(out_dir, 4, worker=worker)
+        for _ in range(2):
+            app.send_task("session_app.crashing")
+        rows = wait_for_records(out_dir, 6, worker=worker)
         assert worker.stop() == 0
         log = worker.log()
-    assert log.count("no API key configured") == 1, log
-    check_records(rows)  # every run had its session...
+    warnings = [line for line in log.splitlines() if "bugsnag_celery: no API key" in line]
+    assert len(warnings) == 1, log  # at the start, and no pool child repeats it on a crash
+    assert "WARNING" in warnings[0] and "nothing is sent to BugSnag" in warnings[0]
+    assert all(place in warnings[0] for place in KEY_PLACES), warnings[0]
+    assert held in warnings[0], warnings[0]
+    assert "NO API key (nothing is sent)" in log  # the start-up line says it too
+    check_records([r for r in rows if r["task"] == "observe"])  # every run had its session...
+    assert sorted(r["task"] for r in rows) == ["crashing"] * 2 + ["observe"] * 4
     stats = deliver_sessions(fs_broker, endpoint.url)
     assert stats["messages"] == 0  # ...but without a key nothing is queued for BugSnag
+    assert endpoint.requests == []  # and no crash was sent

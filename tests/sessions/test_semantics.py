@@ -72,7 +72,9 @@ def test_start_session_replaces_and_counts_each(app: Celery) -> None:
         "events": {"handled": 0, "unhandled": 0},
     }
     taken = bugsnag_celery.take_pending_counts()
-    assert list(taken) == [bugsnag_celery.Release("2.0", "production", "celery", "h1")]
+    # the app's release group, and its project: the key and sessions endpoint, fingerprinted
+    identity = counts.identity_of(KEY, LOCAL["sessions_endpoint"])
+    assert list(taken) == [bugsnag_celery.Release("2.0", "production", "celery", "h1", identity)]
     assert sum(taken[next(iter(taken))].values()) == 2
 
 

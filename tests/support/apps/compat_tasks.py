@@ -24,6 +24,8 @@ from typing import Any, NamedTuple
 from celery import Celery, Task
 from celery.app.trace import task_has_custom
 
+from bugsnag_celery.sessions.current import DELIVERY_KEY
+
 Record = Callable[[dict[str, Any]], None]
 
 #: The tasks ``define`` registers, and how the workload calls each: (name, args, kwargs).
@@ -117,6 +119,7 @@ def define(app: Celery, record: Record) -> dict[str, Task]:
                 "task": task.name,
                 "id": task.request.id,
                 "retries": task.request.retries or 0,
+                "delivery": task.request.__dict__.get(DELIVERY_KEY),
                 "describe": describe(task),
                 "stack": stack_below_tracer(),
                 **fields,

@@ -1,7 +1,8 @@
 """The Celery app of the test worker modules, configured from the environment the tests set.
 
-``BSC_BROKER_URL``, ``BSC_TRANSPORT_OPTIONS`` (JSON), ``BSC_QUEUE`` and ``BSC_CONFIGURE``
-(JSON keyword arguments for ``bugsnag_celery.configure``).
+``BSC_BROKER_URL``, ``BSC_TRANSPORT_OPTIONS`` (JSON), ``BSC_QUEUE``, ``BSC_CONFIGURE``
+(JSON keyword arguments for ``bugsnag_celery.configure``) and ``BSC_APP_CONF`` (JSON: more
+Celery config, such as ``bugsnag_*`` options read from it).
 """
 
 from __future__ import annotations
@@ -28,7 +29,10 @@ def make_app(name: str, **conf: Any) -> Celery:
         task_default_routing_key=queue,
         worker_enable_remote_control=False,  # no pidbox keys/queues left on the shared broker
         broker_connection_retry_on_startup=True,
+        # e.g. bugsnag_celery.deliver_sessions routed to a queue of its own (tests/delivery/test_routing.py)
+        task_routes=json.loads(os.environ.get("BSC_ROUTES", "null")),
         **conf,
+        **json.loads(os.environ.get("BSC_APP_CONF", "{}")),
     )
     bugsnag_celery.configure(app, **json.loads(os.environ.get("BSC_CONFIGURE", "{}")))
     return app

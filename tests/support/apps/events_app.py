@@ -109,6 +109,11 @@ def ok() -> str:
     return "fine"
 
 
+@app.task(name="events.crash")
+def crash(n: int) -> None:
+    raise RuntimeError(f"crash {n}")
+
+
 class HostileStr(Exception):
     def __str__(self) -> str:
         raise RuntimeError("no str for you")
@@ -147,3 +152,15 @@ def hostile(kind: str) -> None:
         down(0)
     if kind == "bad_repr_arg":
         raise ValueError(Unrepresentable())
+
+
+@app.task(name="events.lost_twice", acks_late=True, reject_on_worker_lost=True)
+def lost_twice(markers: str) -> None:
+    """Kills its own pool child on its first two deliveries (counted in files under
+    *markers*); the third reports a handled event (its session named in it) and returns."""
+    os.makedirs(markers, exist_ok=True)
+    seen = len(os.listdir(markers))
+    if seen < 2:
+        open(os.path.join(markers, f"delivery-{seen}"), "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    bugsnag_celery.notify(RuntimeError("third delivery"))

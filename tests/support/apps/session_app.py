@@ -20,6 +20,7 @@ from celery.exceptions import Ignore
 from env_app import make_app
 
 import bugsnag_celery
+from bugsnag_celery.sessions.current import DELIVERY_KEY
 
 OUT = os.environ["BSC_OUT"]
 app = make_app(
@@ -28,13 +29,22 @@ app = make_app(
 
 if os.environ.get("BSC_CLOCK_SPREAD"):
     # Spread session start times over several minutes without waiting for them: every
-    # run's clock is shifted by 0..N-1 minutes, so counts land in several minute buckets.
+    # run's clock is shifted back by 0..N-1 minutes, so counts land in several minute
+    # buckets. Back, not ahead: a minute ahead of the delivery's clock is filed under its
+    # current minute (payload/sessions.py's clock rule), which would merge the buckets.
     import itertools
 
     from bugsnag_celery.hooks.runner import set_session_clock
 
     _spread, _ticks = int(os.environ["BSC_CLOCK_SPREAD"]), itertools.count()
-    set_session_clock(lambda: time.time() + 60 * (next(_ticks) % _spread))
+    set_session_clock(lambda: time.time() - 60 * (next(_ticks) % _spread))
+elif os.environ.get("BSC_CLOCK_SKEW"):
+    # A worker whose clock is off by this many seconds (positive: fast), as every run's
+    # session start reads it; whatever delivers the counts reads the right time.
+    from bugsnag_celery.hooks.runner import set_session_clock
+
+    _skew = float(os.environ["BSC_CLOCK_SKEW"])
+    set_session_clock(lambda: time.time() + _skew)
 
 
 if os.environ.get("BSC_RECORD_FLUSHES"):
@@ -63,6 +73,10 @@ if os.environ.get("BSC_RECORD_FLUSHES"):
 
 
 def _record(**fields: Any) -> None:
+    from celery import current_task
+
+    request = getattr(current_task, "request", None)
+    fields.setdefault("delivery", getattr(request, "__dict__", {}).get(DELIVERY_KEY))
     fields.setdefault("pid", os.getpid())
     fields.setdefault("thread", threading.get_ident())
     line = (json.dumps(fields) + "\n").encode()

@@ -1,0 +1,131 @@
+"""The ledger: what a killed process leaves, read back exactly (forked children killed here).
+
+A real worker can't be made to die at the exact points these need (after a flush the broker
+refused, after the broker took a batch, with an event in each state), so each child is
+forked from this process, brought to that point and SIGKILLed; the parent reads what its
+ledger holds and recovers it, as a worker's main process does.
+
+Covers: bugsnag_celery/sessions/ledger.py, bugsnag_celery/delivery/recovery.py
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from celery import Celery
+
+import bugsnag_celery
+from bugsnag_celery import registry
+from bugsnag_celery.delivery.recovery import recover
+from bugsnag_celery.sessions import counts, ledger
+from bugsnag_celery.transport.http import Request
+from bugsnag_celery.transport.journal import journal
+from bugsnag_celery.transport.outcome import Fate
+
+KEY = "0123456789abcdef0123456789abcdef"
+LOCAL = {"notify_endpoint": "http://127.0.0.1:9/notify", "sessions_endpoint": "http://127.0.0.1:9/sessions"}
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Iterator[Path]:
+    app = Celery("ledger-test", broker="memory://", set_as_current=False)
+    app.conf.task_always_eager = True
+    bugsnag_celery.configure(app, api_key=KEY, ledger_dir=str(tmp_path), queue_prefix="ledger-test", **LOCAL)
+    registry.flusher.enabled = False
+    bugsnag_celery.take_pending_counts()
+    try:
+        yield tmp_path
+    finally:
+        registry.flusher.enabled = True
+        bugsnag_celery.unconfigure(app)
+        bugsnag_celery.take_pending_counts()
+        ledger.configure(None, list)
+
+
+def killed_child(work: Callable[[], None]) -> int:
+    """Fork a child that does *work* and is SIGKILLed; its pid."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            work()
+        finally:
+            os.kill(os.getpid(), signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return pid
+
+
+def count(n: int) -> None:
+    release = registry.states()[0].release
+    for _ in range(n):
+        counts.count_session(release, 1_800_000_000.0)
+
+
+def held(folder: Path, pid: int) -> tuple[int, list[bytes]]:
+    contents = ledger.read(str(folder / f"{pid}.ledger"))
+    assert contents is not None
+    return sum(n for b in contents.counts.values() for n in b.values()), [e for _, _, e in contents.events]
+
+
+def test_a_killed_process_leaves_every_count_it_had_not_handed_on(folder: Path) -> None:
+    def work() -> None:
+        count(5)
+        taken = counts.take_pending_counts(hold=True)  # a flush ...
+        counts.restore_pending_counts(taken)  # ... the broker refused: kept
+        count(3)
+        counts.take_pending_counts(hold=True)  # a flush on its way when the kill comes
+
+    assert held(folder, killed_child(work))[0] == 8
+
+
+def test_counts_the_broker_took_are_not_left_again(folder: Path) -> None:
+    def work() -> None:
+        count(5)
+        counts.take_pending_counts(hold=True)
+        counts.settle()  # the broker took them
+        count(2)
+
+    assert held(folder, killed_child(work))[0] == 2
+
+
+def test_events_are_left_until_their_fate_is_known(folder: Path) -> None:
+    done: list[Fate] = []
+
+    def request(i: int) -> Request:
+        r = Request(LOCAL["notify_endpoint"], KEY, "4.0", encoded=[b'{"n":%d}' % i], on_done=done.append)
+        journal(r)
+        assert r.on_done is not None and r.on_done != done.append  # kept, and told of its end
+        return r
+
+    def work() -> None:
+        first = request(0)
+        request(1)
+        assert first.on_done is not None
+        first.on_done(Fate.DELIVERED)
+        first.on_done(Fate.DELIVERED)  # a second end (a flush took it over) changes nothing
+        request(2)
+
+    assert held(folder, killed_child(work))[1] == [b'{"n":1}', b'{"n":2}']
+
+
+def test_recovery_claims_a_dead_ledger_once_and_puts_its_counts_here(folder: Path) -> None:
+    pid = killed_child(lambda: count(4))
+    sent: list[tuple[str, str, bytes]] = []
+
+    def submit(*event: object) -> bool:
+        sent.append(event)  # type: ignore[arg-type]
+        return True
+
+    alive = ledger.current()
+    assert alive is not None and Path(alive.path).exists()  # this process's own: never taken
+    got = recover(str(folder), ["another app's scope"], submit)
+    assert got.processes == 0 and (folder / f"{pid}.ledger").exists()  # not this app's: left alone
+    scopes = ledger.read(str(folder / f"{pid}.ledger")).scopes  # type: ignore[union-attr]
+    got = recover(str(folder), scopes, submit)
+    assert (got.processes, got.sessions) == (1, 4)
+    assert not (folder / f"{pid}.ledger").exists()
+    assert sum(n for b in bugsnag_celery.take_pending_counts().values() for n in b.values()) == 4
+    assert recover(str(folder), scopes, lambda *e: True).processes == 0  # once
