@@ -4,8 +4,10 @@ Most users already run the official client in their web processes, and their tas
 calls ``bugsnag.notify``. In a worker of a configured app this module makes that client
 part of the task run instead of a second, unaware reporter:
 
-- its events from inside a task run carry the run's session and count in it (a
-  ``before_notify`` callback, the official client's own extension point);
+- its events from inside a task run are task events like the run's crash (context, ``task``
+  tab, release) and carry the run's session and count in it (a middleware of the official
+  client's own kind, ahead of its ``DefaultMiddleware`` and every callback, and its
+  delivery taken over: ``official_delivery.py``);
 - a crash is reported once: events of the official Celery failure handler
   (``bugsnag.celery.connect_failure_handler``) are dropped for configured apps, since the
   task wrapper reports the crash with its session; one log line says the handler is redundant;
@@ -14,9 +16,10 @@ part of the task run instead of a second, unaware reporter:
   processes only) it is configured from the options resolved here, so ``bugsnag.notify``
   is not lost -- filling only what the user left unset.
 
-Outside a task run, and in paused or opted-out runs, the official client is left alone.
+Outside the task runs of configured apps the official client is left alone (in paused and
+opted-out runs its events are task events, with no session, as a crash there is).
 Only the official *default* client (``bugsnag.notify``, ``bugsnag.configure``) is adopted.
-What adoption changed (the callback, the ``start_session`` guard, the failure handler it
+What adoption changed (the middleware, the ``start_session`` guard, the failure handler it
 disconnected) is kept in one :class:`Adoption`; :func:`undo_adoption` puts it back when the
 last app is unconfigured. Values filled in on the official client stay: they are its
 configuration now, which the user's own ``bugsnag.notify`` calls may rely on.
@@ -31,16 +34,14 @@ import os
 import sys
 from collections.abc import Callable
 from types import ModuleType
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import registry
 from ..logs import log_every
 from ..options.declared import DEFAULT_NOTIFY_ENDPOINT, DEFAULT_SESSIONS_ENDPOINT, Options, official_name
 from ..reporting.official_event import filled_in, is_task_event
-from ..reporting.reporter import raised_while_paused
-from ..sessions.current import current_session
 from .modes import TRACK, mode_for
-from .official_delivery import ATTRIBUTION, TaskRunDelivery
+from .official_delivery import TaskRunDelivery, as_task_event
 from .official_scope import RunScope, make_run_scope
 
 if TYPE_CHECKING:
@@ -77,7 +78,7 @@ class Adoption:
     )
 
     def __init__(self) -> None:
-        #: The official clients' callback stacks our ``before_notify`` callback was added to.
+        #: The official clients' internal middleware stacks our :func:`before_notify` was put in.
         self.callback_in: list[MiddlewareStack] = []
         #: ``(session tracker, our guard, its start_session instance attribute before)``.
         self.guarded: list[tuple[object, Callable[[], None], object]] = []
@@ -94,10 +95,10 @@ class Adoption:
         self.excluded_in: list[tuple[list[object], object]] = []
 
     def undo(self) -> None:
-        """Put the official client back as it was: callback removed, guard off, handler back."""
+        """Put the official client back as it was: middleware removed, guard off, handler back."""
         for middleware in self.callback_in:
-            # bugsnag has no public way to remove a before_notify callback: its
-            # MiddlewareStack keeps each as a SimpleMiddleware whose ``before`` it is.
+            # bugsnag has no public way to remove a middleware: its MiddlewareStack keeps
+            # ours as a SimpleMiddleware whose ``before`` it is.
             kept = [m for m in middleware.stack if getattr(m, "before", None) is not before_notify]
             middleware.stack[:] = kept
         self.callback_in.clear()
@@ -180,12 +181,13 @@ class OfficialEvent(Protocol):
 
 
 def before_notify(event: OfficialEvent) -> bool | None:
-    """The official client's callback: False drops the event; anything else sends it."""
+    """The official client's first middleware (before its ``DefaultMiddleware`` and every
+    callback): False drops the event; an event of a task run becomes a task event."""
     try:
         if not registry.states():
             return None  # everything unconfigured: the official client is on its own again
         if is_task_event(event):
-            return None  # this package's own event, under the official policy (official_event.py)
+            return None  # this package's own event, built as a task event (official_event.py)
         if _is_official_celery_failure(event) and _task_of_configured_app(getattr(event, "context", None)):
             _say_once(
                 "handler",
@@ -194,15 +196,12 @@ def before_notify(event: OfficialEvent) -> bool | None:
                 "connect_failure_handler() is redundant with bugsnag_celery.configure() and can go.",
             )
             return False
-        if _in_task_run() is None:
-            return None
-        # Which session it belongs to; counted only once it is delivered (official_delivery.py)
-        session = current_session()
-        raised = getattr(event, "exception", None)
-        paused = isinstance(raised, BaseException) and raised_while_paused(raised)
-        ATTRIBUTION.set(None if session is None or session.paused or paused else session)
+        reporter, task, request = registry.current_reporter()
+        if reporter is not None and task is not None and request is not None:
+            # its task context, and its session: counted only once it is delivered
+            as_task_event(event, reporter, task, request)
     except Exception:
-        logger.exception("bugsnag_celery: could not attribute an event of the official client")
+        logger.exception("bugsnag_celery: could not make a task event of an event of the official client")
     return None
 
 
@@ -321,10 +320,7 @@ def adopt(options: Options, *, load: bool) -> None:
         module = official_module(load)
         if module is None:
             return
-        middleware = module.configuration.middleware  # where module.before_notify adds to
-        if not any(adopted is middleware for adopted in _adoption.callback_in):
-            _adoption.callback_in.append(middleware)
-            module.before_notify(before_notify)
+        _insert_middleware(module)
         _drop_failure_handler()
         _guard_start_session(module)
         _wrap_delivery(module)
@@ -335,6 +331,19 @@ def adopt(options: Options, *, load: bool) -> None:
             _configure_unset(module, options)
     except Exception:
         logger.exception("bugsnag_celery: could not adopt the official bugsnag client")
+
+
+def _insert_middleware(module: ModuleType) -> None:
+    """:func:`before_notify` in the internal middleware, ahead of ``DefaultMiddleware`` (which
+    fills in the request configuration's context where an event has none) and of every
+    callback, so that they see a task event as they see a crash event."""
+    from bugsnag.middleware import DefaultMiddleware, SimpleMiddleware
+
+    middleware = module.configuration.internal_middleware
+    if not any(adopted is middleware for adopted in _adoption.callback_in):
+        _adoption.callback_in.append(middleware)
+        ours: Any = before_notify  # the official stubs want a callback typed by their Event
+        middleware.insert_before(DefaultMiddleware, SimpleMiddleware(before=ours))
 
 
 def _wrap_delivery(module: ModuleType) -> None:

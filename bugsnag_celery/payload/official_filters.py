@@ -5,8 +5,8 @@ The official encoder (``SanitizingJSONEncoder``) replaces the value of every dic
 contains a filter, compared in lower case, with ``"[FILTERED]"``, in the dicts it marks
 (``metaData``, ``user``, ``device``, each breadcrumb's ``metaData``) and the dicts under
 them -- not inside lists. Events this package builds under the official policy
-(``reporting/official_event.py``), and the ``task`` tab it adds to ``bugsnag.notify`` events,
-get exactly that. Pure functions: no I/O.
+(``reporting/official_event.py``) get exactly that (``bugsnag.notify`` events of task runs get
+their ``task`` tab before the official encoder: it filters them itself). Pure functions: no I/O.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from .redaction import ALREADY_FILTERED, REDACTED, secret_matcher
 
-__all__ = ["FILTERED", "filter_params", "Cleaner", "filters_search", "cleaner_for"]
+__all__ = ["FILTERED", "Cleaner", "filters_search", "cleaner_for"]
 
 #: Keys whose verdict a :class:`Cleaner` keeps.
 MAX_KEYS = 4096
@@ -25,49 +25,10 @@ MAX_KEYS = 4096
 FILTERED = ALREADY_FILTERED  # what the official encoder writes for a filtered value
 
 
-def filter_params(value: object, filters: tuple[str, ...], seen: set[int] | None = None) -> object:
-    """*value* with the official encoder's ``params_filters`` applied (its ``filter_string_values``).
-
-    Dict keys that contain a filter, compared in lower case, get ``"[FILTERED]"``; the walk
-    goes into dicts only, as the official encoder's does. A dict inside itself is left
-    to the encoder, which turns the cycle into text.
-    """
-    if not filters or not isinstance(value, dict):
-        return value
-    return _filter_dict(value, _pattern(filters), set() if seen is None else seen)
-
-
 @functools.lru_cache(maxsize=16)
 def _pattern(filters: tuple[str, ...]) -> re.Pattern[str]:
     """One search for any filter (a substring of the lower-cased key), built once per filter list."""
     return re.compile("|".join(re.escape(f) for f in filters))
-
-
-def _filter_dict(value: dict[object, object], pattern: re.Pattern[str], seen: set[int]) -> object:
-    if id(value) in seen:
-        return value
-    seen.add(id(value))
-    clean: dict[object, object] | None = None  # copied only if something is filtered
-    search = pattern.search
-    for key, item in value.items():
-        if isinstance(key, str):
-            hit = search(key.lower())
-        elif isinstance(key, bytes):
-            hit = search(key.decode("utf-8", "replace").lower())
-        else:
-            hit = None
-        if hit is not None:
-            new: object = FILTERED
-        elif isinstance(item, dict):
-            new = _filter_dict(item, pattern, seen)
-        else:
-            continue
-        if new is not item:
-            if clean is None:
-                clean = dict(value)
-            clean[key] = new
-    seen.discard(id(value))
-    return value if clean is None else clean
 
 
 def filters_search(filters: tuple[str, ...]) -> Callable[[str], object] | None:

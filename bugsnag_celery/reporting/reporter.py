@@ -14,9 +14,10 @@ from typing import Any, cast
 
 from ..about import runtime_versions
 from ..clock import now_iso
+from ..delivery.flusher import LostEvents
 from ..logs import log_every
 from ..options.declared import Options
-from ..payload.encoding import encode_json
+from ..payload.encoding import encode_event
 from ..payload.exceptions import exception_entries
 from ..payload.redaction import Redacted, redact, scrub
 from ..payload.shapes import JSON, Event, SessionRef, SeverityReason, session_reference
@@ -70,7 +71,12 @@ class Reporter:
         self.release = release
         self.notify_endpoint = options.endpoints.notify
         self.sender = Sender(spool, timeout=options.delivery_timeout)
-        self._warned_no_key = False
+        #: Events this process lost (refused, unanswered twice, neither sent nor spooled):
+        #: the flusher reports them with the counts, for ``celery bugsnag status``.
+        self.lost = LostEvents()
+        #: The missing key was said (here, or by the worker's start, whose children inherit it):
+        #: one warning, not one more per process.
+        self.warned_no_key = False
 
     # ------------------------------------------------------------------ reporting
 
@@ -88,6 +94,7 @@ class Reporter:
         user: Mapping[str, object] | None = None,
         traceback_text: str | None = None,
         session_override: SessionRef | None = None,
+        caller: FrameType | None = None,
     ) -> bool:
         """Build *exc*'s event, pass it through the project's policy, count it, hand it over.
 
@@ -102,9 +109,9 @@ class Reporter:
         if not opts.sends:
             return False
         if not opts.api_key:
-            if not self._warned_no_key:
-                self._warned_no_key = True
-                logger.warning("bugsnag_celery: no API key configured; events are not sent")
+            if not self.warned_no_key:
+                self.warned_no_key = True
+                logger.warning("bugsnag_celery: no API key; events are not sent")
             return False
         client = configured_client()
         official: Event | None = None
@@ -113,7 +120,7 @@ class Reporter:
                 official = official_event.build(
                     client, exc, unhandled=unhandled, severity=severity, severity_reason=severity_reason,
                     context=context, metadata=metadata or {}, grouping_hash=grouping_hash, user=user,
-                    traceback_text=traceback_text, hide_frame=_is_own_frame, ours=opts,
+                    traceback_text=traceback_text, hide_frame=_is_own_frame, ours=opts, caller=caller,
                 )  # fmt: skip
             except Exception:
                 # A hostile exception (its ``__str__`` raises...) or a callback of the project's
@@ -137,25 +144,24 @@ class Reporter:
         paused = session is not None and raised_while_paused(exc)
         return self._finish(event, None if paused else session, session_override)
 
-    def take_over(
-        self, event: Event, session: Session | None, task_name: str | None, task_tab: Mapping[str, object]
-    ) -> bool:
-        """An event the official client built (``bugsnag.notify`` in a task run, after its own
-        callbacks and filters): a task event like the run's crash (context, ``task`` tab),
-        this package's options on top, counted in *session*, sent."""
+    def take_over(self, event: dict[str, Any], session: Session | None) -> bool:
+        """An event the official client built and sent through its callbacks and filters
+        (``bugsnag.notify`` in a task run), as it encoded it: this package's options on top,
+        counted in *session*, sent.
+
+        It is a task event already: its task context was given before the callbacks
+        (``hooks/official_delivery.py``), so what they changed is kept. The official payload
+        names the release stage outside ``app``: put where a crash event has it (and the
+        worker's ``app_type`` where a callback left none, as for a crash).
+        """
         opts = self.options
         if not opts.sends or not opts.api_key:
             return False
-        if not event.get("context"):
-            event["context"] = task_name
-        event["metaData"] = {"task": redact(task_tab, opts.redacted_keys), **(event.get("metaData") or {})}
         event.pop("session", None)  # the official client's own session tracking: not this run's
         app = event.get("app") or {}
-        # in the worker's release, where its session is counted (the official one unless told otherwise)
-        release = self.release
-        event["app"] = {"version": release.app_version, "releaseStage": release.release_stage,
-                        "type": app.get("type") or release.app_type}  # fmt: skip
-        return self._finish(self._ours_on_top(event), session, None)
+        event["app"] = {"version": app.get("version"), "releaseStage": event.get("releaseStage"),
+                        "type": app.get("type") or self.release.app_type}  # fmt: skip
+        return self._finish(self._ours_on_top(cast("Event", event)), session, None)
 
     def _finish(self, event: Event, session: Session | None, session_override: SessionRef | None) -> bool:
         """This package's callbacks; then, if it is still to be sent, counted and handed over."""
@@ -245,8 +251,9 @@ class Reporter:
         api_key = self.options.api_key
         if api_key:
             self.sender.submit(
-                Request(self.notify_endpoint, api_key, EVENTS_VERSION, encoded=[encode_json(event)])
-            )
+                Request(self.notify_endpoint, api_key, EVENTS_VERSION, encoded=[encode_event(event)],
+                        on_done=self.lost.note)
+            )  # fmt: skip
 
 
 def raised_while_paused(exc: BaseException) -> bool:

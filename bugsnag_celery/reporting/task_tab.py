@@ -21,6 +21,7 @@ from ..options.declared import Options
 from ..payload.redaction import Redacted, is_secret, redact
 from ..payload.shapes import JSON
 from ..payload.text import safe_repr
+from ..sessions.current import DELIVERY_KEY
 
 __all__ = ["task_metadata", "set_worker_pool"]
 
@@ -45,6 +46,8 @@ def task_metadata(task: Task, request: Context, options: Options) -> Redacted:
         "routing_key": info.get("routing_key"),
         "exchange": info.get("exchange"),
         "redelivered": info.get("redelivered"),
+        # this delivery's own id, from the worker's main process (part of the session id)
+        "delivery": getattr(request, "__dict__", {}).get(DELIVERY_KEY),
         "hostname": getattr(request, "hostname", None),
         "origin": getattr(request, "origin", None),
         "root_id": getattr(request, "root_id", None),

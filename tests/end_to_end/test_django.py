@@ -2,15 +2,18 @@
 
 Celery's documented Django layout (``shop/celery.py``, settings under ``CELERY_``), the
 official notifier configured the three ways projects do it, and ``bugsnag.notify`` in the
-task code. A real prefork worker; assertions on what the BugSnag endpoint receives.
+task code; and the same project with an empty key in ``settings.BUGSNAG`` (development). A real
+prefork worker; assertions on what the BugSnag endpoint receives.
 
-Covers: bugsnag_celery/hooks/official.py
+Covers: bugsnag_celery/hooks/official.py, bugsnag_celery/options/sources.py
 """
 
 from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -19,7 +22,7 @@ import pytest
 from brokers import Broker
 from endpoint import Endpoint
 from results import deliver_sessions, received_sessions, total, wait_for_records
-from workers import Worker
+from workers import APPS, Worker
 
 from bugsnag_celery import task_session_id
 
@@ -30,7 +33,7 @@ N = 30  # orders 1..30: every 3rd notifies (handled), every 5th crashes, order 7
 def run_shop(broker: Broker, out: Path, endpoint: Endpoint, **env: str) -> tuple[list[dict[str, Any]], str]:
     environment = {
         "SHOP_ENDPOINT": endpoint.url,
-        "PYTHONPATH": os.pathsep.join([str(SHOP), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONPATH": os.pathsep.join([str(SHOP), str(APPS), os.environ.get("PYTHONPATH", "")]),
         **env,
     }
     with Worker(broker, out, module="shop", env=environment) as worker:
@@ -66,7 +69,7 @@ def test_a_django_project_that_already_uses_the_official_notifier(
     for event in handled:
         row = by_order[int(event["exceptions"][0]["message"].split()[1])]
         assert event["unhandled"] is False
-        assert event["session"]["id"] == task_session_id(row["id"], 0)
+        assert event["session"]["id"] == task_session_id(row["id"], 0, event["metaData"]["task"]["delivery"])
         assert event["session"]["events"] == {"handled": 1, "unhandled": 0}
 
     # Each crash: once (whatever the official failure handler does), with its session.
@@ -76,7 +79,7 @@ def test_a_django_project_that_already_uses_the_official_notifier(
     for event in crashes:
         row = by_order[int(event["exceptions"][0]["message"].split()[1])]
         assert event["unhandled"] is True
-        assert event["session"]["id"] == task_session_id(row["id"], 0)
+        assert event["session"]["id"] == task_session_id(row["id"], 0, event["metaData"]["task"]["delivery"])
         assert event["session"]["events"] == {"handled": int(row["notified"]), "unhandled": 1}
         # settings.BUGSNAG is the project's policy in the worker too (its params_filters here)
         assert event["metaData"]["task"]["retries"] == "[FILTERED]", event["metaData"]["task"]
@@ -109,3 +112,40 @@ def test_a_django_project_that_already_uses_the_official_notifier(
     print(f"\n{official}{' (configure first)' if configure_first else ''}: sent {N} runs, "
           f"{len(notified)} notify, {len(crashed)} crashes, 1 paused notify; received {total(received)} "
           f"sessions, events {dict(counts)}")  # fmt: skip
+
+
+def test_an_empty_key_in_django_settings_is_no_key(
+    redis_broker: Broker, out_dir: Path, endpoint: Endpoint
+) -> None:
+    """``BUGSNAG = {"api_key": os.environ.get(..., "")}``, the usual way to leave the key out of
+    development: ``manage.py check`` passes (the Celery module imports), and a real worker runs
+    every task, warns once naming settings.BUGSNAG among the places it looked, and sends nothing."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("BUGSNAG_API")},
+        **redis_broker.env(),
+        "BSC_OUT": str(out_dir),
+        "SHOP_ENDPOINT": endpoint.url,
+        "SHOP_API_KEY": "",
+        "PYTHONPATH": os.pathsep.join([str(SHOP), str(APPS), os.environ.get("PYTHONPATH", "")]),
+    }
+    check = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=SHOP, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "no issues" in check.stdout and "ValueError" not in check.stderr, check.stdout + check.stderr
+
+    shop_env = {k: env[k] for k in ("SHOP_ENDPOINT", "SHOP_API_KEY", "PYTHONPATH")}
+    with Worker(redis_broker, out_dir, module="shop", env=shop_env) as worker:
+        app = redis_broker.producer()
+        for order in range(1, N + 1):
+            app.send_task("orders.charge", (order,), queue=redis_broker.queue)
+        rows = wait_for_records(out_dir, N, worker=worker)
+        assert worker.stop() == 0
+        log = worker.log()
+    assert sorted(r["order_id"] for r in rows) == list(range(1, N + 1))  # every task ran
+    warnings = [line for line in log.splitlines() if "bugsnag_celery: no API key" in line]
+    assert len(warnings) == 1, log[-5000:]
+    assert "Django's settings.BUGSNAG['api_key'] (empty)" in warnings[0], warnings[0]
+    assert "CELERY_BUGSNAG_API_KEY" in warnings[0], warnings[0]  # the namespace's spelling too
+    deliver_sessions(redis_broker, endpoint.url)
+    assert endpoint.requests == [], endpoint.requests  # no event, no session count

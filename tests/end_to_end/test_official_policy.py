@@ -11,6 +11,7 @@ events are compared with ours.
 
 Covers: bugsnag_celery/reporting/official_event.py, bugsnag_celery/hooks/official.py
 Covers: bugsnag_celery/hooks/official_delivery.py, bugsnag_celery/payload/official_filters.py
+Covers: bugsnag_celery/payload/official_frames.py, bugsnag_celery/payload/official_crumbs.py
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ import bugsnag.celery
 from bugsnag.event import Event
 from celery import Celery
 from official_helpers import fail
+from records import record
 
 import bugsnag_celery
 from bugsnag_celery.tools.fs_transport import TRANSPORT
@@ -119,16 +120,6 @@ else:
     bugsnag_celery.configure(app)
 
 
-def _record(**fields: Any) -> None:
-    line = (json.dumps({"pid": os.getpid(), **fields}) + "\n").encode()
-    fd = os.open(os.path.join(os.environ["BSC_OUT"], f"records-{os.getpid()}.jsonl"),
-                 os.O_WRONLY | os.O_CREAT | os.O_APPEND)  # fmt: skip
-    try:
-        os.write(fd, line)
-    finally:
-        os.close(fd)
-
-
 @app.task(bind=True, name="official.work")
 def work(
     self: Any,
@@ -146,7 +137,7 @@ def work(
     run (its task tab) and are put in a metadata tab and a breadcrumb's metadata (the user takes
     only id, name and email: the official client's ``set_user``).
     """
-    _record(id=self.request.id, tag=tag)
+    record(id=self.request.id, tag=tag)
     secrets = {k: v for k, v in (("ssn", ssn), ("iban", iban)) if v is not None}
     bugsnag.leave_breadcrumb(f"manual {tag}", {"tag": tag, **secrets})
     logger.info("log %s", tag)
