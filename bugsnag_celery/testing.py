@@ -8,7 +8,8 @@
 
 - :class:`Endpoint` is the *scriptable* stand-in: a local HTTP server that records every
   request as it arrived and answers as it is told (statuses in turn, a delay, a 429 with
-  ``Retry-After``), for tests of what happens when BugSnag is slow, refuses or throttles,
+  ``Retry-After``, or no answer at all while it hangs), for tests of what happens when
+  BugSnag is slow, hung, refuses or throttles,
   and for the benchmarks, which count what arrived at the endpoint rather than trust the
   sender's word. It needs neither pytest nor Celery, so a benchmark or a script can use it::
 
@@ -52,10 +53,16 @@ class Endpoint:
     The answer to a request is the first of :attr:`statuses` (each used once), else what
     *answer* returns for the record (when given and not ``None``), else :attr:`default`;
     it leaves after :attr:`delay` seconds; a 429 carries ``Retry-After:`` :attr:`retry_after`
-    when that is set. *keep*, when given, turns each record into what is stored (the
-    benchmarks keep a digest: tens of thousands of parsed events would crowd the machine
-    they measure). *keep_alive* answers in HTTP/1.1, holding connections open as BugSnag
-    does; *reply* is the body of every answer.
+    when that is set. Until :attr:`hang_until` (a ``time.monotonic()`` time; :meth:`hang`
+    sets it) the endpoint is *hung*: it accepts connections and reads each request whole,
+    then never answers. Those requests are recorded in :attr:`unanswered`, not in
+    :attr:`requests` (nothing was processed); when the hang ends their connections are
+    closed, still unanswered, and later requests are answered as scripted.
+
+    *keep*, when given, turns each record into what is stored (the benchmarks keep a
+    digest: tens of thousands of parsed events would crowd the machine they measure).
+    *keep_alive* answers in HTTP/1.1, holding connections open as BugSnag does; *reply* is
+    the body of every answer.
     """
 
     def __init__(
@@ -74,6 +81,8 @@ class Endpoint:
         self.default = default
         self.delay = delay
         self.retry_after = retry_after  # sent with every 429
+        self.hang_until = 0.0  # time.monotonic() before which requests get no answer at all
+        self.unanswered: list[Record] = []  # requests read while hung (not answered, not processed)
         self.lock = threading.Lock()
         endpoint = self
 
@@ -88,6 +97,17 @@ class Endpoint:
                     record["body"] = json.loads(raw)
                 except ValueError:  # not JSON (the benchmarks' peers: Sentry's envelopes, OTLP)
                     record["body"] = None
+                with endpoint.lock:
+                    hang_until = endpoint.hang_until
+                    if record["at"] < hang_until:
+                        endpoint.unanswered.append(record)
+                if record["at"] < hang_until:
+                    # Hung: the body was read, no answer ever leaves. The connection stays
+                    # open until the hang ends, then is dropped.
+                    while time.monotonic() < endpoint.hang_until and not endpoint.closed.is_set():
+                        endpoint.closed.wait(0.05)
+                    self.close_connection = True
+                    return
                 with endpoint.lock:
                     status = endpoint.statuses.pop(0) if endpoint.statuses else None
                     delay, retry_after = endpoint.delay, endpoint.retry_after
@@ -111,11 +131,17 @@ class Endpoint:
             def log_message(self, *args: Any) -> None:
                 pass
 
+        self.closed = threading.Event()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
+
+    def hang(self, seconds: float) -> None:
+        """Be hung for *seconds* from now: accept and read every request, answer none."""
+        with self.lock:
+            self.hang_until = time.monotonic() + seconds
 
     @property
     def url(self) -> str:
@@ -151,6 +177,7 @@ class Endpoint:
         )
 
     def close(self) -> None:
+        self.closed.set()
         self.server.shutdown()
         self.server.server_close()
 

@@ -158,6 +158,116 @@ def test_missing_api_key_is_not_an_error(app: Celery) -> None:
     assert opts is not None and opts.api_key is None
 
 
+def _django_settings(monkeypatch: pytest.MonkeyPatch, bugsnag: dict[str, object]) -> None:
+    """Django's settings as loaded in this process (what sources.py reads; nothing imported)."""
+    settings = types.SimpleNamespace(configured=True, DEBUG=False, BUGSNAG=bugsnag)
+    monkeypatch.setitem(sys.modules, "django.conf", types.SimpleNamespace(settings=settings))
+
+
+def _official_client(monkeypatch: pytest.MonkeyPatch, **configuration: object) -> None:
+    monkeypatch.setitem(
+        sys.modules, "bugsnag", types.SimpleNamespace(configuration=types.SimpleNamespace(**configuration))
+    )
+
+
+BLANK_KEY_SOURCES = ["keyword", "keyword-none", "celery-config", "celery-namespace", "environment", "django",
+                     "official-client"]  # fmt: skip
+
+
+def _blank_key_in(source: str, blank: str, app: Celery, monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
+    """Put the *blank* key in *source*; the keyword arguments for configure()."""
+    if source == "keyword":
+        return {"api_key": blank}
+    if source == "keyword-none":
+        return {"api_key": None}
+    if source == "celery-config":
+        app.conf.bugsnag_api_key = blank
+    elif source == "celery-namespace":
+        app.namespace = "CELERY"
+        app.conf.CELERY_BUGSNAG_API_KEY = blank
+    elif source == "environment":
+        monkeypatch.setenv("BUGSNAG_API_KEY", blank)
+    elif source == "django":
+        _django_settings(monkeypatch, {"api_key": blank, "app_version": "4.0"})
+    else:
+        _official_client(monkeypatch, api_key=blank, release_stage="from-official")
+    return {}
+
+
+@pytest.mark.parametrize("blank", ["", "   ", "\t\n "], ids=["empty", "spaces", "whitespace"])
+@pytest.mark.parametrize("source", BLANK_KEY_SOURCES)
+def test_an_empty_key_is_no_key_in_every_source(
+    app: Celery, monkeypatch: pytest.MonkeyPatch, source: str, blank: str
+) -> None:
+    """``os.environ.get("BUGSNAG_API_KEY", "")`` in a module every process imports: configure()
+    passes, with no key (a worker warns once and sends nothing: tests/end_to_end)."""
+    bugsnag_celery.configure(app, **_blank_key_in(source, blank, app, monkeypatch))
+    opts = bugsnag_celery.options_for(app)
+    assert opts is not None and opts.api_key is None
+    if source == "official-client":  # a client with no key is a client never configured
+        assert opts.release_stage == "production"
+
+
+@pytest.mark.parametrize("source", [s for s in BLANK_KEY_SOURCES if s != "official-client"])
+def test_an_empty_key_leaves_the_key_to_a_lower_source(
+    app: Celery, monkeypatch: pytest.MonkeyPatch, source: str
+) -> None:
+    """An empty key is absent, not a choice of "no key": a lower source's key is used."""
+    kwargs = _blank_key_in(source, "", app, monkeypatch)
+    _official_client(monkeypatch, api_key=KEY.upper())  # the lowest source of all
+    bugsnag_celery.configure(app, **kwargs)
+    opts = bugsnag_celery.options_for(app)
+    assert opts is not None and opts.api_key == KEY
+
+
+@pytest.mark.parametrize(
+    ("source", "where"),
+    [("keyword", "keyword arguments"), ("environment", "environment"), ("django", "Django settings.BUGSNAG")],
+)
+def test_a_present_but_malformed_key_still_fails_naming_the_option(
+    app: Celery, monkeypatch: pytest.MonkeyPatch, source: str, where: str
+) -> None:
+    secret = " 0123456789abcdef0123456789abcdeg "  # 32 characters, one not hex, in spaces
+    kwargs = _blank_key_in(source, secret, app, monkeypatch)
+    with pytest.raises(
+        ValueError, match=rf"'api_key' must be 32 hex.*not all hexadecimal\) \(from {where}\)"
+    ) as info:
+        bugsnag_celery.configure(app, **kwargs)
+    assert secret.strip() not in str(info.value) and secret.strip()[:8] not in str(info.value)
+    assert not bugsnag_celery.is_configured(app)
+
+
+def test_the_places_looked_for_a_key_each_say_what_they_held(
+    app: Celery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bugsnag_celery.options.sources import where_the_key_was_sought
+
+    monkeypatch.delitem(sys.modules, "bugsnag", raising=False)
+    monkeypatch.delitem(sys.modules, "django.conf", raising=False)
+    monkeypatch.delenv("DJANGO_SETTINGS_MODULE", raising=False)
+    assert where_the_key_was_sought(app, {}) == (
+        "configure(api_key=...) (not set), app.conf.bugsnag_api_key (not set), the environment variable "
+        "BUGSNAG_API_KEY (not set), Django's settings.BUGSNAG['api_key'] (no Django settings here), the "
+        "official bugsnag client's configuration.api_key (bugsnag not imported)"
+    )
+    monkeypatch.setenv("DJANGO_SETTINGS_MODULE", "shop.settings")
+    assert "settings.BUGSNAG['api_key'] (Django's settings not loaded)" in where_the_key_was_sought(app, {})
+
+    app.namespace = "CELERY"
+    app.conf.CELERY_BUGSNAG_API_KEY = " "
+    monkeypatch.setenv("BUGSNAG_API_KEY", "")
+    _django_settings(monkeypatch, {"api_key": ""})
+    _official_client(monkeypatch, api_key=KEY)  # a key somewhere is said to be "set", never shown
+    said = where_the_key_was_sought(app, {"api_key": "\t"})
+    assert said == (
+        "configure(api_key=...) (empty), app.conf.bugsnag_api_key or CELERY_BUGSNAG_API_KEY (empty), the "
+        "environment variable BUGSNAG_API_KEY (empty), Django's settings.BUGSNAG['api_key'] (empty), the "
+        "official bugsnag client's configuration.api_key (set)"
+    )
+    _django_settings(monkeypatch, {"app_version": "1"})
+    assert "settings.BUGSNAG['api_key'] (not set)" in where_the_key_was_sought(app, {})
+
+
 COST_PROBE = r"""
 import json, os, sys, threading
 before_threads = threading.active_count()

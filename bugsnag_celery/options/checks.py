@@ -17,7 +17,9 @@ __all__ = [
     "Check",
     "api_key",
     "boolean",
+    "folder_or_off",
     "seconds",
+    "byte_count",
     "text",
     "optional_text",
     "endpoint",
@@ -55,11 +57,17 @@ def _listed(value: object) -> list[object]:
 
 
 def api_key(option: str, value: object) -> str | None:
-    if value is None:
+    """32 hexadecimal characters (lowered); None, or a string that is empty or only whitespace,
+    is no key. Present but malformed fails, saying its length, never the key."""
+    if value is None or (isinstance(value, str) and not value.strip()):
         return None
     if not isinstance(value, str) or not _API_KEY.fullmatch(value.strip()):
         # Never echo the key itself: it ends up in logs.
-        shown = f"{len(value)} characters" if isinstance(value, str) else type(value).__name__
+        if isinstance(value, str):
+            size = len(value.strip())
+            shown = f"{size} characters" + (", not all hexadecimal" if size == 32 else "")
+        else:
+            shown = type(value).__name__
         raise _fail(option, f"must be 32 hexadecimal characters (got {shown})")
     return value.strip().lower()
 
@@ -94,6 +102,22 @@ def seconds(least: float) -> Check:
             raise _fail(option, f"must be a positive number of seconds, not {_shown(value)}")
         if number < least:
             raise _fail(option, f"must be at least {least:g} seconds, not {number:g}")
+        return number
+
+    return check
+
+
+def byte_count(least: int) -> Check:
+    """A whole number of bytes, at least *least* (a string of digits is read as one)."""
+
+    def check(option: str, value: object) -> int:
+        number = value.strip() if isinstance(value, str) else value
+        if isinstance(number, str) and number.isdigit():
+            number = int(number)
+        if not isinstance(number, int) or isinstance(number, bool):
+            raise _fail(option, f"must be a whole number of bytes, not {_shown(value)}")
+        if number < least:
+            raise _fail(option, f"must be at least {least} bytes, not {number}")
         return number
 
     return check
@@ -186,6 +210,13 @@ def path(option: str, value: object) -> str | None:
     if not isinstance(value, (str, os.PathLike)):
         raise _fail(option, f"must be a path (str or os.PathLike), not {_shown(value)}")
     return text(option, os.fspath(value))
+
+
+def folder_or_off(option: str, value: object) -> str | None:
+    """A folder, or ``""`` (off), or None (the default place)."""
+    if value == "":
+        return ""
+    return path(option, value)
 
 
 def callbacks(option: str, value: object) -> tuple[Callable[..., object], ...]:

@@ -184,6 +184,12 @@ class Options:
     report_retries: bool = option(False, checks.boolean)
     delivery_timeout: float = option(10.0, checks.seconds(0.1))
     queue_prefix: str = option("bugsnag_celery", checks.text)
+    # Where each process keeps its ledger (counts and queued events that outlive it); None:
+    # /dev/shm (or the temp folder); "": none (a killed pool child loses what it held).
+    ledger_dir: str | None = option(None, checks.folder_or_off, env="BUGSNAG_CELERY_LEDGER_DIR")
+    #: The spool of undelivered events is kept under this many bytes on the broker: past it,
+    #: each delivery run drops its oldest events, counted in ``status``. At least 1 MiB.
+    spool_max_bytes: int = option(64 * 1024 * 1024, checks.byte_count(1024 * 1024))
 
     @property
     def sends(self) -> bool:

@@ -8,6 +8,11 @@ Django's settings are loaded (the dict the official Django integration reads), t
 ``bugsnag`` package's global configuration when it was imported and configured, and last
 the official Django integration's default (release stage ``development`` under ``DEBUG``).
 
+An API key that is empty or only whitespace (``os.environ.get("BUGSNAG_API_KEY", "")``, the
+usual way to leave it out of development) is no key: that source does not set it, as if it
+were absent, and a lower source may. With no key anywhere nothing is sent, and the worker
+says once, at its start, where it looked (:func:`where_the_key_was_sought`).
+
 Resolution reads only what is already in memory: it imports neither Django nor
 ``bugsnag`` (both are looked up in ``sys.modules``), opens nothing and starts nothing,
 because the same app module is imported by every web process that only sends tasks.
@@ -27,7 +32,7 @@ from .declared import DECLARED, Options, check_unknown, validate
 if TYPE_CHECKING:
     from celery import Celery
 
-__all__ = ["resolve_options", "django_settings_pending"]
+__all__ = ["resolve_options", "django_settings_pending", "blank_key", "where_the_key_was_sought"]
 
 # The tables below are read off the declarations in ``declared.py``: one field per option.
 
@@ -44,6 +49,16 @@ _OFFICIAL_CLIENT = {
 }
 
 
+def blank_key(value: object) -> bool:
+    """No API key: None, or a string that is empty or only whitespace."""
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _celery_prefixes(app: Celery) -> list[str]:
+    namespace = getattr(app, "namespace", None)
+    return ["bugsnag_"] + ([f"{namespace}_BUGSNAG_".upper()] if namespace else [])
+
+
 def _celery_conf(app: Celery) -> dict[str, object]:
     """The app's Celery config keys for this package, prefix removed.
 
@@ -54,8 +69,7 @@ def _celery_conf(app: Celery) -> dict[str, object]:
     """
     found: dict[str, object] = {}
     conf = app.conf
-    namespace = getattr(app, "namespace", None)
-    prefixes = ["bugsnag_"] + ([f"{namespace}_BUGSNAG_".upper()] if namespace else [])
+    prefixes = _celery_prefixes(app)
     where = " or ".join(f"app.conf.{p}*" for p in prefixes)
     for key in list(conf.keys()):
         if not isinstance(key, str):
@@ -119,7 +133,7 @@ def django_settings_pending() -> bool:
 def _official_bugsnag() -> dict[str, object]:
     module = sys.modules.get("bugsnag")
     configuration = getattr(module, "configuration", None) if module is not None else None
-    if configuration is None or not getattr(configuration, "api_key", None):
+    if configuration is None or blank_key(getattr(configuration, "api_key", None)):
         return {}  # imported perhaps, but never configured
     found: dict[str, object] = {}
     for theirs, ours in _OFFICIAL_CLIENT.items():
@@ -153,6 +167,8 @@ def resolve_options(app: Celery, kwargs: Mapping[str, object]) -> Options:
     winners: dict[str, tuple[str, object]] = {}
     for where, values in reversed(sources):  # lowest precedence first, overwritten upwards
         for name, value in values.items():
+            if name == "api_key" and blank_key(value):
+                continue  # an empty key is no key: this source does not set it
             winners[name] = (where, value)
     merged: dict[str, object] = {}
     for name, (where, value) in winners.items():
@@ -161,3 +177,49 @@ def resolve_options(app: Celery, kwargs: Mapping[str, object]) -> Options:
         except ValueError as exc:
             raise ValueError(f"{exc} (from {where})") from None
     return Options(**merged)  # type: ignore[arg-type]  # each value checked by its declaration
+
+
+def _sought(value: object, given: bool) -> str:
+    """What one place held, for the warning: never the value itself."""
+    if not given:
+        return "not set"
+    return "empty" if blank_key(value) else "set"
+
+
+def _django_key_held() -> str:
+    settings = _loaded_django_settings()
+    if settings is None:
+        return "Django's settings not loaded" if django_settings_pending() else "no Django settings here"
+    raw = getattr(settings, "BUGSNAG", None)
+    if not isinstance(raw, Mapping):
+        return "no settings.BUGSNAG"
+    return _sought(raw.get("api_key"), "api_key" in raw)
+
+
+def _official_key_held() -> str:
+    module = sys.modules.get("bugsnag")
+    if module is None:
+        return "bugsnag not imported"
+    value = getattr(getattr(module, "configuration", None), "api_key", None)
+    return _sought(value, value is not None)
+
+
+def where_the_key_was_sought(app: Celery, kwargs: Mapping[str, object]) -> str:
+    """Every place the API key is looked for, in order, each with what it held ("not set",
+    "empty"; a place that could not be read says why): the worker's warning when no key was
+    found. Never a key, and nothing is imported or loaded to say it."""
+    try:
+        conf = _celery_conf(app)
+        conf_held = _sought(conf.get("api_key"), "api_key" in conf)
+    except Exception:  # an unknown option: configure() said so already
+        conf_held = "not read"
+    names = [f"app.conf.{p}api_key" if p.islower() else f"{p}API_KEY" for p in _celery_prefixes(app)]
+    conf_names = " or ".join(names)
+    var = str(DECLARED["api_key"].env)
+    return ", ".join([
+        f"configure(api_key=...) ({_sought(kwargs.get('api_key'), 'api_key' in kwargs)})",
+        f"{conf_names} ({conf_held})",
+        f"the environment variable {var} ({_sought(os.environ.get(var), var in os.environ)})",
+        f"Django's settings.BUGSNAG['api_key'] ({_django_key_held()})",
+        f"the official bugsnag client's configuration.api_key ({_official_key_held()})",
+    ])  # fmt: skip

@@ -16,22 +16,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument(
         "--no-worker", action="store_true", help="only send the workload: a worker and beat already run"
     )
-    demo.add_argument("--port", type=int, default=9339, help="the demo collector's port (if free)")
+    demo.add_argument(
+        "--port", type=int, default=9339, help="the demo collector's port, if free (default: %(default)s)"
+    )
     demo.add_argument("--serve", action="store_true", help="keep the collector's page up after the run")
     collector = commands.add_parser("collector", help="run a local BugSnag-compatible collector")
-    collector.add_argument("--host", default="127.0.0.1")
-    collector.add_argument("--port", type=int, default=9339)
+    collector.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    collector.add_argument("--port", type=int, default=9339, help="port to listen on (default: %(default)s)")
     collector.add_argument(
-        "--db", default="bugsnag-collector.sqlite", help="SQLite file (kept across restarts)"
+        "--db",
+        default="bugsnag-collector.sqlite",
+        help="SQLite file (default: %(default)s), kept across restarts",
     )
     collector.add_argument(
-        "--fail-status", type=int, help="answer every POST with this status (fault testing)"
+        "--fail-status",
+        type=int,
+        help="answer every POST with this status, for fault testing (default: none, answer as BugSnag would)",
     )
-    collector.add_argument("--delay", type=float, default=0.0, help="seconds to wait before answering")
+    collector.add_argument(
+        "--delay", type=float, default=0.0, help="seconds to wait before answering (default: %(default)s)"
+    )
     collector.add_argument(
         "--sessions-port",
         type=int,
-        help="also take sessions at POST / on this port (as sessions.bugsnag.com)",
+        help="also take sessions at POST / on this port, as sessions.bugsnag.com (default: none, "
+        "sessions only at /sessions on --port)",
     )
     args = parser.parse_args(argv)
     if args.command == "collector":

@@ -179,7 +179,7 @@ class CollectorFixture:
     # ------------------------------------------------------------------ what BugSnag received
 
     def releases(self) -> list[ReleaseFigures]:
-        """Per release: ``appVersion``, ``releaseStage``, ``sessions``, ``crashedSessions``, ``stability``."""
+        """Per release: version, stage, sessions, crashed sessions, stability; the same per app type."""
         return self.collector.releases()
 
     def _matching(self, app_version: str | None, release_stage: str | None) -> list[ReleaseFigures]:

@@ -91,7 +91,8 @@ def test_missed_event(bugsnag_collector: CollectorFixture) -> None:
         [
             "E*AssertionError: bugsnag_collector: expected at least 5 session(s) within 1 s, received 4.",
             "E*received per release: [[]{'appVersion': '1.4.2', 'releaseStage': 'test', 'sessions': 4,"
-            " 'crashedSessions': 1, 'stability': 75.0}]",
+            " 'crashedSessions': 1, 'stability': 75.0, 'appTypes': [[]{'appType': 'celery', 'sessions': 4,"
+            " 'crashedSessions': 1, 'stability': 75.0}]}]",
             "E*events received: [[]('shop.pay', 'ValueError')]",
             "E*delivered from this process while waiting: 4 session(s); 0 dropped, 0 waiting for a retry",
             "E*collector database: *bugsnag-collector.sqlite",

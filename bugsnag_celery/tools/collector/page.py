@@ -1,4 +1,6 @@
-"""The collector's ``GET /`` page: per release, what BugSnag's stability view would show.
+"""The collector's ``GET /`` page: per release, what BugSnag's stability view would show, and
+the same per app type: web processes with BugSnag's official integrations count their requests
+in the workers' release, so the release's figure alone cannot tell the workers' stability.
 
 Rendered on the server as plain HTML with an inline SVG chart: no JavaScript, no assets,
 nothing fetched from elsewhere, so it works on a machine with no network and in any
@@ -22,7 +24,7 @@ from urllib.parse import urlencode
 
 if TYPE_CHECKING:
     from .server import Collector
-    from .store import Cell, ErrorGroup, MinuteFigures, ReleaseFigures
+    from .store import AppTypeFigures, Cell, ErrorGroup, MinuteFigures, ReleaseFigures
 
 __all__ = ["LINKS", "render"]
 
@@ -36,6 +38,7 @@ h1{font-size:1.4em;margin-bottom:.2em} h2{font-size:1.15em;margin:0 0 .6em;overf
 .figure b{display:block;font-size:1.6em}
 .good{color:#137a3a} .fair{color:#a86400} .poor{color:#b3261e}
 table{border-collapse:collapse;width:100%}
+table.app-types{width:auto;max-width:100%;margin-bottom:.8em} .app-types td:first-child{font-weight:600}
 td,th{text-align:left;padding:.25em .5em;border-bottom:1px solid #eceef2;vertical-align:top}
 td{overflow-wrap:anywhere} th{font-weight:600;color:#555;overflow-wrap:normal}
 td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
@@ -90,9 +93,13 @@ def _grade(stability: float | None) -> str:
     return "good" if stability >= 99 else "fair" if stability >= 90 else "poor"
 
 
+def _percent(stability: float | None) -> str:
+    return "n/a" if stability is None else f"{stability:.2f}%"
+
+
 def _release(collector: Collector, release: ReleaseFigures, version: Cell, stage: Cell) -> str:
     stability = release["stability"]
-    shown = "n/a" if stability is None else f"{stability:.2f}%"
+    shown = _percent(stability)
     attrs = f"data-version='{escape(str(version or ''))}' data-stage='{escape(str(stage or ''))}'"
     out = [
         f"<section class='release' {attrs}>",
@@ -102,12 +109,38 @@ def _release(collector: Collector, release: ReleaseFigures, version: Cell, stage
         f"<div class='figure'>crashed sessions<b class='crashed'>{release['crashedSessions']}</b></div>",
         f"<div class='figure'>stability<b class='stability {_grade(stability)}'>{shown}</b></div>",
         "</div>",
+        _app_types(release["appTypes"]),
         _unreadable(*collector.unreadable(version, stage)),
         _chart(collector.minutes(version, stage)),
         _errors(collector.top_errors(version, stage, ids=LINKS), version, stage),
         "</section>",
     ]
     return "".join(out)
+
+
+def _app_types(types: list[AppTypeFigures]) -> str:
+    """The release's figures per app type: the workers (``celery``) apart from the web requests
+    that the official integrations count in the same release (their sessions carry no type)."""
+    rows = "".join(
+        f"<tr class='app-type' data-app-type='{escape(str(t['appType'] or ''))}'>"
+        f"<td>{_shown(t['appType'], '(no app type)')}</td><td class='n type-sessions'>{t['sessions']}</td>"
+        f"<td class='n type-crashed'>{t['crashedSessions']}</td>"
+        f"<td class='n type-stability {_grade(t['stability'])}'>{_percent(t['stability'])}</td></tr>"
+        for t in types
+    )
+    orphans = any(t["crashedSessions"] and not t["sessions"] for t in types)
+    note = (
+        "<p class='muted'>Crashed sessions and no sessions of their app type: the events named one app"
+        " type and their session counts another. BugSnag's official Python notifier sends its sessions"
+        " without one, so a web process given an <code>app_type</code> has its sessions under"
+        " &ldquo;(no app type)&rdquo; and its crashes under its app type.</p>"
+        if orphans
+        else ""
+    )
+    return (
+        "<table class='app-types'><tr><th>by app type</th><th class='n'>sessions</th>"
+        "<th class='n'>crashed sessions</th><th class='n'>stability</th></tr>" + rows + "</table>" + note
+    )
 
 
 def _unreadable(rows: list[str], total: int) -> str:

@@ -27,11 +27,20 @@ from .wire import EventsBody, SessionsBody, session_count_problem, shown
 if TYPE_CHECKING:
     from ...payload.shapes import JSONObject
 
-__all__ = ["Cell", "ReleaseFigures", "MinuteFigures", "ErrorGroup", "EventSummary", "Store"]
+__all__ = ["Cell", "AppTypeFigures", "ReleaseFigures", "MinuteFigures", "ErrorGroup", "EventSummary", "Store"]
 
 #: A value as SQLite hands it back: NULL, INTEGER, REAL, TEXT or BLOB. A stored version or
 #: stage can be any of them (an earlier version, or a hand, wrote the file).
 Cell = Union[None, int, float, str, bytes]
+
+
+class AppTypeFigures(TypedDict):
+    """One app type's share of a release (``appType`` None: sent without one)."""
+
+    appType: Cell
+    sessions: int
+    crashedSessions: int
+    stability: float | None
 
 
 class _ReleaseFields(TypedDict):
@@ -40,6 +49,7 @@ class _ReleaseFields(TypedDict):
     sessions: int
     crashedSessions: int
     stability: float | None
+    appTypes: list[AppTypeFigures]
 
 
 class ReleaseFigures(_ReleaseFields, total=False):
@@ -83,7 +93,7 @@ create table if not exists sessions (
 create table if not exists events (
     id integer primary key, app_version text, release_stage text, context text, error_class text,
     message text, unhandled integer, severity text, session_id text, payload text, received real,
-    session_started text);
+    session_started text, app_type text);
 """
 
 _SHOWN_UNREADABLE = 20  # descriptions of unreadable rows listed per release
@@ -103,17 +113,32 @@ def _time(value: object) -> str | None:
     return None if moment is None else utc_text(moment)
 
 
+def _rank(v: Cell) -> tuple[int, Cell]:
+    """SQLite's order for mixed values (NULL, numbers, text, blobs), as GROUP BY lists them."""
+    if v is None:
+        return (0, 0)
+    if isinstance(v, (int, float)):
+        return (1, v)
+    return (2, v) if isinstance(v, str) else (3, bytes(v))
+
+
 def _order(key: tuple[Cell, Cell]) -> tuple[int, Cell, int, Cell]:
-    """SQLite's order for mixed values (NULL, numbers, text, blobs): releases as GROUP BY lists them."""
+    """Releases in SQLite's order."""
+    return _rank(key[0]) + _rank(key[1])
 
-    def rank(v: Cell) -> tuple[int, Cell]:
-        if v is None:
-            return (0, 0)
-        if isinstance(v, (int, float)):
-            return (1, v)
-        return (2, v) if isinstance(v, str) else (3, bytes(v))
 
-    return rank(key[0]) + rank(key[1])
+def _stability(sessions: int, crashed: int) -> float | None:
+    return round(100.0 * (1 - crashed / sessions), 2) if sessions else None
+
+
+def _payload_type(payload: object) -> str | None:
+    """The ``app.type`` of a stored event payload; None when it has none or cannot be read."""
+    try:
+        event = json.loads(payload) if isinstance(payload, (str, bytes)) else None
+    except (ValueError, RecursionError):
+        return None
+    app = event.get("app") if isinstance(event, dict) else None
+    return _text(app.get("type")) if isinstance(app, dict) else None
 
 
 class Store:
@@ -130,6 +155,17 @@ class Store:
         columns = {row[1] for row in self._db.execute("pragma table_info(events)")}
         if "session_started" not in columns:
             self._db.execute("alter table events add column session_started text")
+        if "app_type" not in columns:
+            # ... and the app type: read once from the payloads they kept, a batch at a time.
+            self._db.execute("alter table events add column app_type text")
+            last = -(2**63)
+            with self._db:
+                while batch := self._db.execute(
+                    "select id, payload from events where id > ? order by id limit 500", (last,)
+                ).fetchall():
+                    last = batch[-1][0]
+                    found = [(t, i) for i, payload in batch if (t := _payload_type(payload)) is not None]
+                    self._db.executemany("update events set app_type = ? where id = ?", found)
 
     def close_db(self) -> None:
         with self._lock:
@@ -160,12 +196,12 @@ class Store:
                 stage = event.get("releaseStage") if stage is None else stage
                 self._db.execute(
                     "insert into events (app_version, release_stage, context, error_class, message,"
-                    " unhandled, severity, session_id, payload, received, session_started)"
-                    " values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " unhandled, severity, session_id, payload, received, session_started, app_type)"
+                    " values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (_text(app.get("version")), _text(stage), _text(event.get("context")),
                      _text(first["errorClass"]), _text(first.get("message")) or "",
                      int(bool(event.get("unhandled"))), event["severity"], _text(session.get("id")),
-                     json.dumps(event), now, _time(session.get("startedAt"))),
+                     json.dumps(event), now, _time(session.get("startedAt")), _text(app.get("type"))),
                 )  # fmt: skip
 
     def _query(self, sql: str, *args: Cell) -> list[Any]:
@@ -177,69 +213,80 @@ class Store:
 
     def _session_rows(
         self, release: tuple[Cell, Cell] | None = None
-    ) -> Iterator[tuple[Cell, Cell, int, str | None, int, str | None]]:
-        """``(version, stage, row id, minute or None, count, why unreadable or None)`` per sessions row
-        (the count is 0 when the row cannot be read)."""
-        sql = "select app_version, release_stage, id, started_at, count from sessions"
+    ) -> Iterator[tuple[Cell, Cell, Cell, int, str | None, int, str | None]]:
+        """``(version, stage, app type, row id, minute or None, count, why unreadable or None)`` per
+        sessions row (the count is 0 when the row cannot be read)."""
+        sql = "select app_version, release_stage, app_type, id, started_at, count from sessions"
         args: tuple[Cell, ...] = ()
         if release is not None:
             sql, args = sql + " where app_version is ? and release_stage is ?", release
-        for version, stage, row_id, started, n in self._query(sql + " order by id", *args):
+        for version, stage, app_type, row_id, started, n in self._query(sql + " order by id", *args):
             minute = minute_key(started)
             problem = session_count_problem(n)
             if problem is None and minute is None:
                 problem = f"startedAt {shown(started)} is not a time"
-            yield version, stage, row_id, minute, n if problem is None else 0, problem
+            yield version, stage, app_type, row_id, minute, n if problem is None else 0, problem
 
     def _crash_rows(
         self, release: tuple[Cell, Cell] | None = None
-    ) -> Iterator[tuple[Cell, Cell, int, Cell, str | None, str | None]]:
-        """``(version, stage, event id, session id, minute or None, why unreadable or None)`` per
-        unhandled event in a session. An event stored before session start times were kept
+    ) -> Iterator[tuple[Cell, Cell, Cell, int, Cell, str | None, str | None]]:
+        """``(version, stage, app type, event id, session id, minute or None, why unreadable or None)``
+        per unhandled event in a session. An event stored before session start times were kept
         has none: not unreadable, just not in the chart."""
         sql = (
-            "select app_version, release_stage, id, session_id, session_started from events"
+            "select app_version, release_stage, app_type, id, session_id, session_started from events"
             " where unhandled = 1 and session_id is not null"
         )
         args: tuple[Cell, ...] = ()
         if release is not None:
             sql, args = sql + " and app_version is ? and release_stage is ?", release
-        for version, stage, event_id, session_id, started in self._query(sql + " order by id", *args):
+        rows = self._query(sql + " order by id", *args)
+        for version, stage, app_type, event_id, session_id, started in rows:
             minute = minute_key(started)
             problem = None
             if minute is None and started is not None:
                 problem = f"its session's startedAt {shown(started)} is not a time (left out of the chart)"
-            yield version, stage, event_id, session_id, minute, problem
+            yield version, stage, app_type, event_id, session_id, minute, problem
 
     # ------------------------------------------------------------------ figures
 
     def releases(self) -> list[ReleaseFigures]:
-        """Per release (app version + release stage): sessions, crashed sessions, stability.
+        """Per release (app version + release stage): sessions, crashed sessions, stability; and
+        the same per app type in ``appTypes``.
 
         A crashed session is a distinct session id with at least one unhandled event, as
         BugSnag counts it; events without a session do not count. A release with rows that
         cannot be read (an older version's) also has ``unreadableRows``: see :meth:`unreadable`.
+
+        Why per app type: web processes running BugSnag's official integrations count a
+        session per request in the same release as the workers, so the release's figure blends
+        both. Sessions are split by the ``app.type`` of their payload, crashed sessions by the
+        ``app.type`` of their unhandled events (None: sent without one).
         """
-        totals: dict[tuple[Cell, Cell], int] = {}
+        totals: dict[tuple[Cell, Cell], dict[Cell, int]] = {}  # release -> app type -> sessions
         unreadable: dict[tuple[Cell, Cell], int] = {}
-        for version, stage, _id, _minute, n, problem in self._session_rows():
-            key = (version, stage)
-            totals.setdefault(key, 0)
-            if problem is None:
-                totals[key] += n
-            else:
-                unreadable[key] = unreadable.get(key, 0) + 1
-        crashed: dict[tuple[Cell, Cell], set[Cell]] = {}
-        for version, stage, _id, session_id, _minute, problem in self._crash_rows():
-            crashed.setdefault((version, stage), set()).add(session_id)
+        for version, stage, app_type, _id, _minute, n, problem in self._session_rows():
+            by_type = totals.setdefault((version, stage), {})
+            by_type[app_type] = by_type.get(app_type, 0) + n
+            if problem is not None:
+                unreadable[(version, stage)] = unreadable.get((version, stage), 0) + 1
+        crashed: dict[tuple[Cell, Cell], dict[Cell, set[Cell]]] = {}
+        for version, stage, app_type, _id, session_id, _minute, problem in self._crash_rows():
+            crashed.setdefault((version, stage), {}).setdefault(app_type, set()).add(session_id)
             if problem is not None and (version, stage) in totals:
                 unreadable[(version, stage)] = unreadable.get((version, stage), 0) + 1
         out = []
         for key in sorted(totals, key=_order):
-            total, bad = totals[key], len(crashed.get(key, ()))
-            stability = round(100.0 * (1 - bad / total), 2) if total else None
+            sessions, crashes = totals[key], crashed.get(key, {})
+            total, bad = sum(sessions.values()), len(set().union(*crashes.values()))
+            types: list[AppTypeFigures] = [
+                {"appType": t, "sessions": sessions.get(t, 0), "crashedSessions": len(crashes.get(t, ())),
+                 "stability": _stability(sessions.get(t, 0), len(crashes.get(t, ())))}
+                for t in sorted(set(sessions) | set(crashes), key=_rank)
+            ]  # fmt: skip
             release: ReleaseFigures = {"appVersion": key[0], "releaseStage": key[1], "sessions": total,
-                       "crashedSessions": bad, "stability": stability}  # fmt: skip
+                                       "crashedSessions": bad, "stability": _stability(total, bad),
+                                       "appTypes": types}  # fmt: skip
             if unreadable.get(key):
                 release["unreadableRows"] = unreadable[key]
             out.append(release)
@@ -247,20 +294,19 @@ class Store:
 
     def unreadable(self, version: Cell, stage: Cell) -> tuple[list[str], int]:
         """(descriptions of the first rows of one release that cannot be read, how many there are)."""
-        found = [
-            f"session row {i}: {p}" for _v, _s, i, _m, _n, p in self._session_rows((version, stage)) if p
-        ]
-        found += [f"event {i}: {p}" for _v, _s, i, _sid, _m, p in self._crash_rows((version, stage)) if p]
+        release = (version, stage)
+        found = [f"session row {row[3]}: {row[-1]}" for row in self._session_rows(release) if row[-1]]
+        found += [f"event {row[3]}: {row[-1]}" for row in self._crash_rows(release) if row[-1]]
         return found[:_SHOWN_UNREADABLE], len(found)
 
     def minutes(self, version: Cell, stage: Cell) -> list[MinuteFigures]:
         """Sessions started and sessions crashed per UTC minute of one release, oldest first."""
         started: dict[str, int] = {}
-        for _v, _s, _id, minute, n, problem in self._session_rows((version, stage)):
+        for _v, _s, _t, _id, minute, n, problem in self._session_rows((version, stage)):
             if problem is None and minute is not None:  # (a row without a minute has a problem)
                 started[minute] = started.get(minute, 0) + n
         crashed: dict[str, set[Cell]] = {}
-        for _v, _s, _id, session_id, minute, _problem in self._crash_rows((version, stage)):
+        for _v, _s, _t, _id, session_id, minute, _problem in self._crash_rows((version, stage)):
             if minute is not None:
                 crashed.setdefault(minute, set()).add(session_id)
         return [

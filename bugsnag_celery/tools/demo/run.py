@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import requests
 from celery import Celery
 
+from ...transport.libraries import BrokerLibraryMissing
+from ...transport.queues import check_broker_libraries
 from ..fs_transport import TRANSPORT
 
 APP_VERSION = "1.0.0-demo"
@@ -72,6 +74,19 @@ def broker_options(broker: str, folder: str) -> dict[str, str | float]:
         "control_folder": control,
         "polling_interval": 0.05,
     }
+
+
+def missing_library(broker: str) -> str | None:
+    """What the broker's transport needs that is not installed (one line), or None."""
+    if broker.startswith("filesystem"):
+        return None  # kombu's own, and the demo's: nothing to install
+    try:
+        check_broker_libraries(Celery("demo-check", broker=broker, set_as_current=False))
+    except BrokerLibraryMissing as exc:
+        return str(exc)
+    except Exception:  # a bad URL: said where the demo first connects
+        return None
+    return None
 
 
 @dataclass
@@ -277,6 +292,10 @@ def run(
     """The whole demo; the exit status (0 only if the figures match the truth)."""
     from ..collector import Collector
 
+    problem = missing_library(broker)
+    if problem:  # before anything starts: one line, what to install
+        print(f"bugsnag-celery demo: {problem}", file=sys.stderr, flush=True)
+        return 2
     started = time.monotonic()
     folder = tempfile.mkdtemp(prefix="bugsnag-celery-demo-")
     queue = (

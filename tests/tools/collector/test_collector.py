@@ -69,7 +69,9 @@ def test_wire_rules(collector: Collector) -> None:
     assert post(sessions, {**session_body, "apiKey": KEY}, headers("1.0")) == 400
     assert post(notify, b"x" * 1_000_001, headers()) == 400  # BugSnag answers 400, not 413
     assert collector.releases() == [{"appVersion": "1", "releaseStage": "p", "sessions": 3,
-                                     "crashedSessions": 1, "stability": 66.67}]  # fmt: skip
+                                     "crashedSessions": 1, "stability": 66.67,
+                                     "appTypes": [{"appType": None, "sessions": 3, "crashedSessions": 1,
+                                                   "stability": 66.67}]}]  # fmt: skip
 
 
 def test_nothing_is_lost_across_a_restart(tmp_path: Path) -> None:
@@ -117,7 +119,9 @@ def test_our_payloads_pass_the_wire_rules_end_to_end(collector: Collector) -> No
         bugsnag_celery.unconfigure(app)
     (release,) = [r for r in collector.releases() if r["appVersion"] == "7.0"]
     assert release == {"appVersion": "7.0", "releaseStage": "e2e", "sessions": 5, "crashedSessions": 1,
-                       "stability": 80.0}  # fmt: skip
+                       "stability": 80.0,
+                       "appTypes": [{"appType": "celery", "sessions": 5, "crashedSessions": 1,
+                                     "stability": 80.0}]}  # fmt: skip
 
 
 def test_collector_command(tmp_path: Path) -> None:
@@ -175,7 +179,9 @@ def test_routes_second_port_and_integrity(tmp_path: Path) -> None:
         assert post(f"{server.url}/elsewhere", event_body, headers()) == 404
         assert requests.get(f"{server.url}/nothing", timeout=10).status_code == 404
         assert server.releases() == [{"appVersion": "1", "releaseStage": "p", "sessions": 2,
-                                      "crashedSessions": 1, "stability": 50.0}]  # fmt: skip
+                                      "crashedSessions": 1, "stability": 50.0,
+                                      "appTypes": [{"appType": None, "sessions": 2, "crashedSessions": 1,
+                                                    "stability": 50.0}]}]  # fmt: skip
         assert len(server.events()) == 2
     finally:
         server.close()

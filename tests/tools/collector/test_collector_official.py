@@ -84,8 +84,11 @@ def test_its_sessions_are_accepted_and_counted(
 
     isolated(sessions)
     no_failed_delivery(caplog)
+    # the official notifier sends no app type with its sessions
     assert collector.releases() == [{"appVersion": "3.1.0", "releaseStage": "staging", "sessions": 3,
-                                     "crashedSessions": 0, "stability": 100.0}]  # fmt: skip
+                                     "crashedSessions": 0, "stability": 100.0,
+                                     "appTypes": [{"appType": None, "sessions": 3, "crashedSessions": 0,
+                                                   "stability": 100.0}]}]  # fmt: skip
     (minute,) = collector.minutes("3.1.0", "staging")
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d", minute["minute"]) and minute["sessions"] == 3
 
@@ -116,7 +119,9 @@ def test_its_events_are_filed_under_their_stage_and_crash_their_session(
         ("ValueError", "3.1.0", "staging", False),
     ]
     assert collector.releases() == [{"appVersion": "3.1.0", "releaseStage": "staging", "sessions": 4,
-                                     "crashedSessions": 1, "stability": 75.0}]  # fmt: skip
+                                     "crashedSessions": 1, "stability": 75.0,
+                                     "appTypes": [{"appType": None, "sessions": 4, "crashedSessions": 1,
+                                                   "stability": 75.0}]}]  # fmt: skip
     # exactly as received: the stage where the official notifier puts it
     payload = requests.get(f"{collector.url}/api/events/{events[0]['id']}", timeout=10).json()
     assert payload["releaseStage"] == "staging" and "releaseStage" not in payload["app"]
@@ -144,7 +149,9 @@ def test_the_captured_requests_are_accepted_exactly_as_sent(collector: Collector
     ]
     assert captured[1]["headers"]["Bugsnag-Payload-Version"] == "4.0"  # sessions sent as 4.0: accepted
     assert collector.releases() == [{"appVersion": "1.2.3", "releaseStage": "production", "sessions": 1,
-                                     "crashedSessions": 1, "stability": 0.0}]  # fmt: skip
+                                     "crashedSessions": 1, "stability": 0.0,
+                                     "appTypes": [{"appType": None, "sessions": 1, "crashedSessions": 1,
+                                                   "stability": 0.0}]}]  # fmt: skip
     assert collector.minutes("1.2.3", "production") == [
         {"minute": "2026-11-27T23:40", "sessions": 1, "crashedSessions": 1}
     ]

@@ -3,7 +3,9 @@
 The page is filled by our own notifier (eager runs, real payloads), then Chromium loads
 it: the DOM it built must show the figures of ``/api/releases``, a chart bar per minute,
 the top errors with links that open each event's payload, and a hostile error message
-as text, never as markup. A screenshot must be a real picture, not a blank page.
+as text, never as markup. A screenshot must be a real picture, not a blank page. With
+BugSnag's official client counting web requests in the same release, the page shows the
+release's figure and, apart, the workers' (app type ``celery``) and the web's.
 
 Chromium is installed with apt-get when it is missing and the tests run as root (the
 machines of this project); otherwise the test skips with the reason, unless
@@ -15,6 +17,7 @@ Covers: bugsnag_celery/tools/collector/page.py
 from __future__ import annotations
 
 import base64
+import contextvars
 import fcntl
 import json
 import os
@@ -32,6 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import bugsnag
 import pytest
 import requests
 from celery import Celery
@@ -115,7 +119,9 @@ def filled(tmp_path: Path) -> Iterator[Collector]:
 def test_the_page_in_a_real_browser(chromium: str, filled: Collector) -> None:
     (release,) = filled.releases()
     assert release == {"appVersion": "2.4.1", "releaseStage": "production", "sessions": 9,
-                       "crashedSessions": 2, "stability": 77.78}  # fmt: skip
+                       "crashedSessions": 2, "stability": 77.78,
+                       "appTypes": [{"appType": "celery", "sessions": 9, "crashedSessions": 2,
+                                     "stability": 77.78}]}  # fmt: skip
     out = browse(chromium, "--dump-dom", f"{filled.url}/")
     dom = out.stdout
     assert "<section" in dom, out.stderr[-2000:]
@@ -123,6 +129,9 @@ def test_the_page_in_a_real_browser(chromium: str, filled: Collector) -> None:
     assert re.search(r'class="sessions">9<', dom)
     assert re.search(r'class="crashed">2<', dom)
     assert re.search(r'class="stability poor">77\.78%<', dom)
+    (row,) = re.findall(r'<tr class="app-type" data-app-type="celery">(.*?)</tr>', dom, re.S)
+    assert re.search(r'<td>celery</td><td class="n type-sessions">9</td><td class="n type-crashed">2</td>'
+                     r'<td class="n type-stability poor">77\.78%</td>', row), row  # fmt: skip
     assert len(re.findall(r'<g class="minute">', dom)) == len(filled.minutes("2.4.1", "production")) >= 1
     rows = re.findall(r'<tr class="error">(.*?)</tr>', dom, re.S)
     assert len(rows) == 1 and "ValueError" in rows[0] and "billing.refund" in rows[0]
@@ -275,6 +284,7 @@ def devtools(chromium: str) -> Iterator[DevTools]:
 
 LONG_TASK = "billing.tasks." + "reconcile_" * 16 + "ledger"  # one word, 180 characters
 LONG_CLASS = "Unrecoverable" + "Ledger" * 14 + "Error"  # one word, 102 characters
+LONG_TYPE = "celery-" + "billing" * 20  # an app type of one word, 147 characters
 MEASURE = """(() => {
   const cards = [...document.querySelectorAll('section.release')].map(card => {
     const box = card.getBoundingClientRect(), table = card.querySelector('table.errors');
@@ -303,18 +313,29 @@ def _post_events(url: str, events: list[dict[str, Any]]) -> None:
     assert requests.post(f"{url}/notify", json=body, headers=headers, timeout=10).status_code == 200
 
 
+def _post_sessions(url: str, app_type: str, n: int) -> None:
+    headers = {"Content-Type": "application/json", "Bugsnag-Api-Key": KEY, "Bugsnag-Payload-Version": "1.0",
+               "Bugsnag-Sent-At": "2026-01-01T00:00:05Z"}  # fmt: skip
+    body = {"notifier": {"name": "n", "version": "1", "url": "u"}, "device": {},
+            "app": {"version": "2.4.1", "releaseStage": "production", "type": app_type},
+            "sessionCounts": [{"startedAt": "2026-01-01T00:00:00Z", "sessionsStarted": n}]}  # fmt: skip
+    assert requests.post(f"{url}/sessions", json=body, headers=headers, timeout=10).status_code == 202
+
+
 @pytest.mark.parametrize(("width", "height"), [(1280, 900), (640, 900)])
 def test_no_table_is_wider_than_its_card(
     devtools: DevTools, filled: Collector, tmp_path: Path, width: int, height: int
 ) -> None:
-    """An error with 30 payloads, a task name and an error class that are one long word each:
-    the layout engine's own measures say every table (and everything else) stays inside its
-    card, at a desktop width and a narrow one. A screenshot is kept as the test's artefact."""
+    """An error with 30 payloads, a task name, an error class and an app type that are one long
+    word each: the layout engine's own measures say every table (and everything else) stays
+    inside its card, at a desktop width and a narrow one. A screenshot is kept as the test's
+    artefact."""
     crash = {"exceptions": [{"errorClass": LONG_CLASS, "message": "x" * 400}], "severity": "error",
              "unhandled": True, "context": LONG_TASK,
              "app": {"version": "2.4.1", "releaseStage": "production"},
              "session": {"id": "s-long", "startedAt": "2026-01-01T00:00:00Z"}}  # fmt: skip
     _post_events(filled.url, [crash] * 30)
+    _post_sessions(filled.url, LONG_TYPE, 3)
     session = devtools.open(f"{filled.url}/", width, height)
     measured = devtools.evaluate(session, MEASURE)
     shot = tmp_path / f"collector-page-{width}x{height}.png"
@@ -337,3 +358,53 @@ def test_no_table_is_wider_than_its_card(
     assert text == "+22 more"
     listed = requests.get(filled.url + href, timeout=10).json()
     assert len(listed) == 30 and {e["context"] for e in listed} == {LONG_TASK}
+
+
+def _web_requests(collector: Collector, requests_: int, crashes: int) -> None:
+    """What a web process with BugSnag's official client (Flask's or Django's integration)
+    sends: a session per request, in the workers' release, and an unhandled event per crash."""
+    client = bugsnag.Client(
+        api_key=KEY, endpoint=f"{collector.url}/notify", session_endpoint=f"{collector.url}/sessions",
+        asynchronous=False, install_sys_hook=False, app_version="2.4.1", release_stage="production",
+    )  # fmt: skip
+    tracker: Any = client.session_tracker
+
+    def serve() -> None:  # in a context of its own: the official session must not leak
+        for i in range(requests_):
+            tracker.start_session()
+            if i < crashes:
+                try:
+                    raise LookupError("no such order")
+                except LookupError as exc:
+                    client.notify(exc, unhandled=True, severity="error", context="GET /orders")
+        tracker.send_sessions(asynchronous=False)
+
+    try:
+        contextvars.Context().run(serve)
+    finally:
+        if tracker.delivery_thread is not None:  # its 30 s timer would outlive the test
+            tracker.delivery_thread.cancel()
+
+
+SPLIT = """(() => [...document.querySelectorAll('section.release')].map(card => {
+  const box = card.getBoundingClientRect(), table = card.querySelector('table.app-types');
+  const shown = table && table.getBoundingClientRect();
+  return {combined: [...card.querySelectorAll('.figure b')].map(b => b.innerText),
+          inside: !!shown && shown.height > 0 && shown.right <= box.right + 0.5,
+          rows: table ? [...table.querySelectorAll('tr.app-type')].map(
+              tr => [...tr.cells].map(td => td.innerText)) : []};
+}))()"""
+
+
+def test_the_workers_are_shown_apart_from_the_web_requests(devtools: DevTools, filled: Collector) -> None:
+    """The workers' 9 runs (2 crashed) and 31 web requests (1 crashed) of the official client,
+    in one release: the page shows the release's figure (40, 3) and, as the browser renders
+    it, one row per app type: the web's requests (sent without a type) and the workers'."""
+    _web_requests(filled, 31, 1)
+    (release,) = filled.releases()
+    assert (release["sessions"], release["crashedSessions"], release["stability"]) == (40, 3, 92.5)
+    session = devtools.open(f"{filled.url}/", 1280, 900)
+    (card,) = devtools.evaluate(session, SPLIT)
+    assert card["combined"] == ["40", "3", "92.50%"]
+    assert card["inside"], card
+    assert card["rows"] == [["(no app type)", "31", "1", "96.77%"], ["celery", "9", "2", "77.78%"]]

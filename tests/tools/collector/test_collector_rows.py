@@ -82,9 +82,13 @@ def check(url: str, ids: dict[str, int]) -> None:
 
     first, release = requests.get(f"{url}/api/releases", timeout=10).json()
     assert first == {"appVersion": "0.1", "releaseStage": "first", "sessions": 1, "crashedSessions": 0,
-                     "stability": 100.0}  # fmt: skip
-    assert release == {"appVersion": "1.0", "releaseStage": "old", "sessions": 4 + 2 * BIG + 2,
+                     "stability": 100.0, "appTypes": [{"appType": None, "sessions": 1, "crashedSessions": 0,
+                                                       "stability": 100.0}]}  # fmt: skip
+    total = 4 + 2 * BIG + 2
+    assert release == {"appVersion": "1.0", "releaseStage": "old", "sessions": total,
                        "crashedSessions": 2, "stability": 100.0,
+                       "appTypes": [{"appType": None, "sessions": total, "crashedSessions": 2,
+                                     "stability": 100.0}],
                        "unreadableRows": UNREADABLE_SESSION_ROWS + 1}  # fmt: skip
 
     events = requests.get(f"{url}/api/events", timeout=10)

@@ -172,8 +172,10 @@ def test_other_forms_bugsnag_takes(logged: Logged) -> None:
     numeric = changed(SESSIONS, lambda b: b["app"].update(version=1))  # a number: the same release "1"
     assert post(f"{logged.url}/sessions", numeric, headers("1.0")).status_code == 202
     assert logged.lines == []
+    untyped = {"appType": None, "sessions": 6, "crashedSessions": 1, "stability": 83.33}
     assert logged.collector.releases() == [{"appVersion": "1", "releaseStage": "p", "sessions": 6,
-                                            "crashedSessions": 1, "stability": 83.33}]  # fmt: skip
+                                            "crashedSessions": 1, "stability": 83.33,
+                                            "appTypes": [untyped]}]  # fmt: skip
     assert [e["releaseStage"] for e in logged.collector.events()] == ["p", "p", "p"]
 
 
