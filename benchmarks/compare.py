@@ -24,6 +24,12 @@
    ``celery worker -P prefork -c 2`` on Redis against an endpoint answering after 200 ms
    (and 429 to each process's first request): throughput, memory, what arrived.
 
+The failure path (2.) and the error storm (8.) also measure ``bugsnag_celery_official``:
+bugsnag-celery with the official client configured as a project has it (one
+``before_notify`` callback, 20 breadcrumbs, 2 feature flags, params_filters;
+``variants.py``), whose policy every event then honours -- when the ``bugsnag`` package is
+installed (with ``--variants``: when listed). Smoke mode measures it on the failure path only.
+
 Every variant runs in its own process (a fresh interpreter or a fresh worker), variants
 alternate with the order reversed every round, and the median and spread are printed, as
 ratios to the uninstrumented run. Redis database 12 on 127.0.0.1:6379 is used with queue
@@ -53,10 +59,12 @@ import overhead  # noqa: E402
 import report as results_file  # noqa: E402
 import storm  # noqa: E402
 from harness import REDIS, rss_tree  # noqa: E402
-from variants import OURS, PEERS, PLAIN, available, instrument, shutdown  # noqa: E402
+from variants import ALL, OURS, OURS_OFFICIAL, PEERS, PLAIN, available, instrument, shutdown  # noqa: E402
 from verdict import EXACT, TARGET, Check, conclude  # noqa: E402
 
 PARTS = ["success", "failure", "inprocess", "instructions", "throughput", "storm", "memory", "network"]
+#: The parts that measure bugsnag-celery with the official client configured too (``OURS_OFFICIAL``).
+OFFICIAL_PARTS = ("failure", "storm")
 
 
 # -- 3 and 4: real workers ------------------------------------------------------------------
@@ -255,7 +263,11 @@ def main() -> int:
     parser.add_argument(
         "--quick", action="store_true", help="smoke mode: tiny numbers, exactness only, no file"
     )
-    parser.add_argument("--variants", nargs="+", help="a subset of: plain bugsnag_celery " + " ".join(PEERS))
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        help=f"a subset of: plain bugsnag_celery {' '.join(PEERS)} {OURS_OFFICIAL} (failure, storm)",
+    )
     parser.add_argument(
         "--rounds", type=int, default=5, help="alternating rounds (success/failure/throughput)"
     )
@@ -285,9 +297,14 @@ def main() -> int:
         args.network_runs = args.network_peer_runs = 1_000
         args.inprocess_rounds, args.storm_tasks, args.storm_rounds = 2, 200, 1
     parts = args.only or PARTS
-    variants, missing = available(args.variants)
+    # OURS_OFFICIAL: in the failure and storm parts only, by default when ``bugsnag`` is installed
+    wanted = args.variants or [*ALL, OURS_OFFICIAL]
+    measured, missing = available(wanted)
+    variants = [v for v in measured if v != OURS_OFFICIAL]
+    official = [OURS_OFFICIAL] if OURS_OFFICIAL in measured else []
     started = datetime.datetime.now(datetime.timezone.utc)
-    print(f"bugsnag-celery benchmarks, {started:%Y-%m-%d %H:%M} UTC; variants: {', '.join(variants)}")
+    print(f"bugsnag-celery benchmarks, {started:%Y-%m-%d %H:%M} UTC; variants: {', '.join(variants)}"
+          + (f"; in the failure and storm parts also {OURS_OFFICIAL}" if official else ""))  # fmt: skip
     if missing:
         print(f"(not installed, left out: {', '.join(missing)}; pip install -e '.[bench]')")
     results: dict[str, Any] = {"variants": variants, "missing": missing}
@@ -302,7 +319,14 @@ def main() -> int:
             runs, batches = (50, 1) if scenario == "success" else (3, 1)
         summary = overhead.summarize(
             overhead.run_scenario(
-                scenario, variants, runs, batches, args.rounds, slow, 0.2 if args.quick else 2.5, checks
+                scenario,
+                variants + (official if scenario in OFFICIAL_PARTS else []),
+                runs,
+                batches,
+                args.rounds,
+                slow,
+                0.2 if args.quick else 2.5,
+                checks,
             )
         )
         overhead.print_summary(scenario, summary)
@@ -333,8 +357,9 @@ def main() -> int:
         ratio = results["throughput"][OURS]["ratio"]
         checks.append(Check(f"throughput: at least 0.98 of plain (x{ratio:.3f})", ratio >= 0.98, TARGET))
     if "storm" in parts:
+        # smoke mode: storm.storm leaves OURS_OFFICIAL out (and says so), as it does the peers
         results["storm"], storm_checks = storm.storm(
-            variants, args.storm_tasks, args.storm_rounds, args.quick
+            variants + official, args.storm_tasks, args.storm_rounds, args.quick
         )
         checks += storm_checks
     if "memory" in parts:

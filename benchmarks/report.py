@@ -9,13 +9,16 @@ import datetime
 import os
 import platform
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from variants import OURS, PLAIN, versions
+from variants import OURS, OURS_OFFICIAL, OURS_VARIANTS, PLAIN, versions
 from verdict import Check
 
 LABELS = {PLAIN: "plain Celery", OURS: "bugsnag-celery", "bugsnag_python": "bugsnag-python",
-          "sentry": "sentry-sdk", "otel": "OpenTelemetry"}  # fmt: skip
+          "sentry": "sentry-sdk", "otel": "OpenTelemetry",
+          OURS_OFFICIAL: "bugsnag-celery (official client configured)"}  # fmt: skip
+#: The parts that may measure a variant beyond ``results["variants"]`` (``OURS_OFFICIAL``).
+EXTRA_PARTS = ("failure", "storm")
 
 
 def machine() -> dict[str, str]:
@@ -38,6 +41,11 @@ def machine() -> dict[str, str]:
 NOTES = """\
 ## Reading the table
 
+- "bugsnag-celery (official client configured)": bugsnag-celery with the official client
+  configured as a project has it (`bugsnag.configure` with params_filters, one
+  `before_notify` callback, 20 breadcrumbs, 2 feature flags: `variants.py`), whose policy
+  every event then honours. Measured on the failure path and in the error storm only
+  ("not measured" elsewhere).
 - What each variant does per task run: bugsnag-celery opens a session and counts it
   (delivered by the beat task); bugsnag-python runs `bugsnag.start_session()` from
   `task_prerun` and reports failures synchronously (`asynchronous=False` in its Celery
@@ -86,6 +94,10 @@ def write(path: Path, started: datetime.datetime, results: dict[str, Any], check
     *left_out*: the variants a part left out, and why (the storm's).
     """
     variants: list[str] = results["variants"]
+    # a column for a variant only some parts measured (OURS_OFFICIAL: failure and storm)
+    variants = variants + [
+        v for v in OURS_VARIANTS if v not in variants and any(v in results.get(p, {}) for p in EXTRA_PARTS)
+    ]
     m = machine()
     lines = [
         "# Benchmark results",
@@ -104,12 +116,17 @@ def write(path: Path, started: datetime.datetime, results: dict[str, Any], check
     def row(name: str, cells: list[str]) -> None:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
 
+    def measured(part: dict[str, Any], cell: Callable[[Any], str]) -> list[str]:
+        """Each column's *cell* of *part*'s figures; "not measured" where the part has none."""
+        return [cell(part[v]) if v in part else "not measured" for v in variants]
+
     for scenario, title in (("success", "success path, us/task"), ("failure", "failure path, us/task")):
         if scenario in results:
-            s = results[scenario]
             row(
                 title,
-                [f"{s[v]['median']:,.2f} (x{s[v]['ratio']:.2f}, {s[v]['added']:+,.2f})" for v in variants],
+                measured(
+                    results[scenario], lambda s: f"{s['median']:,.2f} (x{s['ratio']:.2f}, {s['added']:+,.2f})"
+                ),
             )
     if "inprocess" in results:
         ip = results["inprocess"]
@@ -120,32 +137,39 @@ def write(path: Path, started: datetime.datetime, results: dict[str, Any], check
         cells = {PLAIN: f"{ins['per_run'][PLAIN]:,.0f}", **{v: f"{a:+,.0f}" for v, a in ins["added"].items()}}
         row("success path, CPU instructions/task (added)", [cells.get(v, "not measured") for v in variants])
     if "throughput" in results:
-        t = results["throughput"]
-        row("worker throughput, tasks/s", [f"{t[v]['median']:,.0f} (x{t[v]['ratio']:.3f})" for v in variants])
+        row(
+            "worker throughput, tasks/s",
+            measured(results["throughput"], lambda t: f"{t['median']:,.0f} (x{t['ratio']:.3f})"),
+        )
     if "storm" in results:
         st = results["storm"]
         left = left_out
         row("error storm, tasks/s", [f"{st[v]['median']:,.0f} (x{st[v]['ratio']:.3f})" if v in st
-                                     else f"left out ({left.get(v, '?')})" for v in variants])  # fmt: skip
+                                     else f"left out ({left[v]})" if v in left else "not measured"
+                                     for v in variants])  # fmt: skip
         row("error storm, peak worker RSS growth", [f"{st[v]['rss_growth_mb']:+.1f} MB" if v in st else "-"
                                                     for v in variants])  # fmt: skip
     if "memory" in results:
-        mm = results["memory"]
-        row("worker RSS growth per 200,000 tasks", [f"{mm[v]['growth']:+.2f} MB" for v in variants])
+        row(
+            "worker RSS growth per 200,000 tasks",
+            measured(results["memory"], lambda m: f"{m['growth']:+.2f} MB"),
+        )
     if "network" in results:
         n = results["network"]
-        row("requests per 1,000,000 tasks", [f"{n[v]['per_million']['requests']:,.0f}" for v in variants])
-        row("bytes per 1,000,000 tasks", [f"{n[v]['per_million']['bytes']:,.0f}" for v in variants])
+        row("requests per 1,000,000 tasks", measured(n, lambda r: f"{r['per_million']['requests']:,.0f}"))
+        row("bytes per 1,000,000 tasks", measured(n, lambda r: f"{r['per_million']['bytes']:,.0f}"))
     lines += ["", "Spread (min to max over the rounds):", ""]
     for scenario in ("success", "failure"):
         if scenario in results:
             s = results[scenario]
             lines.append(f"- {scenario}: " + "; ".join(
                 f"{LABELS[v]} {s[v]['min']:,.2f}-{s[v]['max']:,.2f} us (added {s[v]['added_min']:+,.2f} to "
-                f"{s[v]['added_max']:+,.2f})" for v in variants) + ".")  # fmt: skip
+                f"{s[v]['added_max']:+,.2f})" for v in variants if v in s) + ".")  # fmt: skip
     if "throughput" in results:
         t = results["throughput"]
-        spread = "; ".join(f"{LABELS[v]} {t[v]['min']:,.0f}-{t[v]['max']:,.0f} tasks/s" for v in variants)
+        spread = "; ".join(
+            f"{LABELS[v]} {t[v]['min']:,.0f}-{t[v]['max']:,.0f} tasks/s" for v in variants if v in t
+        )
         lines.append(f"- throughput: {spread}.")
     if "storm" in results:
         st = results["storm"]
@@ -153,13 +177,15 @@ def write(path: Path, started: datetime.datetime, results: dict[str, Any], check
             f"{LABELS[v]} {st[v]['min']:,.0f}-{st[v]['max']:,.0f} tasks/s" for v in variants if v in st
         )
         lines.append(f"- storm: {spread}.")
-        for r in st.get(OURS, {}).get("received", []):
-            lines.append(
-                f"- storm, bugsnag-celery at the endpoint: {r['unique']:,} of {r['runs']:,} failing runs' "
-                f"events, {r['duplicates']} twice; {r['sessions']:,} sessions; {r['requests']} event "
-                f"requests from {r['processes']} processes, at most {r['peak_requests_per_second']} "
-                f"from one process within a second; Retry-After waited out {r['honoured']}/{r['throttled']}."
-            )
+        for v in OURS_VARIANTS:
+            for r in st.get(v, {}).get("received", []):
+                lines.append(
+                    f"- storm, {LABELS[v]} at the endpoint: {r['unique']:,} of {r['runs']:,} failing runs' "
+                    f"events, {r['duplicates']} twice; {r['sessions']:,} sessions; {r['requests']} event "
+                    f"requests from {r['processes']} processes, at most {r['peak_requests_per_second']} "
+                    "from one process within a second; Retry-After waited out "
+                    f"{r['honoured']}/{r['throttled']}."
+                )
     if "inprocess" in results:
         ip = results["inprocess"]
         lines.append(
@@ -174,7 +200,7 @@ def write(path: Path, started: datetime.datetime, results: dict[str, Any], check
     elif results.get("instructions_missing"):  # asked for, but no valgrind here
         lines.append("- success in CPU instructions: not counted (valgrind missing).")
     if "network" in results:
-        scaled = {LABELS[v]: results["network"][v]["runs"] for v in variants}
+        scaled = {LABELS[v]: results["network"][v]["runs"] for v in variants if v in results["network"]}
         scaled = {k: r for k, r in scaled.items() if r != 1_000_000}
         if scaled:
             lines.append("- network: " + ", ".join(f"{k} ran {r:,} tasks" for k, r in scaled.items())

@@ -16,15 +16,24 @@ alternating rounds, next to the same storm without instrumentation:
   delivery run that follows the storm), one session per run, the most requests any one
   process sent within a second, and whether each process waited out its ``Retry-After``.
 
+``bugsnag_celery_official`` (bugsnag-celery with the official client configured too: one
+``before_notify`` callback, 20 breadcrumbs, 2 feature flags, params_filters; see
+``variants.py``), when among the variants, gets the same checks as bugsnag-celery, named
+apart: the official policy applied to every event must not cost the throughput target, a
+count, or the Retry-After. ``compare.py`` adds it when the ``bugsnag`` package is installed
+(not in its smoke mode).
+
 The official notifier (``bugsnag_python``) is left out: its Celery handler reports
 synchronously, so each failure would wait 200 ms for the endpoint (20,000 failures: more
 than half an hour per storm).
 
     .venv/bin/python benchmarks/compare.py --only storm     # this part of the comparison
+    .venv/bin/python benchmarks/storm.py --tasks 2000 --rounds 1 --variants plain bugsnag_celery_official
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -41,11 +50,13 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import harness  # noqa: E402
 from harness import REDIS, rss_tree  # noqa: E402
-from variants import OURS, PLAIN  # noqa: E402
-from verdict import EXACT, TARGET, Check  # noqa: E402
+from variants import ALL, OFFICIAL_SETUP, OURS, OURS_OFFICIAL, OURS_VARIANTS, PLAIN, available  # noqa: E402
+from verdict import EXACT, TARGET, Check, conclude  # noqa: E402
 
 #: Left out of the storm, and why (printed).
 LEFT_OUT = {"bugsnag_python": "reports synchronously: 200 ms per failure inside the task"}
+#: How the checks name each of bugsnag-celery's variants.
+NAMES = {OURS: "storm", OURS_OFFICIAL: f"storm, {OFFICIAL_SETUP}"}
 DELAY = 0.2
 RETRY_AFTER = 1.0
 
@@ -76,15 +87,16 @@ def endpoint() -> Any:
     )
 
 
-def deliver_after(queue: str, endpoint: str) -> dict[str, Any]:
-    """bugsnag-celery: one delivery run after the worker stopped (what beat would do next)."""
+def deliver_after(queue: str, endpoint: str, variant: str = OURS) -> dict[str, Any]:
+    """bugsnag-celery: one delivery run after the worker stopped (what beat would do next), in
+    an app instrumented as the worker's was (*variant*: one of ``OURS_VARIANTS``)."""
     env = {
         **os.environ,
         "PYTHONPATH": str(HERE),
         "BENCH_BROKER": REDIS,
         "BENCH_QUEUE": queue,
         "BENCH_ENDPOINT": endpoint,
-        "BENCH_VARIANT": OURS,
+        "BENCH_VARIANT": variant,
     }
     code = "import json, bench_app, bugsnag_celery; print(json.dumps(bugsnag_celery.deliver(bench_app.app)))"
     out = subprocess.run(
@@ -140,7 +152,8 @@ def received(records: list[dict[str, Any]], n: int) -> dict[str, Any]:
 
 
 def storm_once(variant: str, n: int) -> dict[str, Any]:
-    """One storm: tasks/s, peak RSS growth, and (bugsnag-celery) what the endpoint received."""
+    """One storm: tasks/s, peak RSS growth, and (bugsnag-celery, each of ``OURS_VARIANTS``) what
+    the endpoint received."""
     queue = f"bench-storm-{uuid.uuid4().hex[:8]}"
     conn, client = harness.redis_client()
     stand_in = endpoint()
@@ -163,8 +176,8 @@ def storm_once(variant: str, n: int) -> dict[str, Any]:
         finally:
             harness.stop_worker(proc)  # a warm shutdown: children flush or spool what they hold
         result: dict[str, Any] = {"tasks_per_s": n / took, "rss_growth_mb": (peak - base) / 1e6}
-        if variant == OURS:
-            result["delivery"] = deliver_after(queue, stand_in.url)
+        if variant in OURS_VARIANTS:
+            result["delivery"] = deliver_after(queue, stand_in.url, variant)
             time.sleep(0.5)
             result["received"] = received(stand_in.received(), n)
     finally:
@@ -178,7 +191,8 @@ def storm_once(variant: str, n: int) -> dict[str, Any]:
 def storm(
     variants: list[str], n: int, rounds: int, quick: bool = False
 ) -> tuple[dict[str, Any], list[Check]]:
-    """Alternating rounds of every variant's storm: the summary and bugsnag-celery's checks.
+    """Alternating rounds of every variant's storm: the summary and bugsnag-celery's checks
+    (for each of ``OURS_VARIANTS`` among *variants*).
 
     *quick* (the smoke mode): plain Celery and bugsnag-celery only, whose exact counts are
     what a smoke run judges.
@@ -205,6 +219,7 @@ def storm(
             line.append(f"{v} {r['tasks_per_s']:,.0f} tasks/s (RSS +{r['rss_growth_mb']:.1f} MB)")
         print(f"  round {i + 1}: " + ", ".join(line), flush=True)
     base = statistics.median(r["tasks_per_s"] for r in got[PLAIN])
+    width = max(15, *map(len, runs))
     summary: dict[str, Any] = {}
     for v in runs:
         tps = [r["tasks_per_s"] for r in got[v]]
@@ -217,61 +232,97 @@ def storm(
             "rss_growth_mb": max(rss),
         }
         print(
-            f"  {v:15s} median {summary[v]['median']:8,.0f} tasks/s (min {min(tps):,.0f}, "
+            f"  {v:{width}s} median {summary[v]['median']:8,.0f} tasks/s (min {min(tps):,.0f}, "
             f"max {max(tps):,.0f})  x{summary[v]['ratio']:.3f} of plain; peak RSS growth {max(rss):+.1f} MB"
         )
     checks: list[Check] = []
-    if OURS in got:
-        ratio = summary[OURS]["ratio"]
-        checks.append(Check(f"storm: throughput at least 0.9 of plain (x{ratio:.3f})", ratio >= 0.9, TARGET))
-        growth, plain_growth = summary[OURS]["rss_growth_mb"], summary[PLAIN]["rss_growth_mb"]
-        checks.append(
-            Check(
-                f"storm: worker RSS grows at most 30 MB more than plain's during the storm "
-                f"({growth:+.1f} MB against {plain_growth:+.1f} MB)",
-                growth - plain_growth <= 30,
-                TARGET,
-            )
-        )
-        recv = [r["received"] for r in got[OURS]]
-        summary[OURS]["received"] = recv
-        summary[OURS]["delivery"] = [r["delivery"] for r in got[OURS]]
-        for r in recv:
-            print(
-                f"  {OURS}: endpoint received {r['events']:,} events ({r['unique']:,} runs, "
-                f"{r['duplicates']} twice) and {r['sessions']:,} sessions for {r['runs']:,} failing runs; "
-                f"{r['requests']} event requests from {r['processes']} processes, at most "
-                f"{r['peak_requests_per_second']} from one process in a second; "
-                f"{r['honoured']}/{r['throttled']} Retry-After waited out"
-            )
-        total = sum(r["runs"] for r in recv)
-        unique, twice = sum(r["unique"] for r in recv), sum(r["duplicates"] for r in recv)
-        checks.append(
-            Check(
-                f"storm: every failing run's event received exactly once ({unique:,} "
-                f"runs, {twice} duplicates, for {total:,} runs)",
-                all(r["unique"] == r["runs"] and r["duplicates"] == 0 for r in recv),
-                EXACT,
-            )
-        )
-        checks.append(
-            Check(
-                f"storm: the endpoint received {sum(r['sessions'] for r in recv):,} sessions for "
-                f"{total:,} runs",
-                all(r["sessions"] == r["runs"] for r in recv),
-                EXACT,
-            )
-        )
-        checks.append(
-            Check(
-                "storm: every 429's Retry-After waited out "
-                f"({sum(r['honoured'] for r in recv)}/{sum(r['throttled'] for r in recv)})",
-                all(r["honoured"] == r["throttled"] for r in recv),
-                EXACT,
-            )
-        )
-        peak = max(r["peak_requests_per_second"] for r in recv)
-        checks.append(
-            Check(f"storm: at most 5 event requests a second from one process ({peak})", peak <= 5, TARGET)
-        )
+    for v in OURS_VARIANTS:
+        if v in got:
+            checks += ours_checks(v, summary, got[v])
     return summary, checks
+
+
+def ours_checks(variant: str, summary: dict[str, Any], got: list[dict[str, Any]]) -> list[Check]:
+    """*variant*'s (one of ``OURS_VARIANTS``) checks over its rounds *got*; adds what the
+    endpoint received to its *summary* entry and prints it."""
+    name = NAMES[variant]
+    ratio = summary[variant]["ratio"]
+    checks = [Check(f"{name}: throughput at least 0.9 of plain (x{ratio:.3f})", ratio >= 0.9, TARGET)]
+    growth, plain_growth = summary[variant]["rss_growth_mb"], summary[PLAIN]["rss_growth_mb"]
+    checks.append(
+        Check(
+            f"{name}: worker RSS grows at most 30 MB more than plain's during the storm "
+            f"({growth:+.1f} MB against {plain_growth:+.1f} MB)",
+            growth - plain_growth <= 30,
+            TARGET,
+        )
+    )
+    recv = [r["received"] for r in got]
+    summary[variant]["received"] = recv
+    summary[variant]["delivery"] = [r["delivery"] for r in got]
+    for r in recv:
+        print(
+            f"  {variant}: endpoint received {r['events']:,} events ({r['unique']:,} runs, "
+            f"{r['duplicates']} twice) and {r['sessions']:,} sessions for {r['runs']:,} failing runs; "
+            f"{r['requests']} event requests from {r['processes']} processes, at most "
+            f"{r['peak_requests_per_second']} from one process in a second; "
+            f"{r['honoured']}/{r['throttled']} Retry-After waited out"
+        )
+    total = sum(r["runs"] for r in recv)
+    unique, twice = sum(r["unique"] for r in recv), sum(r["duplicates"] for r in recv)
+    checks.append(
+        Check(
+            f"{name}: every failing run's event received exactly once ({unique:,} "
+            f"runs, {twice} duplicates, for {total:,} runs)",
+            all(r["unique"] == r["runs"] and r["duplicates"] == 0 for r in recv),
+            EXACT,
+        )
+    )
+    checks.append(
+        Check(
+            f"{name}: the endpoint received {sum(r['sessions'] for r in recv):,} sessions for {total:,} runs",
+            all(r["sessions"] == r["runs"] for r in recv),
+            EXACT,
+        )
+    )
+    checks.append(
+        Check(
+            f"{name}: every 429's Retry-After waited out "
+            f"({sum(r['honoured'] for r in recv)}/{sum(r['throttled'] for r in recv)})",
+            all(r["honoured"] == r["throttled"] for r in recv),
+            EXACT,
+        )
+    )
+    peak = max(r["peak_requests_per_second"] for r in recv)
+    checks.append(
+        Check(f"{name}: at most 5 event requests a second from one process ({peak})", peak <= 5, TARGET)
+    )
+    return checks
+
+
+def main() -> int:
+    """The storm alone (``compare.py --only storm`` runs it as part of the comparison)."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--tasks", type=int, default=20_000, help="queued failing tasks per storm")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of every variant")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        help=f"a subset of: {' '.join(ALL)} {OURS_OFFICIAL} (default: all installed; plain always runs)",
+    )
+    parser.add_argument("--quick", action="store_true", help="smoke mode: exactness only (plain and ours)")
+    args = parser.parse_args()
+    harness.exit_on_sigterm()
+    wanted = args.variants or [*ALL, OURS_OFFICIAL]
+    variants, missing = available([PLAIN, *[v for v in wanted if v != PLAIN]])
+    if missing:
+        print(f"(not installed, left out: {', '.join(missing)}; pip install -e '.[bench]')")
+    _summary, checks = storm(variants, args.tasks, args.rounds, args.quick)
+    print()
+    return conclude(checks, args.quick)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -2,6 +2,14 @@
 
 - ``plain``: Celery alone.
 - ``bugsnag_celery``: ``bugsnag_celery.configure(app, ...)``.
+- ``bugsnag_celery_official``: bugsnag-celery with the official client configured too, the way
+  a project has it (:func:`configure_official_client`: ``bugsnag.configure`` with
+  ``params_filters``, one ``before_notify`` callback, 20 breadcrumbs, 2 feature flags), then
+  ``bugsnag_celery.configure(app, ...)`` as for ``bugsnag_celery``: this package adopts that
+  client and honours its policy in every event it sends (``reporting/official_event.py``).
+  Not in :data:`ALL`: measured where the official policy costs something, the failure path
+  and the error storm (``overhead.py --variants``, ``storm.py``, ``compare.py``). Needs the
+  ``bugsnag`` package, as ``bugsnag_python`` does.
 - ``bugsnag_python``: the official notifier (``pip install bugsnag``): its Celery failure
   handler (``bugsnag.celery.connect_failure_handler``) plus ``bugsnag.start_session()`` in
   ``task_prerun``, the way a user adds sessions with it (its docs say sessions are not
@@ -25,12 +33,20 @@ from typing import Any
 
 KEY = "0" * 31 + "1"
 OURS = "bugsnag_celery"
+#: bugsnag-celery with the official client configured too (1 callback, 20 breadcrumbs, 2 flags).
+OURS_OFFICIAL = "bugsnag_celery_official"
+#: How the benchmarks' checks and lines name what ``OURS_OFFICIAL`` adds to ``OURS``.
+OFFICIAL_SETUP = "official client configured (1 callback, 20 breadcrumbs, 2 flags)"
+#: The variants that are this package: the same exactness checks, the same flush.
+OURS_VARIANTS = (OURS, OURS_OFFICIAL)
 PLAIN = "plain"
 PEERS = {
     "bugsnag_python": "bugsnag",
     "sentry": "sentry_sdk",
     "otel": "opentelemetry.instrumentation.celery",
 }
+#: The package each optional variant needs (a variant whose package is missing is left out).
+NEEDS = {**PEERS, OURS_OFFICIAL: "bugsnag"}
 ALL = (PLAIN, OURS, *PEERS)
 
 
@@ -42,9 +58,9 @@ def _installed(module: str) -> bool:
 
 
 def available(wanted: list[str] | None = None) -> tuple[list[str], list[str]]:
-    """(variants to run, peers left out because their package is not installed)."""
+    """(variants to run, variants left out because their package is not installed)."""
     names = list(wanted or ALL)
-    missing = [v for v in names if v in PEERS and not _installed(PEERS[v])]
+    missing = [v for v in names if v in NEEDS and not _installed(NEEDS[v])]
     return [v for v in names if v not in missing], missing
 
 
@@ -70,8 +86,11 @@ def instrument(variant: str, app: Any, endpoint: str, *, worker: bool = False) -
     """
     if variant == PLAIN:
         return
-    if variant == OURS:
+    if variant in OURS_VARIANTS:
         import bugsnag_celery
+
+        if variant == OURS_OFFICIAL:
+            configure_official_client(endpoint)
 
         bugsnag_celery.configure(
             app, api_key=KEY, app_version="bench", notify_endpoint=f"{endpoint}/notify",
@@ -115,6 +134,28 @@ def instrument(variant: str, app: Any, endpoint: str, *, worker: bool = False) -
     raise ValueError(f"unknown variant {variant!r}")
 
 
+def configure_official_client(endpoint: str, app_version: str = "bench") -> None:
+    """The official client as a project has it: configured, one callback, breadcrumbs and flags.
+
+    Its policy then applies to every event this package sends (``reporting/official_event.py``):
+    what honouring it costs is the difference between a run with it and one without
+    (``ab.py --official``, the ``bugsnag_celery_official`` variant).
+    """
+    import bugsnag
+
+    bugsnag.configure(api_key=KEY, endpoint=f"{endpoint}/notify", session_endpoint=f"{endpoint}/sessions",
+                      app_version=app_version, params_filters=["password", "ssn"])  # fmt: skip
+
+    def callback(event: Any) -> None:
+        event.add_tab("account", {"plan": "pro", "region": "eu"})
+
+    bugsnag.before_notify(callback)
+    for n in range(20):
+        bugsnag.leave_breadcrumb(f"step {n}", {"n": n})
+    bugsnag.add_feature_flag("checkout", "v2")
+    bugsnag.add_feature_flag("beta")
+
+
 def _otel(endpoint: str) -> None:
     from opentelemetry import trace
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -150,7 +191,7 @@ def shutdown(variant: str) -> None:
         provider: Any = trace.get_tracer_provider()
         if hasattr(provider, "force_flush"):
             provider.force_flush(30_000)
-    elif variant == OURS:
+    elif variant in OURS_VARIANTS:
         import bugsnag_celery
 
         bugsnag_celery.flush_events(10)
