@@ -204,7 +204,7 @@ def test_no_module_is_over_400_lines(module: str) -> None:
 
 
 def test_queue_names_are_spelled_in_one_place() -> None:
-    spelled = re.compile(r"""\.(sessions|events|status)["']""")
+    spelled = re.compile(r"""\.(sessions|events|status|beat_mark)["']""")
     places = [
         f"{m}:{n}"
         for m, path in MODULES.items()

@@ -244,3 +244,32 @@ def test_the_tests_layout_checks_see_violations(tmp_path: Path, monkeypatch: pyt
     reach.write_text("import bugsnag_celery\n")
     with pytest.raises(AssertionError, match="an allowed reach-in is gone"):
         test_no_test_or_benchmark_reads_the_packages_private_names_but_the_listed_few()
+
+
+def fault_rows(readme: str) -> list[str]:
+    """The rows of the README's fault table (after its ``| fault | what happens |`` header)."""
+    after = readme.split("| fault | what happens | what is lost |", 1)[1].splitlines()[2:]
+    rows = []
+    for line in after:
+        if not line.startswith("|"):
+            break
+        rows.append(line)
+    return rows
+
+
+def test_every_row_of_the_fault_table_names_tests_that_exist() -> None:
+    """The fault table says what the tests show: each row names at least one test function,
+    and each test it names is defined in the suite."""
+    defined = {
+        node.name
+        for path in suite_files()
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")
+    }
+    rows = fault_rows((ROOT / "README.md").read_text())
+    assert len(rows) > 20
+    names = re.compile(r"\btest_\w+(?![\w.])")  # a test function, not a file's name
+    unnamed = [row[:80] for row in rows if not names.findall(row)]
+    assert unnamed == []
+    missing = sorted({name for row in rows for name in names.findall(row)} - defined)
+    assert missing == []
