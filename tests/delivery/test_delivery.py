@@ -209,11 +209,14 @@ def test_a_sigkilled_child_loses_no_count(redis_broker: Broker, out_dir: Path, e
 def test_endpoint_503_then_202_and_401(
     any_broker: Broker, out_dir: Path, endpoint: Endpoint, caplog: pytest.LogCaptureFixture
 ) -> None:
-    n = 60
     with Worker(any_broker, out_dir, configure=config(endpoint, "h")) as w:
-        send_observe(any_broker, n)
-        wait_for_records(out_dir, n, worker=w)
+        send_observe(any_broker, 60)
+        wait_for_records(out_dir, 60, worker=w)
         assert w.stop() == 0
+    # the truth is what ran, as the tasks recorded it: a broker may hand a task out twice
+    # (kombu 5.5.4's SQS consumer lost acks: 61 sessions for 60 messages in CI)
+    n = len(records(out_dir))
+    assert n >= 60
     endpoint.default = 503
     for _ in range(3):  # BugSnag down for a while: everything stays on the broker
         assert deliver_sessions(any_broker, endpoint.url)["retry"] == n
