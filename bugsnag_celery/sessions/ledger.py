@@ -16,7 +16,13 @@ Layout (little-endian): a header of 16 cells (8 bytes); a JSON area (the process
 minute slots of 4 cells (release group + 1, epoch minute, counted, taken); two areas for
 the counts given back to this process (JSON, written in turn: a kill mid-write leaves the
 other whole); then the events area, one record per queued event (length, state, then
-``identity\\nendpoint\\nevent JSON``), reset once every record in it is finished.
+``identity\\nendpoint\\nevent JSON``), a ring: a new record goes after the newest, or back at
+the start once every record there is finished. In an error storm against a slow BugSnag
+some event is always waiting, so an area reset only when all were finished grew by ~1.3 kB
+an event to its 32 MB (every process of a pool: that much of /dev/shm each), and the events
+queued while it was full were not kept. Where the ring stands (its newest end, its oldest record
+that may wait, where the last lap ended) is one header cell, so one store moves it and a
+kill leaves it whole.
 
 What "taken" means is written only once the counts are out of this process's hands (on
 the broker, or in the given-back area): a kill between the two leaves a batch counted
@@ -33,8 +39,40 @@ import os
 import struct
 import tempfile
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from typing import NamedTuple, Union
+from collections.abc import Callable, Sequence
+from typing import Union
+
+from .ledger_file import (
+    CHUNK,
+    DONE,
+    EVENTS_AT,
+    EVENTS_BYTES,
+    EVENTS_LAP,
+    H_EVENTS,
+    H_KEPT,
+    H_MAGIC,
+    H_META,
+    H_PID,
+    H_START,
+    KEPT_AT,
+    KEPT_BYTES,
+    MAGIC,
+    META_AT,
+    META_BYTES,
+    PENDING,
+    RECORD,
+    SIZE,
+    SLOT_CELLS,
+    SLOTS,
+    SLOTS_AT,
+    Contents,
+    ReleaseRow,
+    aligned,
+    owner,
+    process_start,
+    read,
+    ring_cell,
+)
 
 __all__ = [
     "Ledger",
@@ -53,54 +91,9 @@ __all__ = [
 
 logger = logging.getLogger("bugsnag_celery")
 
-MAGIC = 0x31474445_4C435342  # b"BSCLEDG1"
-HEADER_CELLS = 16
-META_BYTES = 16_384
-SLOTS = 512
-SLOT_CELLS = 4
-KEPT_BYTES = 262_144
-EVENTS_BYTES = 32 * 1024 * 1024  # virtual: pages are allocated as records reach them
-CHUNK = 1024 * 1024
-_RECORD = struct.Struct("<II")  # length of what follows, state
-PENDING, DONE = 1, 2
-
-# header cells; H_KEPT is ``length << 1 | area``: one store switches both
-H_MAGIC, H_PID, H_START, H_META, H_EVENTS_END, H_KEPT = 0, 1, 2, 3, 4, 5
-
-_META_AT = HEADER_CELLS * 8
-_SLOTS_AT = _META_AT + META_BYTES
-_KEPT_AT = _SLOTS_AT + SLOTS * SLOT_CELLS * 8
-_EVENTS_AT = _KEPT_AT + 2 * KEPT_BYTES
-SIZE = _EVENTS_AT + EVENTS_BYTES
-
 #: Where a counted session's count goes: the ledger's cells, or a stand-in without one.
 Cells = Union[memoryview, list[int]]
 NO_CELLS: list[int] = [0]  # written to, never read: the process has no ledger
-
-ReleaseRow = tuple[Union[str, None], ...]
-
-
-def owner(path: str) -> tuple[int, int] | None:
-    """The pid and start time written in the ledger at *path* (None: not a whole ledger)."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(HEADER_CELLS * 8)
-    except OSError:
-        return None
-    if len(head) < HEADER_CELLS * 8:
-        return None
-    cells = memoryview(head).cast("q")
-    return (int(cells[H_PID]), int(cells[H_START])) if cells[H_MAGIC] == MAGIC else None
-
-
-def process_start(pid: int) -> int:
-    """When process *pid* started (clock ticks since boot; 0 where ``/proc`` has no answer):
-    a pid the kernel reuses is another process."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            return int(fh.read().rsplit(b")", 1)[1].split()[19])
-    except (OSError, ValueError, IndexError):
-        return 0
 
 
 class Ledger:
@@ -111,7 +104,7 @@ class Ledger:
         try:
             os.ftruncate(fd, SIZE)
             if hasattr(os, "posix_fallocate"):  # a full /dev/shm fails here, not as SIGBUS later
-                os.posix_fallocate(fd, 0, _EVENTS_AT)
+                os.posix_fallocate(fd, 0, EVENTS_AT)
             self._map = mmap.mmap(fd, SIZE, mmap.MAP_SHARED)
         except BaseException:
             os.close(fd)
@@ -124,7 +117,8 @@ class Ledger:
         self._scopes = list(scopes)
         self._releases: list[ReleaseRow] = []
         self._free = list(range(SLOTS - 1, -1, -1))
-        self._events_end = 0
+        # the ring: records in [tail, end), or, once it started over, [tail, wrap) then [0, end)
+        self._end = self._tail = self._wrap = 0
         self._allocated = 0  # bytes of the events area allocated so far
         self._pending_events = 0
         self._kept_active = 0
@@ -144,7 +138,7 @@ class Ledger:
                 self._releases.append(release)
                 self._write_meta()
             index = self._free.pop()
-            at = (_SLOTS_AT // 8) + index * SLOT_CELLS
+            at = (SLOTS_AT // 8) + index * SLOT_CELLS
             cells = self.cells
             cells[at + 1], cells[at + 2], cells[at + 3] = minute, 0, 0
             cells[at] = self._releases.index(release) + 1  # last: the slot is live from here
@@ -154,7 +148,7 @@ class Ledger:
         """The slot's minute is over and all of it taken: the slot may hold another."""
         with self._lock:
             self.cells[counted_cell - 2] = 0
-            self._free.append((counted_cell - 2 - _SLOTS_AT // 8) // SLOT_CELLS)
+            self._free.append((counted_cell - 2 - SLOTS_AT // 8) // SLOT_CELLS)
 
     def settle(self, taken: dict[int, int], kept: dict[ReleaseRow, dict[int, int]] | None) -> None:
         """Record what left this process's hands: *taken* (counted cell -> count taken) and,
@@ -166,7 +160,7 @@ class Ledger:
                 blob = json.dumps([(row, [(m[-1][0], sum(n for _, n in m))]) for row, m in rows]).encode()
             with self._lock:
                 area = 1 - self._kept_active
-                start = _KEPT_AT + area * KEPT_BYTES
+                start = KEPT_AT + area * KEPT_BYTES
                 self._map[start : start + len(blob)] = blob
                 self._kept_active = area
                 self.cells[H_KEPT] = len(blob) << 1 | area
@@ -180,18 +174,20 @@ class Ledger:
         """Keep a queued event; its record's offset (None: no room, it is kept in memory only)."""
         head = f"{identity}\n{endpoint}\n".encode()
         size = len(head) + len(body)
-        need = _RECORD.size + size
+        need = aligned(RECORD.size + size)
         with self._lock:
-            at = self._events_end
-            if at + need > EVENTS_BYTES or not self._allocate(at + need):
+            at = self._place(need)
+            if at is None or not self._allocate(at + need):
                 return None
-            start = _EVENTS_AT + at
-            middle = start + _RECORD.size + len(head)
-            self._map[start + _RECORD.size : middle] = head
-            self._map[middle : start + need] = body
-            _RECORD.pack_into(self._map, start, size, PENDING)
-            self._events_end = at + need
-            self.cells[H_EVENTS_END] = self._events_end  # last: the record is whole
+            start = EVENTS_AT + at
+            middle = start + RECORD.size + len(head)
+            self._map[start + RECORD.size : middle] = head
+            self._map[middle : start + RECORD.size + size] = body
+            RECORD.pack_into(self._map, start, size, PENDING)
+            if at == 0 and self._end:  # started over: the last lap ended where the newest did
+                self._wrap = self._end
+            self._end = at + need
+            self._storering()  # last: the record is whole
             self._pending_events += 1
             return start
 
@@ -200,10 +196,41 @@ class Ledger:
         with self._lock:
             struct.pack_into("<I", self._map, offset + 4, DONE)
             self._pending_events -= 1
-            if self._pending_events <= 0:  # all finished: the area starts over
+            if self._pending_events <= 0:  # all finished: the ring starts over
                 self._pending_events = 0
-                self._events_end = 0
-                self.cells[H_EVENTS_END] = 0
+                self._end = self._tail = self._wrap = 0
+            elif offset - EVENTS_AT == self._tail:
+                self._pass_finished()
+            self._storering()
+
+    def _place(self, need: int) -> int | None:
+        """Where a record of *need* bytes goes: after the newest, or back at the start once the
+        records there are finished; None where neither has room."""
+        end, tail = self._end, self._tail
+        if self._wrap:  # a lap started: room up to the oldest record that may wait
+            return end if end + need <= tail else None
+        if end + need > EVENTS_LAP and need <= tail:
+            return 0
+        if end + need <= EVENTS_BYTES:
+            return end
+        return 0 if need <= tail else None
+
+    def _pass_finished(self) -> None:
+        """Move the tail past the finished records at it (events mostly finish in order)."""
+        tail, wrap, end = self._tail, self._wrap, self._end
+        while True:
+            if wrap and tail >= wrap:  # the last lap is all finished
+                tail = wrap = 0
+            if tail >= (wrap or end):
+                break
+            length, state = RECORD.unpack_from(self._map, EVENTS_AT + tail)
+            if state != DONE:
+                break
+            tail += aligned(RECORD.size + length)
+        self._tail, self._wrap = tail, wrap
+
+    def _storering(self) -> None:
+        self.cells[H_EVENTS] = ring_cell(self._end, self._tail, self._wrap)
 
     def _allocate(self, end: int) -> bool:
         if end <= self._allocated:
@@ -211,7 +238,7 @@ class Ledger:
         target = min(EVENTS_BYTES, (end + CHUNK - 1) // CHUNK * CHUNK)
         try:
             if hasattr(os, "posix_fallocate"):
-                os.posix_fallocate(self._fd, _EVENTS_AT + self._allocated, target - self._allocated)
+                os.posix_fallocate(self._fd, EVENTS_AT + self._allocated, target - self._allocated)
         except OSError:
             where = os.path.dirname(self.path)
             logger.warning("bugsnag_celery: no room for the ledger's events (%s full?)", where)
@@ -226,7 +253,7 @@ class Ledger:
         cells = self.cells
         if self._pending_events or cells[H_KEPT] >> 1 > 2:
             return True
-        base = _SLOTS_AT // 8
+        base = SLOTS_AT // 8
         slots = (base + i * SLOT_CELLS for i in range(SLOTS))
         return any(cells[at] and cells[at + 2] > cells[at + 3] for at in slots)
 
@@ -242,67 +269,8 @@ class Ledger:
         blob = json.dumps({"scopes": self._scopes, "releases": self._releases}, default=str).encode()
         if len(blob) > META_BYTES:
             raise ValueError("bugsnag_celery: too many release groups for the ledger")
-        self._map[_META_AT : _META_AT + len(blob)] = blob
+        self._map[META_AT : META_AT + len(blob)] = blob
         self.cells[H_META] = len(blob)
-
-
-class Contents(NamedTuple):
-    """What a ledger held: its scopes, counts not taken, events not finished."""
-
-    pid: int
-    scopes: list[str]
-    counts: dict[ReleaseRow, dict[int, int]]  # release row -> {epoch minute: sessions}
-    events: list[tuple[str, str, bytes]]  # (identity, endpoint, event JSON)
-
-
-def read(path: str) -> Contents | None:
-    """What the ledger at *path* holds (None: not a whole ledger)."""
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(_EVENTS_AT)
-            if len(data) < _EVENTS_AT:
-                return None
-            cells = memoryview(data).cast("q")
-            if cells[H_MAGIC] != MAGIC:
-                return None
-            data += fh.read(max(0, min(cells[H_EVENTS_END], EVENTS_BYTES)))
-    except OSError:
-        return None
-    cells = memoryview(data)[:_EVENTS_AT].cast("q")
-    meta = json.loads(data[_META_AT : _META_AT + cells[H_META]])
-    releases = [tuple(r) for r in meta.get("releases", [])]
-    counts: dict[ReleaseRow, dict[int, int]] = {}
-
-    def add(release: ReleaseRow, minute: int, n: int) -> None:
-        if n > 0:
-            bucket = counts.setdefault(release, {})
-            bucket[minute] = bucket.get(minute, 0) + n
-
-    base = _SLOTS_AT // 8
-    for i in range(SLOTS):
-        at = base + i * SLOT_CELLS
-        which = cells[at]
-        if 0 < which <= len(releases):
-            add(releases[which - 1], cells[at + 1], cells[at + 2] - cells[at + 3])
-    kept_len, area = cells[H_KEPT] >> 1, cells[H_KEPT] & 1
-    if kept_len:
-        start = _KEPT_AT + area * KEPT_BYTES
-        for row, buckets in json.loads(data[start : start + kept_len]):
-            for minute, n in buckets:
-                add(tuple(row), int(minute), int(n))
-    events = list(_events(data, cells[H_EVENTS_END]))
-    return Contents(int(cells[H_PID]), list(meta.get("scopes", [])), counts, events)
-
-
-def _events(data: bytes, end: int) -> Iterator[tuple[str, str, bytes]]:
-    at = 0
-    while at + _RECORD.size <= end:
-        length, state = _RECORD.unpack_from(data, _EVENTS_AT + at)
-        body = data[_EVENTS_AT + at + _RECORD.size : _EVENTS_AT + at + _RECORD.size + length]
-        at += _RECORD.size + length
-        if state == PENDING:
-            identity, endpoint, event = body.split(b"\n", 2)
-            yield identity.decode(), endpoint.decode(), event
 
 
 # ---------------------------------------------------------------------- this process's

@@ -5,13 +5,16 @@ refused, after the broker took a batch, with an event in each state), so each ch
 forked from this process, brought to that point and SIGKILLed; the parent reads what its
 ledger holds and recovers it, as a worker's main process does.
 
-Covers: bugsnag_celery/sessions/ledger.py, bugsnag_celery/delivery/recovery.py
+Covers: bugsnag_celery/sessions/ledger.py, bugsnag_celery/sessions/ledger_file.py
+Covers: bugsnag_celery/delivery/recovery.py
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -109,6 +112,57 @@ def test_events_are_left_until_their_fate_is_known(folder: Path) -> None:
         request(2)
 
     assert held(folder, killed_child(work))[1] == [b'{"n":1}', b'{"n":2}']
+
+
+def storm(total: int, waiting: int, late_every: int, late_by: int) -> Iterator[tuple[int, list[int]]]:
+    """An error storm against a slow BugSnag, as the sender finishes its events: event *i*
+    is queued, then the events finished by then (in order, *waiting* behind; every
+    *late_every*-th one *late_by* events later). Yields (i, the events it finished)."""
+    pending: deque[int] = deque()
+    late: dict[int, int] = {}  # event -> when it finishes
+    for i in range(total):
+        pending.append(i)
+        finished = []
+        while len(pending) > waiting:
+            first = pending.popleft()
+            if first % late_every == 0 and first not in late:
+                late[first] = i + late_by
+            else:
+                finished.append(first)
+        finished += [e for e, at in late.items() if at == i]
+        yield i, finished
+
+
+def test_a_storm_keeps_its_waiting_events_in_a_ring_that_stays_small(folder: Path) -> None:
+    """Some event is always waiting in a storm: the events area starts over behind the
+    finished ones. It was reset only when every event was finished: it grew ~1.3 kB an
+    event to its 32 MB (34.1 MB of the file allocated here, for 41 waiting events), and
+    the events queued while it was full were not kept."""
+    total, pad = 30_000, "x" * 1_200
+
+    def work() -> None:
+        queued: dict[int, Request] = {}
+        for i, finished in storm(total, waiting=40, late_every=997, late_by=300):
+            r = Request(LOCAL["notify_endpoint"], KEY, "4.0", on_done=lambda fate: None,
+                        encoded=[json.dumps({"n": i, "pad": pad}).encode()])  # fmt: skip
+            journal(r)
+            queued[i] = r
+            for e in finished:
+                on_done = queued.pop(e).on_done
+                assert on_done is not None
+                on_done(Fate.DELIVERED)
+
+    pid = killed_child(work)
+    waiting: set[int] = set()
+    for i, finished in storm(total, waiting=40, late_every=997, late_by=300):
+        waiting.add(i)
+        waiting -= set(finished)
+    assert 40 < len(waiting) < 50  # the last 40, and the late ones not yet finished
+    kept = [json.loads(e)["n"] for e in held(folder, pid)[1]]
+    assert sorted(kept) == sorted(waiting)
+    assert len(kept) == len(set(kept))
+    used = (folder / f"{pid}.ledger").stat().st_blocks * 512
+    assert used < 4 * 1024 * 1024, f"{used / 1e6:.1f} MB of the ledger's file allocated"
 
 
 def test_recovery_claims_a_dead_ledger_once_and_puts_its_counts_here(folder: Path) -> None:
