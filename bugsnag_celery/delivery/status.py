@@ -26,6 +26,7 @@ import time
 from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
 
 from ..clock import now_iso
+from ..transport.batches import peek_oldest
 from ..transport.queues import (
     DEFAULT_PREFIX,
     bound_queue,
@@ -258,14 +259,8 @@ def describe_age(seconds: float) -> str:
 def _oldest_publish_time(app: Celery, name: str) -> float | None:
     """When the message at the head of *name* was published (``"at"``), left in place."""
     with kept_connection(app) as conn:
-        message = bound_queue(conn, name).get(no_ack=False, accept=["json"])
-        if message is None:
-            return None
-        try:
-            at = message.decode().get("at")
-        finally:
-            message.requeue()
-    return _seconds(at)
+        oldest = peek_oldest(conn, name)
+    return _seconds(oldest.get("at")) if isinstance(oldest, dict) else None
 
 
 class DeliveryProblem(NamedTuple):

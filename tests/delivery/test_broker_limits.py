@@ -261,3 +261,25 @@ def test_an_event_no_message_can_hold_is_counted_as_lost(
     too_big = Request("http://127.0.0.1:9/notify", KEY, "4.0", events=[event(2, 10), event(3, 10)])
     assert spool_payloads(app, [too_big], redis_broker.queue, lost.append)
     assert lost == [2]
+
+
+def test_asking_why_counts_wait_leaves_them_where_they_are(redis_broker: Broker) -> None:
+    """The check every pool child makes ("nothing sends the delivery task", ``status``) reads
+    the oldest count message's age. It took the message and handed it back: kombu put it at
+    the newest end, and a Redis restarted in between left it in kombu's unacked hash for the
+    visibility time-out (76 sessions missing at the end of a test that restarts Redis)."""
+    import redis
+
+    app = redis_broker.producer()
+    release = Release("4.0.0", "test", "celery", "h")
+    for minute in range(3):
+        assert publish_counts(app, {release: {f"2026-01-01T00:0{minute}:00Z": 1 + minute}}, redis_broker.queue)
+    client = redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB)
+    name = queue_names(redis_broker.queue).sessions
+    before = client.lrange(name, 0, -1)
+    unacked_before = client.hlen("unacked")
+    assert len(before) == 3
+    # an hour on, they have waited long: the check reads the oldest's age, then looks further
+    assert delivery_problem(app, redis_broker.queue, 30.0, now=time.time() + 3600) is not None
+    assert client.lrange(name, 0, -1) == before  # the same messages, in the same order
+    assert client.hlen("unacked") == unacked_before  # none of them held back
