@@ -273,8 +273,9 @@ def test_asking_why_counts_wait_leaves_them_where_they_are(redis_broker: Broker)
     app = redis_broker.producer()
     release = Release("4.0.0", "test", "celery", "h")
     for minute in range(3):
-        assert publish_counts(app, {release: {f"2026-01-01T00:0{minute}:00Z": 1 + minute}}, redis_broker.queue)
-    client = redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB)
+        counts = {release: {f"2026-01-01T00:0{minute}:00Z": 1 + minute}}
+        assert publish_counts(app, counts, redis_broker.queue)
+    client: Any = redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB)  # redis-py 4's stubs: maybe awaitable
     name = queue_names(redis_broker.queue).sessions
     before = client.lrange(name, 0, -1)
     unacked_before = client.hlen("unacked")
