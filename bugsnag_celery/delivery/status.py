@@ -26,7 +26,7 @@ import time
 from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
 
 from ..clock import now_iso
-from ..transport.batches import peek_oldest
+from ..transport.batches import peek, peek_oldest
 from ..transport.queues import (
     DEFAULT_PREFIX,
     bound_queue,
@@ -138,22 +138,31 @@ class SentMark(TypedDict):
     routing_key: str | None  # where it was sent: the queue a worker must consume
 
 
+#: How many messages a status or mark read looks at: each queue is kept holding one (its
+#: writer replaces it), a few more only while writers race.
+_KEPT = 10
+
+
 def _seconds(value: object) -> float | None:
     """*value* as a time in seconds, or None (a record's field may be absent or of another type)."""
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def _newest(messages: list[Any], key: str = "last_run_at") -> Any:
-    """The newest record of those *messages* hold (by *key*): a queue that is not first-in
-    first-out (SQS) hands them out in any order."""
-    records: list[dict[str, Any]] = []
+def _decoded(messages: list[Any]) -> list[object]:
+    """The bodies of kombu *messages* (an undecodable one left out)."""
+    bodies = []
     for message in messages:
         try:
-            data = message.decode()
+            bodies.append(message.decode())
         except Exception:
-            continue
-        if isinstance(data, dict):
-            records.append(data)
+            pass
+    return bodies
+
+
+def _newest(bodies: list[object], key: str = "last_run_at") -> Any:
+    """The newest record of those *bodies* (by *key*): a queue that is not first-in
+    first-out (SQS) hands them out in any order."""
+    records = [body for body in bodies if isinstance(body, dict)]
 
     def at(record: dict[str, Any]) -> float:
         seconds = _seconds(record.get(key))
@@ -183,7 +192,7 @@ def record_status(app: Celery, status: DeliveryStatus, prefix: str = DEFAULT_PRE
     try:
         with kept_connection(app) as conn:
             messages = _take_all(bound_queue(conn, name))
-            previous = _newest(messages)
+            previous = _newest(_decoded(messages))
             if previous:
                 status.setdefault("last_delivery", previous.get("last_delivery"))
                 status.setdefault("last_error", previous.get("last_error"))
@@ -196,15 +205,10 @@ def record_status(app: Celery, status: DeliveryStatus, prefix: str = DEFAULT_PRE
 
 
 def read_status(app: Celery, prefix: str = DEFAULT_PREFIX) -> DeliveryStatus | None:
-    """The newest kept status, left in place; None before the first delivery run."""
-    with kept_connection(app) as conn:
-        messages = _take_all(bound_queue(conn, queue_names(prefix).status))
-        try:
-            newest: DeliveryStatus | None = _newest(messages)
-            return newest
-        finally:
-            for message in messages:
-                message.requeue()
+    """The newest kept status, left in place (``peek``: other readers see it meanwhile);
+    None before the first delivery run."""
+    newest: DeliveryStatus | None = _peek_newest(app, queue_names(prefix).status, "last_run_at")
+    return newest
 
 
 def record_sent(app: Celery, mark: SentMark, prefix: str = DEFAULT_PREFIX) -> None:
@@ -223,23 +227,27 @@ def read_sent(app: Celery, prefix: str = DEFAULT_PREFIX) -> SentMark | None:
     """When the delivery task was last sent, and by whom, left in place; None if never (or by
     a process whose bugsnag-celery leaves no mark).
 
-    The mark is read by taking it and putting it back, so another reader (a pool child's
-    check, ``status``) may hold it for a moment: an empty queue is looked at again, three
-    times within half a second, before it means "never" (once, a worker said "no beat"
-    while a beat ran).
+    The mark is left in place (``peek``); see :func:`_peek_newest` for an empty queue.
+    """
+    mark = _peek_newest(app, queue_names(prefix).beat_mark, "at")
+    return mark if mark is not None and _seconds(mark.get("at")) is not None else None
+
+
+def _peek_newest(app: Celery, name: str, key: str) -> Any:
+    """The newest record queue *name* keeps (by *key*), left in place; None if it keeps none.
+
+    Its writer replaces it (take, publish, acknowledge): for that moment the queue is empty,
+    so an empty queue is looked at again, three times within half a second, before it means
+    "none" (once, a worker said "no beat" while a beat ran; once, a status read found none
+    while delivery runs recorded theirs every second).
     """
     for pause in (0.05, 0.15, 0.3, None):
         with kept_connection(app) as conn:
-            messages = _take_all(bound_queue(conn, queue_names(prefix).beat_mark))
-            try:
-                mark = _newest(messages, "at")
-            finally:
-                for message in messages:
-                    message.requeue()
-        if messages or pause is None:
+            bodies = peek(conn, name, _KEPT)
+        if bodies or pause is None:
             break
         time.sleep(pause)
-    return mark if mark is not None and _seconds(mark.get("at")) is not None else None
+    return _newest(bodies, key)
 
 
 def describe_age(seconds: float) -> str:

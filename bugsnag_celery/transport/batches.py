@@ -16,7 +16,7 @@ from typing import Any
 from .limits import BrokerLimit, stored_size
 from .queues import bound_queue
 
-__all__ = ["Batch", "take_batch", "trim_oldest", "peek_oldest"]
+__all__ = ["Batch", "take_batch", "trim_oldest", "peek", "peek_oldest"]
 
 
 class Batch:
@@ -54,26 +54,78 @@ def take_batch(conn: Any, name: str, limit: int) -> Batch:
 
 
 def peek_oldest(conn: Any, name: str) -> object | None:
-    """The JSON body of the oldest message of queue *name*, left where it is (None: empty).
+    """The JSON body of the oldest message of queue *name*, left where it is (None: empty)."""
+    bodies = peek(conn, name, 1)
+    return bodies[0] if bodies else None
 
-    On Redis one ``LINDEX``. Taking it and handing it back instead (kombu's ``get`` and
-    ``requeue``) put it at the newest end, and a broker gone between the two left it in
-    kombu's unacked hash for the whole visibility time-out (an hour by default): a restarted
-    Redis once held 76 sessions there while the status check of a pool child looked at the
-    oldest count. Elsewhere the broker hands back what a dead reader held (RabbitMQ at once,
-    SQS after its visibility time-out): there it is taken and handed back.
+
+def peek(conn: Any, name: str, limit: int) -> list[object]:
+    """The JSON bodies of up to *limit* of queue *name*'s oldest messages (oldest first),
+    left where they are: what a check reads ("why do counts wait", the delivery status, the
+    beat's mark), many processes at once.
+
+    Taking a message and handing it back (kombu's ``get`` and ``requeue``) hid it from every
+    other reader meanwhile (a status read found no status while a pool child's check held
+    it), and left it hidden for the broker's visibility time-out when the reader died or
+    the broker went away in between: on Redis in kombu's unacked hash (a restarted Redis once
+    held 76 sessions there), on SQS in flight (a pool child stopped by a warm shutdown
+    mid-check: 10 of 60 sessions out of sight). So Redis is read with one ``LRANGE``, SQS
+    with a receive whose visibility time-out is 0 (the message stays visible), and only
+    RabbitMQ and the embedded brokers, which hand back at once what a dead reader held,
+    take and hand back. Undecodable bodies are skipped.
     """
     if _redis_fast_path(conn):
-        item = conn.default_channel.client.lindex(name, -1)  # kombu pushes left, takes right
-        return None if item is None else json.loads(_redis_body(item))
-    message = bound_queue(conn, name).get(no_ack=False, accept=["json"])
-    if message is None:
-        return None
+        bodies: list[object] = []
+        items = conn.default_channel.client.lrange(name, -limit, -1)  # kombu pushes left, takes right
+        for item in reversed(items):
+            try:
+                bodies.append(json.loads(_redis_body(item)))
+            except Exception:
+                pass
+        return bodies
+    if conn.transport.driver_type == "sqs":
+        try:
+            return _sqs_peek(conn, name, limit)
+        except Exception:  # a kombu whose SQS channel is laid out otherwise: as elsewhere
+            pass
+    bound = bound_queue(conn, name)
+    messages: list[Any] = []
     try:
-        body: object = message.decode()
+        while len(messages) < limit and (message := bound.get(no_ack=False, accept=["json"])) is not None:
+            messages.append(message)
+        taken: list[object] = []
+        for message in messages:
+            try:
+                taken.append(message.decode())
+            except Exception:
+                pass
+        return taken
     finally:
-        message.requeue()
-    return body
+        for message in messages:
+            message.requeue()
+
+
+def _sqs_peek(conn: Any, name: str, limit: int) -> list[object]:
+    """Up to *limit* (at most 10: one receive) messages of SQS queue *name*, received with a
+    visibility time-out of 0, so they never leave the others' sight; oldest first by
+    ``SentTimestamp`` (a standard queue keeps no order)."""
+    channel = conn.default_channel
+    url = channel._new_queue(name)  # kombu's queue-URL cache (predefined queues included)
+    answer = channel.sqs(queue=name).receive_message(
+        QueueUrl=url, MaxNumberOfMessages=max(1, min(limit, 10)), VisibilityTimeout=0,
+        WaitTimeSeconds=0, AttributeNames=["SentTimestamp"],
+    )  # fmt: skip
+    received: list[dict[str, Any]] = answer.get("Messages", [])
+    received.sort(key=lambda m: int(m.get("Attributes", {}).get("SentTimestamp", 0)))
+    bodies: list[object] = []
+    for message in received:
+        raw = message["Body"]
+        try:  # kombu's envelope, as JSON, base64-encoded again unless sqs_base64_encoding is off
+            envelope = json.loads(raw if raw.lstrip().startswith("{") else base64.b64decode(raw))
+            bodies.append(channel.Message(envelope, channel=channel).decode())
+        except Exception:
+            pass
+    return bodies
 
 
 def _redis_fast_path(conn: Any) -> bool:
