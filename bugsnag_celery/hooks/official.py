@@ -114,6 +114,8 @@ class Adoption:
             if getattr(config, "delivery", None) is wrapper:
                 config.delivery = wrapper.original  # type: ignore[attr-defined]
         self.delivery_of.clear()
+        if self.run_scope is not None:
+            self.run_scope.undo()
         self.run_scope = None
         for excluded, module in self.excluded_in:
             if module in excluded:

@@ -6,17 +6,30 @@ its web integrations give every request fresh ones. A worker never does: a prefo
 runs one task after another in the same context, so without this the tenth run's crash
 would carry the breadcrumbs, flags and user of the nine before it.
 
-So each task run of a configured app (when the official client is adopted) gets its own
-copies at its start, seeded with the process-wide ones -- those set outside any run -- and
-they are thrown away at its end (the ContextVars are reset, in the run's own frame). Under
-a threads or gevent pool a run's thread or greenlet has no values of its own: the
-process-wide ones are those of the thread that adopted the client (the worker's main
-thread, at worker start), held by reference, so what is added there later, outside runs,
-applies too.
+The process-wide values are those of the context that adopted the client (the worker's
+main thread, at worker start; a prefork child inherits it), held by reference, so what is
+added there later, outside runs, applies to every run. A run sees them plus its own, and
+what it adds is gone at its end. Two ways to get there:
 
-Cost: three ContextVar reads, sets and resets per run, and a copy of what is non-empty
-(measured in ``benchmarks/ab.py --official``); nothing at all where the official client is
-not adopted (the task wrapper is then built without this step).
+- **Where runs take turns in the adopting context** (a prefork child, the solo pool, eager
+  runs of a script): nothing is copied. The run adds to the process-wide objects, and at
+  its end whatever it changed is put back from a snapshot taken when they last changed
+  outside a run. Telling whether a run changed anything is cheap: a breadcrumb deque's
+  length and last item, the flags' dict compared with the snapshot's, the ContextVars'
+  identities, and a flag raised by ``RequestConfiguration.get_instance`` (the one way the
+  official client reaches the request data; wrapped while adopted). A run that adds
+  nothing -- nearly every successful one -- pays those checks and no copy or
+  ContextVar set (the success path stays as fast as without the official client).
+- **Anywhere else** (a threads or gevent pool, whose runs have contexts of their own; a run
+  nested in another): the run gets copies, seeded with the process-wide ones, set in its
+  own ContextVars and reset at its end, in the run's own frame. Once a run has been seen
+  outside the adopting context, the process keeps to this way, so that no run's additions
+  are ever visible to a run in another thread; a run that starts in another thread while
+  one in the adopting context is under way is seeded from the snapshot, not from the
+  objects that run is adding to.
+
+Nothing at all where the official client is not adopted (the task wrapper is then built
+without this step).
 """
 
 from __future__ import annotations
@@ -26,80 +39,156 @@ import sys
 from collections import deque
 from collections.abc import Callable
 from contextvars import ContextVar, Token
-from typing import Any
+from typing import Any, NamedTuple
 
-__all__ = ["RunScope", "Tokens", "make_run_scope", "end_run_scope"]
+__all__ = ["RunScope", "make_run_scope"]
 
 logger = logging.getLogger("bugsnag_celery")
 
-#: What a run's scope set: its ContextVar tokens, reset by :func:`end_run_scope`.
-Tokens = tuple[Token[Any], Token[Any], Token[Any]]
-#: Starts a run's scope; returns what :func:`end_run_scope` resets.
-RunScope = Callable[[], Tokens]
-
 _FLAGS_KEY = "feature_flag_delegate"  # bugsnag.context.FEATURE_FLAG_DELEGATE_KEY
+
+
+class RunScope(NamedTuple):
+    """A run's scope: ``start()`` at its start, ``end(start's result)`` at its end (in the
+    run's frame), ``undo()`` when the adoption is undone."""
+
+    start: Callable[[], Any]
+    end: Callable[[Any], None]
+    undo: Callable[[], None]
+
+
+class _State:
+    """The process-wide objects' snapshot, and how runs stand. One per adoption.
+
+    ``turns``: a run is under way in the adopting context (written by that context only).
+    ``shared``: a run has been seen in another context; from then on every run copies.
+    The two are a Dekker pair: each side writes its own before reading the other's, so a
+    run in another thread either sees ``turns`` (and seeds from the snapshot) or the
+    adopting context's next run sees ``shared`` (and copies).
+    """
+
+    __slots__ = ("crumbs", "crumbs_last", "crumbs_len", "flags", "request", "request_seen", "shared", "turns")
+
+    def __init__(self) -> None:
+        self.crumbs: tuple[Any, ...] = ()
+        self.crumbs_len = 0
+        self.crumbs_last: Any = None
+        self.flags: dict[Any, Any] = {}
+        self.request: dict[str, Any] = {}
+        self.request_seen = True  # take the first snapshot of the request data
+        self.shared = False
+        self.turns = False
+
+
+def _copy_request_data(data: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a RequestConfiguration's ``__dict__`` that the original's mutations miss
+    (``add_metadata_tab`` updates a tab's dict in place)."""
+    copy = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    metadata = copy.get("metadata")
+    if isinstance(metadata, dict):
+        copy["metadata"] = {tab: dict(v) if isinstance(v, dict) else v for tab, v in metadata.items()}
+    return copy
 
 
 def make_run_scope(module: Any) -> RunScope | None:
     """A scope for the official client *module* (``bugsnag``), or None if this version keeps
     its per-context state elsewhere (then runs share it, as without this package).
 
-    Called in the thread that adopts the client: its current values are the process-wide ones.
+    Called in the context that adopts the client: its current values are the process-wide ones.
     """
     try:
         crumbs_var: ContextVar[Any] = sys.modules["bugsnag.breadcrumbs"]._breadcrumbs
         request_var: ContextVar[Any] = sys.modules["bugsnag.configuration"]._request_info
         contexts_var: ContextVar[Any] = sys.modules["bugsnag.context"]._client_contexts
         request_class = sys.modules["bugsnag.configuration"].RequestConfiguration
+        original_get_instance = request_class.__dict__["get_instance"]
+        get_instance = original_get_instance.__func__
         client = module.legacy.default_client
         config = client.configuration
         # Make the process-wide objects exist now, so that later additions outside runs
-        # (in this thread) land in them and are seen by runs in other threads too.
+        # (in this context) land in them and are seen by runs in other threads too.
         config._breadcrumbs.to_list()
         process_request = request_class.get_instance()
         process_flags = client._context.feature_flag_delegate
         process_crumbs = crumbs_var.get()
+        process_contexts = contexts_var.get()
+        process_storage = process_flags._storage
+        if not isinstance(process_crumbs, deque) or process_contexts is None:
+            raise TypeError("unexpected per-context state")
     except Exception:
         logger.warning("bugsnag_celery: this bugsnag version keeps per-context state elsewhere; "
                        "task runs share breadcrumbs, flags and request data", exc_info=True)  # fmt: skip
         return None
 
+    state = _State()
+
+    def seen_get_instance(cls: Any) -> Any:
+        state.request_seen = True
+        return get_instance(cls)
+
+    ours = classmethod(seen_get_instance)
+    request_class.get_instance = ours
+
+    def undo() -> None:
+        if request_class.__dict__.get("get_instance") is ours:
+            request_class.get_instance = original_get_instance
+
     pristine = request_class().__dict__
     delegate_class: Any = type(process_flags)
-    # Where the run's thread still holds the adopting context's values (a prefork child, the
-    # solo pool), the flags are found without the WeakKeyDictionary's look-ups (~0.6 us).
-    process_contexts = contexts_var.get(None)
-    process_entry = process_contexts.get(client) if process_contexts is not None else None
+    # Where the run's thread still holds the adopting context's values, the flags are found
+    # without the WeakKeyDictionary's look-ups (~0.6 us).
+    process_entry = process_contexts.get(client)
     crumbs_get, crumbs_set = crumbs_var.get, crumbs_var.set
     request_get, request_set = request_var.get, request_var.set
     contexts_get, contexts_set = contexts_var.get, contexts_var.set
+
+    def crumbs_changed() -> bool:
+        n = len(process_crumbs)
+        return n != state.crumbs_len or (n > 0 and process_crumbs[-1] is not state.crumbs_last)
+
+    def take_snapshot() -> None:
+        """What changed outside runs since the last snapshot (additions are rare there)."""
+        if crumbs_changed():
+            state.crumbs = tuple(process_crumbs)
+            state.crumbs_len = len(state.crumbs)
+            state.crumbs_last = state.crumbs[-1] if state.crumbs else None
+        if process_storage != state.flags:
+            state.flags = process_storage.copy()
+        if state.request_seen:
+            state.request_seen = False
+            state.request = _copy_request_data(process_request.__dict__)
 
     def copy_request(request: Any) -> Any:
         if request.__dict__ == pristine:
             return None  # nothing to carry: the official client makes a fresh one on first use
         copy = request_class.__new__(request_class)
-        copy.__dict__.update(request.__dict__)
-        copy.user = dict(request.user)
-        copy.metadata = {tab: dict(v) if isinstance(v, dict) else v for tab, v in request.metadata.items()}
+        copy.__dict__.update(_copy_request_data(request.__dict__))
         return copy
 
-    def start() -> Tokens:
+    def copies() -> tuple[Token[Any], Token[Any], Token[Any]]:
+        """The run's own copies, set in its ContextVars (reset by ``end``)."""
         crumbs = crumbs_get(None)
+        in_adopting = crumbs is process_crumbs
+        if not in_adopting:
+            state.shared = True  # before reading ``turns``: see _State
+        # Seeded from the snapshot while a run in the adopting context adds to the objects.
+        from_snapshot = state.turns and not in_adopting
         if crumbs is None:
-            crumbs = process_crumbs
-        crumbs_token = crumbs_set(deque(crumbs, crumbs.maxlen) if crumbs else None)
+            crumbs = state.crumbs if from_snapshot else process_crumbs
+        crumbs_token = crumbs_set(deque(crumbs, process_crumbs.maxlen) if crumbs else None)
         request = request_get(None)
+        if request is None and from_snapshot:
+            request = request_class.__new__(request_class)
+            request.__dict__.update(state.request)
         request_token = request_set(copy_request(process_request if request is None else request))
         contexts = contexts_get(None)
-        if contexts is process_contexts and process_entry is not None:
+        if contexts is process_contexts:
             flags = process_entry.get(_FLAGS_KEY)
         elif contexts is not None and client in contexts:
             flags = contexts[client].get(_FLAGS_KEY)
         else:
             flags = None
-        if flags is None:
-            flags = process_flags
-        storage = flags._storage
+        storage = (state.flags if from_snapshot else process_storage) if flags is None else flags._storage
         if storage:
             copy = delegate_class.__new__(delegate_class)
             copy._storage = storage.copy()
@@ -108,12 +197,63 @@ def make_run_scope(module: Any) -> RunScope | None:
             return contexts_set({client: {_FLAGS_KEY: copy}}), request_token, crumbs_token
         return contexts_set(None), request_token, crumbs_token
 
-    return start
+    def start() -> Any:
+        if state.shared or state.turns:  # another context seen, or a run nested in this one's
+            return copies()
+        if (
+            crumbs_get(None) is not process_crumbs
+            or contexts_get(None) is not process_contexts
+            or request_get(None) is not process_request
+        ):
+            return copies()
+        n = len(process_crumbs)  # crumbs_changed(), inline: this runs for every task
+        if (
+            n != state.crumbs_len
+            or (n and process_crumbs[-1] is not state.crumbs_last)
+            or state.request_seen
+            or process_storage != state.flags
+        ):
+            take_snapshot()
+        state.turns = True
+        if state.shared:  # after writing ``turns``: see _State
+            state.turns = False
+            return copies()
+        return None
 
+    def end(tokens: Any) -> None:
+        if tokens is not None:
+            contexts_token, request_token, crumbs_token = tokens
+            contexts_token.var.reset(contexts_token)
+            request_token.var.reset(request_token)
+            crumbs_token.var.reset(crumbs_token)
+            return
+        # A run in the adopting context: put back what it changed (everything it added).
+        try:
+            if (
+                crumbs_get(None) is not process_crumbs
+                or contexts_get(None) is not process_contexts
+                or request_get(None) is not process_request
+            ):
+                # replaced: a resize or create_copy_for_context, create_new_context,
+                # clear_request_config or set_instance
+                crumbs_set(process_crumbs)
+                contexts_set(process_contexts)
+                request_set(process_request)
+                process_contexts[client] = process_entry
+                process_entry[_FLAGS_KEY] = process_flags
+            n = len(process_crumbs)
+            if n != state.crumbs_len or (n and process_crumbs[-1] is not state.crumbs_last):
+                process_crumbs.clear()
+                process_crumbs.extend(state.crumbs)
+            if process_storage != state.flags:
+                process_storage.clear()
+                process_storage.update(state.flags)
+            if state.request_seen:
+                state.request_seen = False
+                process_request.__dict__.clear()
+                process_request.__dict__.update(_copy_request_data(state.request))
+        finally:
+            state.turns = False
 
-def end_run_scope(tokens: Tokens) -> None:
-    """Reset what :func:`make_run_scope`'s ``start`` set (in the same frame: the run's)."""
-    contexts_token, request_token, crumbs_token = tokens
-    contexts_token.var.reset(contexts_token)
-    request_token.var.reset(request_token)
-    crumbs_token.var.reset(crumbs_token)
+    take_snapshot()
+    return RunScope(start, end, undo)

@@ -30,7 +30,6 @@ from ..sessions.current import CURRENT, Session
 from .failures import report_failure
 from .modes import OPT_OUT, TRACK
 from .official import run_scope
-from .official_scope import end_run_scope
 
 __all__ = ["session_runner", "call_runner", "set_session_clock", "WRAPPER_CODES"]
 
@@ -181,7 +180,7 @@ def session_runner(
     enter, failed = _run_hooks(task, state, mode)
     reset = CURRENT.reset
     base_exception = BaseException
-    scope, end_scope = run_scope(), end_run_scope
+    scope = run_scope()
 
     if scope is None:
 
@@ -196,10 +195,11 @@ def session_runner(
                 reset(token)
 
     else:  # the official client adopted: the run's own breadcrumbs, flags, request data
+        start_scope, end_scope = scope.start, scope.end
 
         def run_in_session(*args: object, **kwargs: object) -> object:
             token = enter()
-            scoped = scope()
+            scoped = start_scope()
             try:
                 return call(*args, **kwargs)
             except base_exception as exc:
@@ -225,7 +225,7 @@ def call_runner(
     enter, failed = _run_hooks(task, state, mode)
     reset = CURRENT.reset
     base_exception = BaseException
-    scope, end_scope = run_scope(), end_run_scope
+    scope = run_scope()
 
     if scope is None:
 
@@ -242,12 +242,13 @@ def call_runner(
                 reset(token)
 
     else:  # the official client adopted: the run's own breadcrumbs, flags, request data
+        start_scope, end_scope = scope.start, scope.end
 
         def call_in_session(self: object, *args: object, **kwargs: object) -> object:
             if self is not task:
                 return fallback(self, *args, **kwargs)
             token = enter()
-            scoped = scope()
+            scoped = start_scope()
             try:
                 return call(self, *args, **kwargs)
             except base_exception as exc:

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 import bugsnag
 import bugsnag.celery
 import pytest
+from bugsnag.configuration import RequestConfiguration
 from bugsnag.middleware import DefaultMiddleware
 from bugsnag.sessiontracker import SessionTracker
 from celery import Celery
@@ -72,9 +73,11 @@ def test_unconfigure_gives_the_official_client_back_as_it_was(app: Celery) -> No
     delivery_before = bugsnag.configuration.delivery
     excluded_before = list(bugsnag.configuration.traceback_exclude_modules)
     task_failure.connect(bugsnag.celery.failure_handler, weak=False)  # connect_failure_handler()
+    get_instance_before = RequestConfiguration.__dict__["get_instance"]
 
     bugsnag_celery.configure(app, api_key=KEY)
     assert _ours_in_the_callbacks() == 1
+    assert RequestConfiguration.__dict__["get_instance"] is not get_instance_before  # seen by the run scope
     assert "start_session" in vars(_tracker())  # guarded
     assert bugsnag.configuration.delivery is not delivery_before  # wrapped: task runs' events taken over
     assert len(bugsnag.configuration.traceback_exclude_modules) == len(excluded_before) + 1  # the wrapper
@@ -91,6 +94,7 @@ def test_unconfigure_gives_the_official_client_back_as_it_was(app: Celery) -> No
     assert task_failure.disconnect(bugsnag.celery.failure_handler)  # re-connected, as it was
     assert bugsnag.configuration.delivery is delivery_before
     assert bugsnag.configuration.traceback_exclude_modules == excluded_before
+    assert RequestConfiguration.__dict__["get_instance"] is get_instance_before
 
 
 def test_a_failure_handler_never_connected_is_not_connected_by_the_undo(app: Celery) -> None:

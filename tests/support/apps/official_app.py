@@ -13,9 +13,12 @@ The environment picks the set-up (broker and queue as ``env_app``: ``BSC_BROKER_
   ``bugsnag.celery.connect_failure_handler()`` and no ``bugsnag_celery.configure``.
 
 At import, outside any task run, the process-wide breadcrumb, feature flag and metadata tab
-that every run's events carry (``PROCESS_*``). The log handler is attached the way the
-guide shows: ``client.log_handler()`` at ERROR on the logger, its ``leave_breadcrumbs``
-filter on the same logger (records below ERROR become "log" breadcrumbs).
+that every run's events carry (``PROCESS_*``); with ``OFFICIAL_LATE=1`` also a breadcrumb and
+a flag added once the worker has adopted the client, outside runs, in the context runs are
+seeded from (``LATE_*``: a prefork child's ``worker_process_init``, else ``worker_ready``).
+The log handler is attached the way the guide shows: ``client.log_handler()`` at ERROR on
+the logger, its ``leave_breadcrumbs`` filter on the same logger (records below ERROR become
+"log" breadcrumbs).
 """
 
 from __future__ import annotations
@@ -28,8 +31,10 @@ from typing import Any
 
 import bugsnag
 import bugsnag.celery
+import bugsnag.context
 from bugsnag.event import Event
 from celery import Celery
+from celery.signals import worker_process_init, worker_ready
 from official_helpers import fail
 from records import record
 
@@ -98,6 +103,23 @@ bugsnag.leave_breadcrumb(PROCESS_BREADCRUMB)
 bugsnag.add_feature_flag(*PROCESS_FLAG)
 bugsnag.add_metadata_tab(*PROCESS_TAB)
 
+LATE_BREADCRUMB = "late process-wide breadcrumb"
+LATE_FLAG = ("late-flag", "on")
+
+
+def _late(**_: Any) -> None:
+    bugsnag.leave_breadcrumb(LATE_BREADCRUMB)
+    bugsnag.add_feature_flag(*LATE_FLAG)
+
+
+if os.environ.get("OFFICIAL_LATE") == "1":
+    worker_process_init.connect(_late, weak=False)  # a prefork child, after the fork
+    # the main process: where a threads or gevent pool's runs are seeded from (a prefork
+    # pool's children were forked before: they have theirs from worker_process_init)
+    worker_ready.connect(
+        lambda sender, **_: None if type(sender.pool).__module__.endswith("prefork") else _late(), weak=False
+    )
+
 
 # ---- the Celery app --------------------------------------------------------------------------
 
@@ -120,6 +142,26 @@ else:
     bugsnag_celery.configure(app)
 
 
+def leave_items(tag: str, secrets: dict[str, str]) -> None:
+    """A manual and a log breadcrumb, a flag, two metadata tabs and the user, named after *tag*."""
+    bugsnag.leave_breadcrumb(f"manual {tag}", {"tag": tag, **secrets})
+    logger.info("log %s", tag)
+    bugsnag.add_feature_flag(f"flag-{tag}", "v1")
+    bugsnag.add_metadata_tab("run", {"tag": tag, **secrets})
+    bugsnag.add_metadata_tab(f"run {tag}", {"only": tag})  # a tab no other run writes to
+    bugsnag.configure_request(user={"id": f"user-{tag}", "name": f"name-{tag}"})
+
+
+@app.task(bind=True, name="official.nest")
+def nest(self: Any, tag: str, inner: str) -> None:
+    """A run with another inside it: leaves its items, calls ``work`` as a function (a run of
+    its own, with a ``bugsnag.notify``), then crashes (RuntimeError ``crash <tag>``)."""
+    record(id=self.request.id, tag=tag)
+    leave_items(tag, {})
+    work(tag=inner, notify=["KeyError"])
+    fail(RuntimeError(f"crash {tag}"))
+
+
 @app.task(bind=True, name="official.work")
 def work(
     self: Any,
@@ -128,6 +170,7 @@ def work(
     crash: str | None = None,
     ssn: str | None = None,
     iban: str | None = None,
+    replace: bool = False,
 ) -> str:
     """One run that leaves everything a project's task leaves, all named after *tag*.
 
@@ -135,15 +178,18 @@ def work(
     the request; then a ``bugsnag.notify`` for each kind in *notify* (handled); then, with
     *crash*, that kind raised from ``official_helpers.fail``. *ssn*/*iban* are kwargs of the
     run (its task tab) and are put in a metadata tab and a breadcrumb's metadata (the user takes
-    only id, name and email: the official client's ``set_user``).
+    only id, name and email: the official client's ``set_user``). With *replace*, the run then
+    does what a web framework's middleware does for each request (Django's, WSGI's): clears the
+    request configuration and starts a new context, and leaves its items again, in the new
+    objects.
     """
     record(id=self.request.id, tag=tag)
     secrets = {k: v for k, v in (("ssn", ssn), ("iban", iban)) if v is not None}
-    bugsnag.leave_breadcrumb(f"manual {tag}", {"tag": tag, **secrets})
-    logger.info("log %s", tag)
-    bugsnag.add_feature_flag(f"flag-{tag}", "v1")
-    bugsnag.add_metadata_tab("run", {"tag": tag, **secrets})
-    bugsnag.configure_request(user={"id": f"user-{tag}", "name": f"name-{tag}"})
+    leave_items(tag, secrets)
+    if replace:
+        bugsnag.clear_request_config()
+        bugsnag.context.create_new_context()
+        leave_items(tag, secrets)
     for kind in notify or ():
         try:
             fail(KINDS[kind](f"handled {tag}"))
