@@ -14,12 +14,14 @@ what it adds is gone at its end. Two ways to get there:
 - **Where runs take turns in the adopting context** (a prefork child, the solo pool, eager
   runs of a script): nothing is copied. The run adds to the process-wide objects, and at
   its end whatever it changed is put back from a snapshot taken when they last changed
-  outside a run. Telling whether a run changed anything is cheap: a breadcrumb deque's
-  length and last item, the flags' dict compared with the snapshot's, the ContextVars'
-  identities, and a flag raised by ``RequestConfiguration.get_instance`` (the one way the
-  official client reaches the request data; wrapped while adopted). A run that adds
-  nothing -- nearly every successful one -- pays those checks and no copy or
-  ContextVar set (the success path stays as fast as without the official client).
+  outside a run. Whether anything changed is one flag, raised by every way the official
+  client changes them -- the breadcrumbs' ``append``/``clear``/``resize``/
+  ``create_copy_for_context``, the process-wide flags' ``add``/``merge``/``remove``/
+  ``clear``, ``RequestConfiguration.get_instance``/``clear``/``set_instance`` -- which
+  are wrapped while the client is adopted (``undo`` unwraps them); and one ContextVar
+  read for ``create_new_context``, a module function. A run that adds nothing -- nearly
+  every successful one -- pays two ContextVar reads and a few attribute loads
+  (``benchmarks/ab.py --official``).
 - **Anywhere else** (a threads or gevent pool, whose runs have contexts of their own; a run
   nested in another): the run gets copies, seeded with the process-wide ones, set in its
   own ContextVars and reset at its end, in the run's own frame. Once a run has been seen
@@ -46,6 +48,10 @@ __all__ = ["RunScope", "make_run_scope"]
 logger = logging.getLogger("bugsnag_celery")
 
 _FLAGS_KEY = "feature_flag_delegate"  # bugsnag.context.FEATURE_FLAG_DELEGATE_KEY
+#: Every way the official client changes what a run scope keeps (see the module docstring).
+_CRUMBS_METHODS = ("append", "clear", "resize", "create_copy_for_context")
+_FLAGS_METHODS = ("add", "merge", "remove", "clear")
+_REQUEST_METHODS = ("get_instance", "clear", "set_instance")
 
 
 class RunScope(NamedTuple):
@@ -67,15 +73,14 @@ class _State:
     adopting context's next run sees ``shared`` (and copies).
     """
 
-    __slots__ = ("crumbs", "crumbs_last", "crumbs_len", "flags", "request", "request_seen", "shared", "turns")
+    __slots__ = ("changed", "crumbs", "flags", "request", "shared", "turns")
 
     def __init__(self) -> None:
         self.crumbs: tuple[Any, ...] = ()
-        self.crumbs_len = 0
-        self.crumbs_last: Any = None
         self.flags: dict[Any, Any] = {}
         self.request: dict[str, Any] = {}
-        self.request_seen = True  # take the first snapshot of the request data
+        #: Something changed the process-wide objects since the last snapshot or put-back.
+        self.changed = True  # take the first snapshot
         self.shared = False
         self.turns = False
 
@@ -101,8 +106,7 @@ def make_run_scope(module: Any) -> RunScope | None:
         request_var: ContextVar[Any] = sys.modules["bugsnag.configuration"]._request_info
         contexts_var: ContextVar[Any] = sys.modules["bugsnag.context"]._client_contexts
         request_class = sys.modules["bugsnag.configuration"].RequestConfiguration
-        original_get_instance = request_class.__dict__["get_instance"]
-        get_instance = original_get_instance.__func__
+        request_methods = {name: request_class.__dict__[name] for name in _REQUEST_METHODS}
         client = module.legacy.default_client
         config = client.configuration
         # Make the process-wide objects exist now, so that later additions outside runs
@@ -113,6 +117,9 @@ def make_run_scope(module: Any) -> RunScope | None:
         process_crumbs = crumbs_var.get()
         process_contexts = contexts_var.get()
         process_storage = process_flags._storage
+        crumbs_object = config._breadcrumbs
+        marked = [(crumbs_object, name, getattr(crumbs_object, name)) for name in _CRUMBS_METHODS]
+        marked += [(process_flags, name, getattr(process_flags, name)) for name in _FLAGS_METHODS]
         if not isinstance(process_crumbs, deque) or process_contexts is None:
             raise TypeError("unexpected per-context state")
     except Exception:
@@ -122,16 +129,29 @@ def make_run_scope(module: Any) -> RunScope | None:
 
     state = _State()
 
-    def seen_get_instance(cls: Any) -> Any:
-        state.request_seen = True
-        return get_instance(cls)
+    def marking(method: Callable[..., Any]) -> Callable[..., Any]:
+        def changing(*args: Any, **kwargs: Any) -> Any:
+            state.changed = True
+            return method(*args, **kwargs)
 
-    ours = classmethod(seen_get_instance)
-    request_class.get_instance = ours
+        return changing
+
+    wrapped: list[tuple[Any, str, Any]] = []
+    for owner, name, method in marked:  # instance attributes, ahead of the class's methods
+        setattr(owner, name, marking(method))
+        wrapped.append((owner, name, getattr(owner, name)))
+    for name, original in request_methods.items():
+        setattr(request_class, name, classmethod(marking(original.__func__)))
+        wrapped.append((request_class, name, request_class.__dict__[name]))
 
     def undo() -> None:
-        if request_class.__dict__.get("get_instance") is ours:
-            request_class.get_instance = original_get_instance
+        for owner, name, ours in wrapped:
+            if vars(owner).get(name) is ours:
+                if owner is request_class:
+                    setattr(owner, name, request_methods[name])
+                else:
+                    delattr(owner, name)
+        wrapped.clear()
 
     pristine = request_class().__dict__
     delegate_class: Any = type(process_flags)
@@ -142,21 +162,12 @@ def make_run_scope(module: Any) -> RunScope | None:
     request_get, request_set = request_var.get, request_var.set
     contexts_get, contexts_set = contexts_var.get, contexts_var.set
 
-    def crumbs_changed() -> bool:
-        n = len(process_crumbs)
-        return n != state.crumbs_len or (n > 0 and process_crumbs[-1] is not state.crumbs_last)
-
     def take_snapshot() -> None:
-        """What changed outside runs since the last snapshot (additions are rare there)."""
-        if crumbs_changed():
-            state.crumbs = tuple(process_crumbs)
-            state.crumbs_len = len(state.crumbs)
-            state.crumbs_last = state.crumbs[-1] if state.crumbs else None
-        if process_storage != state.flags:
-            state.flags = process_storage.copy()
-        if state.request_seen:
-            state.request_seen = False
-            state.request = _copy_request_data(process_request.__dict__)
+        """The process-wide objects as they are between runs (they changed outside runs)."""
+        state.changed = False
+        state.crumbs = tuple(process_crumbs)
+        state.flags = process_storage.copy()
+        state.request = _copy_request_data(process_request.__dict__)
 
     def copy_request(request: Any) -> Any:
         if request.__dict__ == pristine:
@@ -200,19 +211,11 @@ def make_run_scope(module: Any) -> RunScope | None:
     def start() -> Any:
         if state.shared or state.turns:  # another context seen, or a run nested in this one's
             return copies()
-        if (
-            crumbs_get(None) is not process_crumbs
-            or contexts_get(None) is not process_contexts
-            or request_get(None) is not process_request
-        ):
+        if crumbs_get(None) is not process_crumbs:  # not the adopting context
             return copies()
-        n = len(process_crumbs)  # crumbs_changed(), inline: this runs for every task
-        if (
-            n != state.crumbs_len
-            or (n and process_crumbs[-1] is not state.crumbs_last)
-            or state.request_seen
-            or process_storage != state.flags
-        ):
+        if state.changed:
+            if request_get(None) is not process_request or contexts_get(None) is not process_contexts:
+                return copies()  # replaced outside runs: this run's copies are seeded from those
             take_snapshot()
         state.turns = True
         if state.shared:  # after writing ``turns``: see _State
@@ -229,31 +232,26 @@ def make_run_scope(module: Any) -> RunScope | None:
             return
         # A run in the adopting context: put back what it changed (everything it added).
         try:
-            if (
-                crumbs_get(None) is not process_crumbs
-                or contexts_get(None) is not process_contexts
-                or request_get(None) is not process_request
-            ):
-                # replaced: a resize or create_copy_for_context, create_new_context,
-                # clear_request_config or set_instance
-                crumbs_set(process_crumbs)
-                contexts_set(process_contexts)
-                request_set(process_request)
-                process_contexts[client] = process_entry
-                process_entry[_FLAGS_KEY] = process_flags
-            n = len(process_crumbs)
-            if n != state.crumbs_len or (n and process_crumbs[-1] is not state.crumbs_last):
-                process_crumbs.clear()
-                process_crumbs.extend(state.crumbs)
-            if process_storage != state.flags:
-                process_storage.clear()
-                process_storage.update(state.flags)
-            if state.request_seen:
-                state.request_seen = False
-                process_request.__dict__.clear()
-                process_request.__dict__.update(_copy_request_data(state.request))
+            if state.changed or contexts_get(None) is not process_contexts:
+                put_back()
         finally:
             state.turns = False
+
+    def put_back() -> None:
+        # replaced: a resize or create_copy_for_context, create_new_context,
+        # clear_request_config or set_instance
+        crumbs_set(process_crumbs)
+        contexts_set(process_contexts)
+        request_set(process_request)
+        process_contexts[client] = process_entry
+        process_entry[_FLAGS_KEY] = process_flags
+        process_crumbs.clear()
+        process_crumbs.extend(state.crumbs)
+        process_storage.clear()
+        process_storage.update(state.flags)
+        process_request.__dict__.clear()
+        process_request.__dict__.update(_copy_request_data(state.request))
+        state.changed = False
 
     take_snapshot()
     return RunScope(start, end, undo)

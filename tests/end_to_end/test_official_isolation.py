@@ -169,3 +169,22 @@ def test_a_run_that_starts_a_new_context_leaves_nothing_behind(
     assert sorted(by_message) == ["crash three", "crash two"], list(by_message)
     for tag in ("two", "three"):
         assert own_items(by_message[f"crash {tag}"]) == expected(tag, late=True), tag
+
+
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
+def test_a_run_that_adds_one_thing_leaves_nothing_behind(
+    redis_broker: Broker, out_dir: Path, endpoint: Endpoint, pool: str
+) -> None:
+    """Runs that each add one thing and nothing else -- a flag, a metadata tab, a new context
+    with a flag in it (every way the official client changes what runs keep is seen, not only
+    the breadcrumbs most runs leave) -- each followed by a run that crashes with its own items
+    and the process-wide ones, none of the run before."""
+    runs: list[tuple[str, dict[str, Any]]] = []
+    for only, crash in (("flag", "two"), ("new-context-flag", "four"), ("tab", "six")):
+        runs += [("official.work", {"tag": f"before-{crash}", "only": only}),
+                 ("official.work", {"tag": crash, "crash": "ValueError"})]  # fmt: skip
+    events = run_in_turn(redis_broker, out_dir, endpoint, pool, runs, 3)
+    by_message = {e["exceptions"][0]["message"]: e for e in events}
+    assert sorted(by_message) == ["crash four", "crash six", "crash two"], list(by_message)
+    for tag in ("two", "four", "six"):
+        assert own_items(by_message[f"crash {tag}"]) == expected(tag), tag

@@ -171,6 +171,7 @@ def work(
     ssn: str | None = None,
     iban: str | None = None,
     replace: bool = False,
+    only: str | None = None,
 ) -> str:
     """One run that leaves everything a project's task leaves, all named after *tag*.
 
@@ -181,9 +182,18 @@ def work(
     only id, name and email: the official client's ``set_user``). With *replace*, the run then
     does what a web framework's middleware does for each request (Django's, WSGI's): clears the
     request configuration and starts a new context, and leaves its items again, in the new
-    objects.
+    objects. With *only*, the run leaves that one item and nothing else: ``"flag"``, ``"tab"``,
+    or ``"new-context-flag"`` (a new context, as a web middleware starts, then a flag in it).
     """
     record(id=self.request.id, tag=tag)
+    if only is not None:
+        if only == "new-context-flag":
+            bugsnag.context.create_new_context()
+        if only in ("flag", "new-context-flag"):
+            bugsnag.add_feature_flag(f"flag-{tag}", "v1")
+        elif only == "tab":
+            bugsnag.add_metadata_tab(f"run {tag}", {"only": tag})
+        return tag
     secrets = {k: v for k, v in (("ssn", ssn), ("iban", iban)) if v is not None}
     leave_items(tag, secrets)
     if replace:
