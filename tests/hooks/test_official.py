@@ -78,6 +78,7 @@ def test_unconfigure_gives_the_official_client_back_as_it_was(app: Celery) -> No
     bugsnag_celery.configure(app, api_key=KEY)
     assert _ours_in_the_callbacks() == 1
     assert RequestConfiguration.__dict__["get_instance"] is not get_instance_before  # seen by the run scope
+    assert "append" in vars(bugsnag.configuration._breadcrumbs)  # so are the breadcrumbs' changes
     assert "start_session" in vars(_tracker())  # guarded
     assert bugsnag.configuration.delivery is not delivery_before  # wrapped: task runs' events taken over
     assert len(bugsnag.configuration.traceback_exclude_modules) == len(excluded_before) + 1  # the wrapper
@@ -95,6 +96,7 @@ def test_unconfigure_gives_the_official_client_back_as_it_was(app: Celery) -> No
     assert bugsnag.configuration.delivery is delivery_before
     assert bugsnag.configuration.traceback_exclude_modules == excluded_before
     assert RequestConfiguration.__dict__["get_instance"] is get_instance_before
+    assert "append" not in vars(bugsnag.configuration._breadcrumbs)  # the class's own method again
 
 
 def test_a_failure_handler_never_connected_is_not_connected_by_the_undo(app: Celery) -> None:
