@@ -238,8 +238,9 @@ def make_run_scope(module: Any) -> RunScope | None:
             state.turns = False
 
     def put_back() -> None:
-        # replaced: a resize or create_copy_for_context, create_new_context,
-        # clear_request_config or set_instance
+        """Everything as the snapshot has it: the ContextVars' objects (a resize or
+        create_copy_for_context, create_new_context, clear_request_config or set_instance
+        replace them) and what those objects hold."""
         crumbs_set(process_crumbs)
         contexts_set(process_contexts)
         request_set(process_request)
