@@ -26,7 +26,7 @@ import time
 from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
 
 from ..clock import now_iso
-from ..transport.batches import peek, peek_oldest
+from ..transport.batches import decoded, peek, peek_oldest
 from ..transport.queues import (
     DEFAULT_PREFIX,
     bound_queue,
@@ -148,17 +148,6 @@ def _seconds(value: object) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def _decoded(messages: list[Any]) -> list[object]:
-    """The bodies of kombu *messages* (an undecodable one left out)."""
-    bodies = []
-    for message in messages:
-        try:
-            bodies.append(message.decode())
-        except Exception:
-            pass
-    return bodies
-
-
 def _newest(bodies: list[object], key: str = "last_run_at") -> Any:
     """The newest record of those *bodies* (by *key*): a queue that is not first-in
     first-out (SQS) hands them out in any order."""
@@ -192,7 +181,7 @@ def record_status(app: Celery, status: DeliveryStatus, prefix: str = DEFAULT_PRE
     try:
         with kept_connection(app) as conn:
             messages = _take_all(bound_queue(conn, name))
-            previous = _newest(_decoded(messages))
+            previous = _newest(decoded(messages))
             if previous:
                 status.setdefault("last_delivery", previous.get("last_delivery"))
                 status.setdefault("last_error", previous.get("last_error"))

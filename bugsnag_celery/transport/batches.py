@@ -16,7 +16,7 @@ from typing import Any
 from .limits import BrokerLimit, stored_size
 from .queues import bound_queue
 
-__all__ = ["Batch", "take_batch", "trim_oldest", "peek", "peek_oldest"]
+__all__ = ["Batch", "take_batch", "trim_oldest", "peek", "peek_oldest", "decoded"]
 
 
 class Batch:
@@ -93,16 +93,21 @@ def peek(conn: Any, name: str, limit: int) -> list[object]:
     try:
         while len(messages) < limit and (message := bound.get(no_ack=False, accept=["json"])) is not None:
             messages.append(message)
-        taken: list[object] = []
-        for message in messages:
-            try:
-                taken.append(message.decode())
-            except Exception:
-                pass
-        return taken
+        return decoded(messages)
     finally:
         for message in messages:
             message.requeue()
+
+
+def decoded(messages: list[Any]) -> list[object]:
+    """The bodies of kombu *messages*, an undecodable one left out."""
+    bodies: list[object] = []
+    for message in messages:
+        try:
+            bodies.append(message.decode())
+        except Exception:
+            pass
+    return bodies
 
 
 def _sqs_peek(conn: Any, name: str, limit: int) -> list[object]:
