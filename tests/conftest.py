@@ -130,6 +130,12 @@ def sqs_broker(tmp_path: Path) -> Iterator[Broker]:
     yield from broker_fixture("sqs", tmp_path)
 
 
+@pytest.fixture(params=["filesystem", "redis", "rabbitmq", "sqs"])
+def any_broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Broker]:
+    """Every broker, SQS (moto's) too: for what must hold on each, such as the checks' reads."""
+    yield from broker_fixture(request.param, tmp_path)
+
+
 @pytest.fixture(params=["redis", "rabbitmq", "sqs"])
 def server_broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Broker]:
     """Each broker with a server of its own: Redis, RabbitMQ, SQS (moto's)."""

@@ -48,12 +48,14 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from queue import Empty
-from time import monotonic, sleep
+from time import sleep
 from typing import TYPE_CHECKING
 
 from kombu.exceptions import ChannelError
 from kombu.transport import filesystem
 from kombu.utils.json import dumps, loads
+
+from ..transport.folders import message_name, message_names
 
 __all__ = ["TRANSPORT", "Channel", "Transport"]
 
@@ -63,23 +65,6 @@ if TYPE_CHECKING:
 
 #: The value for ``broker_transport`` (Celery) or ``transport`` (kombu).
 TRANSPORT = "bugsnag_celery.tools.fs_transport:Transport"
-
-
-def message_name(queue: str) -> str:
-    """kombu's file name for a new message: ``<stamp>_<uuid>.<queue>.msg``.
-
-    The stamp (milliseconds of the machine's monotonic clock, shared by its processes) is
-    zero-padded, so that sorting names sorts messages by age even across a digit carry.
-    """
-    return f"{round(monotonic() * 1000):016d}_{uuid.uuid4()}.{queue}.msg"
-
-
-def is_message_of(name: str, queue: str) -> bool:
-    """Exactly a message of *queue* (``<stamp>_<uuid>.<queue>.msg``), as kombu 5.7 matches.
-
-    Temporary and claimed files start with a dot, and ``a.msg`` is not a message of ``a.b``.
-    """
-    return not name.startswith(".") and name.partition(".")[2] == f"{queue}.msg"
 
 
 # kombu ships type hints from 5.7 on only: before, its classes are Any (hence ``unused-ignore``).
@@ -260,7 +245,7 @@ class Channel(filesystem.Channel):  # type: ignore[misc, unused-ignore]
 
     def _names(self, queue: str) -> list[str]:
         """The queue's messages now in the folder, oldest first."""
-        return sorted(n for n in os.listdir(self.data_folder_in) if is_message_of(n, queue))
+        return message_names(self.data_folder_in, queue)
 
 
 # A table's flock belongs to its open file: a fork() while one thread holds it open would

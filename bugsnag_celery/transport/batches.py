@@ -13,6 +13,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from . import folders
 from .limits import BrokerLimit, stored_size
 from .queues import bound_queue
 
@@ -70,9 +71,10 @@ def peek(conn: Any, name: str, limit: int) -> list[object]:
     the broker went away in between: on Redis in kombu's unacked hash (a restarted Redis once
     held 76 sessions there), on SQS in flight (a pool child stopped by a warm shutdown
     mid-check: 10 of 60 sessions out of sight). So Redis is read with one ``LRANGE``, SQS
-    with a receive whose visibility time-out is 0 (the message stays visible), and only
-    RabbitMQ and the embedded brokers, which hand back at once what a dead reader held,
-    take and hand back. Undecodable bodies are skipped.
+    with a receive whose visibility time-out is 0 (the message stays visible), the embedded
+    broker's files where they lie (taking one removes it: a child's ``os._exit`` mid-check lost
+    a count, and handing it back made it the newest), and only RabbitMQ, which hands back at
+    once what a dead reader held, takes and hands back. Undecodable bodies are skipped.
     """
     if _redis_fast_path(conn):
         bodies: list[object] = []
@@ -83,6 +85,8 @@ def peek(conn: Any, name: str, limit: int) -> list[object]:
             except Exception:
                 pass
         return bodies
+    if conn.transport.driver_type == "filesystem":
+        return decoded(folders.peek(conn.default_channel, name, limit))
     if conn.transport.driver_type == "sqs":
         try:
             return _sqs_peek(conn, name, limit)

@@ -7,7 +7,7 @@ check does not depend on how a kombu release lists and reads the folder (up to 5
 producers and consumers share the folder, and a plain ``filesystem://`` peer (kombu's own
 channel) interoperates both ways without ever taking a half-written file.
 
-Covers: bugsnag_celery/tools/fs_transport.py
+Covers: bugsnag_celery/tools/fs_transport.py, bugsnag_celery/transport/folders.py
 """
 
 # mypy: disallow-untyped-calls=False
@@ -27,7 +27,8 @@ from typing import Any
 import pytest
 from kombu.connection import Connection
 
-from bugsnag_celery.tools.fs_transport import TRANSPORT, Transport, is_message_of, message_name
+from bugsnag_celery.tools.fs_transport import TRANSPORT, Transport
+from bugsnag_celery.transport.folders import is_message_of, message_name
 
 
 @pytest.fixture
