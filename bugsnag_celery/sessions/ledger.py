@@ -72,6 +72,7 @@ from .ledger_file import (
     process_start,
     read,
     ring_cell,
+    scopes,
 )
 
 __all__ = [
@@ -85,6 +86,7 @@ __all__ = [
     "directory",
     "default_directory",
     "read",
+    "scopes",
     "owner",
     "process_start",
 ]

@@ -17,6 +17,7 @@ __all__ = [
     "Contents",
     "ReleaseRow",
     "read",
+    "scopes",
     "owner",
     "process_start",
     "aligned",
@@ -84,6 +85,24 @@ class Contents(NamedTuple):
     scopes: list[str]
     counts: dict[ReleaseRow, dict[int, int]]  # release row -> {epoch minute: sessions}
     events: list[tuple[str, str, bytes]]  # (identity, endpoint, event JSON)
+
+
+def scopes(path: str) -> list[str] | None:
+    """The scopes of the ledger at *path* (None: not a whole ledger): its header and metadata
+    only, a few kilobytes, where :func:`read` reads the kept counts and every event too."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(HEADER_CELLS * 8)
+            if len(head) < HEADER_CELLS * 8:
+                return None
+            cells = memoryview(head).cast("q")
+            if cells[H_MAGIC] != MAGIC or not 0 <= cells[H_META] <= META_BYTES:
+                return None
+            fh.seek(META_AT)
+            meta = json.loads(fh.read(cells[H_META]))
+    except (OSError, ValueError):
+        return None
+    return [str(scope) for scope in meta.get("scopes", [])] if isinstance(meta, dict) else None
 
 
 def read(path: str) -> Contents | None:

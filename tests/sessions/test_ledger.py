@@ -183,3 +183,36 @@ def test_recovery_claims_a_dead_ledger_once_and_puts_its_counts_here(folder: Pat
     assert not (folder / f"{pid}.ledger").exists()
     assert sum(n for b in bugsnag_celery.take_pending_counts().values() for n in b.values()) == 4
     assert recover(str(folder), scopes, lambda *e: True).processes == 0  # once
+
+
+def test_a_dead_ledger_of_another_app_is_read_once_not_at_every_look(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker's main process looks for dead ledgers once per flush interval. One that no
+    app here may deliver (another app's on the host) stays until a process of its own looks: it
+    was read whole at every look (70 left by killed processes of other apps cost an error storm
+    a sixth of its throughput, in the main process). Now its scopes are read once; a process
+    of its scope still delivers it."""
+    pid = killed_child(lambda: count(3))
+    path = str(folder / f"{pid}.ledger")
+    looked: list[tuple[str, str]] = []
+    read, scopes = ledger.read, ledger.scopes
+
+    def reading(p: str) -> object:
+        looked.append(("read", p))
+        return read(p)
+
+    def reading_scopes(p: str) -> object:
+        looked.append(("scopes", p))
+        return scopes(p)
+
+    monkeypatch.setattr(ledger, "read", reading)
+    monkeypatch.setattr(ledger, "scopes", reading_scopes)
+    for _ in range(5):
+        assert recover(str(folder), ["another app's scope"], lambda *e: True).processes == 0
+    assert [what for what, p in looked if p == path] == ["scopes"]
+    theirs = scopes(path)
+    assert theirs
+    got = recover(str(folder), theirs, lambda *e: True)
+    assert (got.processes, got.sessions) == (1, 3)
+    assert sum(n for b in bugsnag_celery.take_pending_counts().values() for n in b.values()) == 3
