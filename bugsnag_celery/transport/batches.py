@@ -72,8 +72,8 @@ def peek(conn: Any, name: str, limit: int) -> list[object]:
     held 76 sessions there), on SQS in flight (a pool child stopped by a warm shutdown
     mid-check: 10 of 60 sessions out of sight). So Redis is read with one ``LRANGE``, SQS
     with a receive whose visibility time-out is 0 (the message stays visible), the embedded
-    broker's files where they lie (taking one removes it: a child's ``os._exit`` mid-check lost
-    a count, and handing it back made it the newest), and only RabbitMQ, which hands back at
+    broker's files where they lie (taking one removes it: a reader that dies mid-check loses
+    it, and handing it back made it the newest), and only RabbitMQ, which hands back at
     once what a dead reader held, takes and hands back. Undecodable bodies are skipped.
     """
     if _redis_fast_path(conn):

@@ -5,8 +5,9 @@ A queue of kombu's filesystem transport is the set of files ``<stamp>_<uuid>.<qu
 one folder; a consumer takes one by moving it away. Taking is the only read kombu offers, so a
 check that only wants to look (the oldest count's age, the delivery status, the beat's mark)
 would take a message and put it back -- as a new file, the newest of its queue -- and a process
-that ended in between (a prefork child leaving through ``os._exit`` while its flusher thread
-checked) lost it for good: a count gone. :func:`peek` reads the files in place instead.
+that ended in between (a reader killed, a prefork child leaving through ``os._exit`` while its
+flusher thread checks) would lose it for good: a count gone. :func:`peek` reads the files in
+place instead.
 ``tools/fs_transport.py`` (the demo's and tests' channel) names and matches files with the
 same functions.
 """
