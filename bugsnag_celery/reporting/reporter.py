@@ -74,6 +74,8 @@ class Reporter:
         #: Events this process lost (refused, unanswered twice, neither sent nor spooled):
         #: the flusher reports them with the counts, for ``celery bugsnag status``.
         self.lost = LostEvents()
+        #: One bound method for every event handed over (not one more object per event).
+        self._note_fate = self.lost.note
         #: The missing key was said (here, or by the worker's start, whose children inherit it):
         #: one warning, not one more per process.
         self.warned_no_key = False
@@ -252,7 +254,7 @@ class Reporter:
         if api_key:
             self.sender.submit(
                 Request(self.notify_endpoint, api_key, EVENTS_VERSION, encoded=[encode_event(event)],
-                        on_done=self.lost.note)
+                        on_done=self._note_fate)
             )  # fmt: skip
 
 

@@ -64,7 +64,15 @@ class Request:
     encoded: list[bytes] | None = None
     # Called with how it ended once it is delivered, dropped or spooled (tests, flush).
     on_done: Callable[[Fate], None] | None = field(default=None, repr=False)
-    parts: list[Request] = field(default_factory=list, repr=False)
+    # The requests a merged one carries (None: it is one of those itself).
+    parts: list[Request] | None = field(default=None, repr=False)
+    # Where its events are kept in the process's ledger until it ends (``journal.py``): the
+    # ledger and each event's offset. Plain fields, not a callback wrapped around ``on_done``:
+    # an error storm keeps hundreds of queued requests alive long enough for the garbage
+    # collector to move them to its oldest generation, and every object one holds there (a
+    # closure, its cells, a list) brought its next full collection (~25 ms) nearer.
+    journal: object = field(default=None, repr=False)
+    journaled: tuple[int | None, ...] = field(default=(), repr=False)
     # Set when it is delivered, dropped or spooled; or when a shutdown flush took it over
     # from the sender thread (which then leaves it alone).
     finished: bool = field(default=False, repr=False)

@@ -13,9 +13,8 @@ import logging
 from ..sessions import ledger
 from ..sessions.counts import identity_of
 from .http import Request
-from .outcome import Fate
 
-__all__ = ["journal"]
+__all__ = ["journal", "finished"]
 
 logger = logging.getLogger("bugsnag_celery")
 
@@ -34,20 +33,20 @@ def journal(request: Request) -> None:
             identity = _identities[request.api_key, request.endpoint] = identity_of(
                 request.api_key, request.endpoint
             )
-        offsets = [book.add_event(identity, request.endpoint, event) for event in request.encoded]
+        offsets = tuple(book.add_event(identity, request.endpoint, event) for event in request.encoded)
     except Exception:
         logger.exception("bugsnag_celery: could not keep an event in the ledger")
         return
-    if all(offset is None for offset in offsets):
-        return
-    on_done = request.on_done
+    if any(offset is not None for offset in offsets):
+        request.journal, request.journaled = book, offsets
 
-    def finished(fate: Fate) -> None:
-        while offsets:  # once, however often it ends (a flush took it over, then it ended)
-            offset = offsets.pop()
+
+def finished(request: Request) -> None:
+    """*request* ended (delivered, spooled, dropped): its events leave the ledger. Once,
+    however often it ends (a flush took it over, then it ended)."""
+    book, offsets = request.journal, request.journaled
+    request.journal, request.journaled = None, ()
+    if isinstance(book, ledger.Ledger):
+        for offset in offsets:
             if offset is not None:
                 book.event_done(offset)
-        if on_done is not None:
-            on_done(fate)
-
-    request.on_done = finished

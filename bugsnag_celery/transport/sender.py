@@ -28,7 +28,7 @@ from ..logs import log_every
 from ..payload.packing import pack_events
 from ..payload.wire import EVENTS_VERSION, MAX_BODY_BYTES
 from .http import Request, post
-from .journal import journal
+from .journal import finished, journal
 from .outcome import Fate, Next, Outcome, decide, log_decision, read_timeout, unknown_after
 
 __all__ = ["Sender", "encoded"]
@@ -323,6 +323,11 @@ class Sender:
     def _done(request: Request, fate: Fate) -> None:
         for part in request.originals():
             part.finished = True
+            if part.journaled:
+                try:
+                    finished(part)
+                except Exception:
+                    logger.exception("bugsnag_celery: could not mark an event finished in the ledger")
             if part.on_done is not None:
                 try:
                     part.on_done(fate)

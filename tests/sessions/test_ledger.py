@@ -28,6 +28,7 @@ from bugsnag_celery.sessions import counts, ledger
 from bugsnag_celery.transport.http import Request
 from bugsnag_celery.transport.journal import journal
 from bugsnag_celery.transport.outcome import Fate
+from bugsnag_celery.transport.sender import Sender
 
 KEY = "0123456789abcdef0123456789abcdef"
 LOCAL = {"notify_endpoint": "http://127.0.0.1:9/notify", "sessions_endpoint": "http://127.0.0.1:9/sessions"}
@@ -100,15 +101,15 @@ def test_events_are_left_until_their_fate_is_known(folder: Path) -> None:
     def request(i: int) -> Request:
         r = Request(LOCAL["notify_endpoint"], KEY, "4.0", encoded=[b'{"n":%d}' % i], on_done=done.append)
         journal(r)
-        assert r.on_done is not None and r.on_done != done.append  # kept, and told of its end
+        assert r.journaled and r.on_done == done.append  # kept; its own callback still told of its end
         return r
 
     def work() -> None:
         first = request(0)
         request(1)
-        assert first.on_done is not None
-        first.on_done(Fate.DELIVERED)
-        first.on_done(Fate.DELIVERED)  # a second end (a flush took it over) changes nothing
+        Sender._done(first, Fate.DELIVERED)
+        Sender._done(first, Fate.DELIVERED)  # a second end (a flush took it over) changes nothing more
+        assert done == [Fate.DELIVERED, Fate.DELIVERED]
         request(2)
 
     assert held(folder, killed_child(work))[1] == [b'{"n":1}', b'{"n":2}']
@@ -148,9 +149,7 @@ def test_a_storm_keeps_its_waiting_events_in_a_ring_that_stays_small(folder: Pat
             journal(r)
             queued[i] = r
             for e in finished:
-                on_done = queued.pop(e).on_done
-                assert on_done is not None
-                on_done(Fate.DELIVERED)
+                Sender._done(queued.pop(e), Fate.DELIVERED)
 
     pid = killed_child(work)
     waiting: set[int] = set()
