@@ -115,17 +115,26 @@ def _patch_deliveries() -> None:
             pass
 
     def on_failure_then_report(self: Request, exc_info: Any, *args: Any, **kwargs: Any) -> object:
+        exception = getattr(exc_info, "exception", None)
+        exception = getattr(exception, "exc", exception)  # billiard's ExceptionWithTraceback
+        lost = isinstance(exception, WorkerLostError)
         # Celery 5.7 pushes the run's context before it sends ``task_failure``; older ones
         # do not, and the handler would name a run without its attempt or delivery (another
-        # session, and the crash reported twice). Pushed here on every version.
-        self.task.request_stack.push(self._context)
+        # session, and the crash reported twice). Pushed here on every version -- where
+        # Celery sends it from here: a lost child, or a failure the pool did not hand back
+        # (``return_ok`` false). A task that raised in the child (``return_ok=True``) was
+        # reported there; making its context (~10 us of the main process, every failing
+        # task of an error storm) would buy nothing.
+        return_ok = kwargs.get("return_ok", args[1] if len(args) > 1 else False)
+        pushed = lost or not return_ok
+        if pushed:
+            self.task.request_stack.push(self._context)
         try:
             return on_failure(self, exc_info, *args, **kwargs)
         finally:
-            self.task.request_stack.pop()
-            exception = getattr(exc_info, "exception", None)
-            exception = getattr(exception, "exc", exception)  # billiard's ExceptionWithTraceback
-            if isinstance(exception, WorkerLostError):
+            if pushed:
+                self.task.request_stack.pop()
+            if lost:
                 try:
                     report_crash_seen_by_main(self.task, task_id=self.id, exception=exception,
                                               einfo=exc_info, request=self._context)  # fmt: skip
