@@ -112,7 +112,18 @@ def redis_broker() -> Broker:
             client.delete(key)
         client.close()
 
-    return Broker("redis", url, queue, {"visibility_timeout": 3600}, cleanup)
+    # kombu keeps taken-but-unacknowledged messages in one hash per database, and a worker
+    # that starts hands back every entry of it past its visibility timeout, takes a mutex
+    # shared by all to do so: the test runs CI starts side by side would restore, and hold
+    # up, each other's. Keys of the queue's own keep each test to itself (and its cleanup).
+    options = {"visibility_timeout": 3600, **unacked_keys(queue)}
+    return Broker("redis", url, queue, options, cleanup)
+
+
+def unacked_keys(queue: str) -> dict[str, str]:
+    """kombu's Redis bookkeeping of taken-but-unacknowledged messages, under *queue*'s keys."""
+    return {"unacked_key": f"{queue}.unacked", "unacked_index_key": f"{queue}.unacked_index",
+            "unacked_mutex_key": f"{queue}.unacked_mutex"}  # fmt: skip
 
 
 def redis_message_bodies(queue: str) -> list[str]:
