@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The support matrix: the whole test suite on every Python/Celery/kombu pair the package promises.
 
-``pyproject.toml`` promises Python >= 3.9 and Celery/kombu >= 5.3, and users run everything
+``pyproject.toml`` promises Python >= 3.9, Celery >= 5.3 and kombu >= 5.3.2, and users run everything
 in between, while the README's test command tests one pair: whatever Python ``python3`` is,
 with the newest Celery and kombu. This runs the same test command -- the whole suite, with
 CI's ``BUGSNAG_CELERY_REQUIRE_BROKERS=1`` and ``BUGSNAG_CELERY_REQUIRE_BROWSER=1``, so a skip
@@ -73,7 +73,7 @@ class Pair:
 
 
 PAIRS: tuple[Pair, ...] = (
-    Pair("3.9", "==5.3.0", "==5.3.0", "the floor: oldest Python, Celery and kombu pyproject.toml allows"),
+    Pair("3.9", "==5.3.0", "==5.3.2", "the floor: oldest Python, Celery and kombu pyproject.toml allows"),
     Pair("3.9", "~=5.3.0", "", "oldest Python and Celery with the newest kombu they accept (5.6 on 3.9)"),
     Pair("3.10", "~=5.4.0", "", "Celery 5.4 with the newest kombu it accepts"),
     Pair("3.11", "~=5.6.0", "", "Celery 5.6 with the newest kombu it accepts"),
