@@ -92,22 +92,29 @@ def deliver_session_counts(
     back, those BugSnag left without an answer (in this run or an earlier one).
     """
     stats = {"messages": 0, "sessions": 0, "delivered": 0, "dropped": 0, "retry": 0, "requests": 0,
-             "unanswered": 0, "unreadable": 0, "other_apps": 0, "refiled": 0, "events_lost": 0}  # fmt: skip
+             "unanswered": 0, "unreadable": 0, "other_apps": 0, "refiled": 0, "events_lost": 0,
+             "copies": 0}  # fmt: skip
     stages = None if enabled_release_stages is None else frozenset(enabled_release_stages)
     own = Destination(api_key, endpoint, stages)
     mine = identity_of(api_key, endpoint) if identity is None else identity
     elsewhere = dict(others or {})
+    seen: set[str] = set()  # the ids of the messages this run read: a second copy is dropped
 
     def send(bodies: list[Any]) -> Sent:
         now = int(time.time()) // 60
         merged: dict[tuple[Release, int], dict[str, int]] = {}
-        malformed = too_far = ahead = 0
+        malformed = too_far = ahead = copies = 0
         for body in bodies:
             try:
                 read = counts_from_message(body, now)
             except Exception:
                 malformed += 1
                 continue
+            if read.message_id:
+                if read.message_id in seen:  # published again after a publish that got no answer
+                    copies += 1
+                    continue
+                seen.add(read.message_id)
             stats["unreadable"] += read.unreadable
             stats["refiled"] += read.refiled
             stats["events_lost"] += read.lost_events
@@ -118,6 +125,10 @@ def deliver_session_counts(
                 for minute, n in buckets.items():
                     into[minute] = into.get(minute, 0) + n
         _log_read(malformed, stats["unreadable"], too_far, stats["refiled"], ahead)
+        stats["copies"] += copies
+        if copies:
+            logger.info("bugsnag_celery: %d copy(ies) of session-count messages dropped (a flush "
+                        "published again after the broker did not answer)", copies)  # fmt: skip
         if stats["events_lost"]:
             logger.error("bugsnag_celery: %d event(s) were lost in the processes that reported them (each "
                          "logged why); counted in the status", stats["events_lost"])  # fmt: skip

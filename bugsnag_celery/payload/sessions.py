@@ -9,6 +9,9 @@ Each group of a message says whose counts it holds (``"identity"``: see
 earlier version ignores the key (and delivers the group as before); a group without one,
 from an earlier version, is delivered by whichever app drains it. ``"lost_events"`` is how
 many events the writing process lost since its last flush (``flusher.LostEvents``).
+``"id"`` names one message (64 random bits, fixed before its first publish): a publish whose
+answer the broker never sent (it stopped mid-publish) is sent again with the same body, and
+the delivery run keeps one copy of each id.
 
 **The clock rule.** A minute is read against the clock of the process reading it (the
 delivery's). A minute *ahead* of it -- a worker whose clock runs fast -- is filed under
@@ -92,11 +95,14 @@ def session_bodies(
     return out
 
 
-def counts_message(pending: PendingCounts, unknown: int = 0, lost_events: int = 0) -> dict[str, object]:
+def counts_message(
+    pending: PendingCounts, unknown: int = 0, lost_events: int = 0, message_id: str | None = None
+) -> dict[str, object]:
     """The broker message for *pending* (one per flush of a process).
 
     *unknown*: these counts were sent once already with no answer (see ``transport/outcome.py``).
     *lost_events*: events the process lost since its last flush, for the delivery run to count.
+    *message_id*: the message's id (a new random one by default).
     """
     groups: list[dict[str, object]] = []
     for release, buckets in pending.items():
@@ -104,7 +110,10 @@ def counts_message(pending: PendingCounts, unknown: int = 0, lost_events: int = 
         if release.identity:
             group["identity"] = release.identity
         groups.append(group)
-    message: dict[str, object] = {"v": 1, "pid": os.getpid(), "at": round(time.time(), 3), "groups": groups}
+    message: dict[str, object] = {
+        "v": 1, "id": message_id or os.urandom(8).hex(), "pid": os.getpid(), "at": round(time.time(), 3),
+        "groups": groups,
+    }  # fmt: skip
     if unknown:
         message["unknown"] = unknown
     if lost_events:
@@ -150,6 +159,7 @@ class MessageCounts(NamedTuple):
     refiled: int  # sessions in minutes ahead of the reader's: filed under its current minute
     ahead_minutes: int  # the most minutes ahead of those refiled (0: none)
     lost_events: int = 0  # events the writing process lost (refused, unanswered twice, not spooled)
+    message_id: str = ""  # "": none (a message of an earlier version), never a copy of another
 
 
 def counts_from_message(body: Any, now_minute: int | None = None) -> MessageCounts:
@@ -194,4 +204,7 @@ def counts_from_message(body: Any, now_minute: int | None = None) -> MessageCoun
             buckets[minute] = buckets.get(minute, 0) + n
         if not buckets:
             del pending[release]
-    return MessageCounts(pending, unknown, unreadable, too_far, refiled, ahead_most, lost)
+    message_id = body.get("id", "")
+    if not isinstance(message_id, str):
+        raise ValueError("bad message id")
+    return MessageCounts(pending, unknown, unreadable, too_far, refiled, ahead_most, lost, message_id)

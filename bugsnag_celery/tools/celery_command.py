@@ -48,7 +48,8 @@ def flush(ctx: click.Context) -> None:
     status = flush_app(app)
     sessions, events = status.get("sessions", {}), status.get("events", {})
     extra = {"unreadable": "unreadable count entr(ies) dropped", "other_apps": "left for another app",
-             "refiled": "filed under the current minute (a clock ahead)"}  # fmt: skip
+             "refiled": "filed under the current minute (a clock ahead)",
+             "copies": "second copies dropped (a publish the broker did not answer)"}  # fmt: skip
     click.echo(
         f"sessions: {sessions.get('delivered', 0)} delivered in {sessions.get('requests', 0)} request(s), "
         f"{_kept(sessions, 'retry')}, {sessions.get('dropped', 0)} dropped"
