@@ -21,6 +21,12 @@ children), on many hosts; the beat task runs in one process of one worker. The b
 the app already has is durable and hands each message to exactly one consumer, so two
 deliveries running at once never send a count twice, and no new server is needed.
 
+A publish can fail after the broker stored the message (it stopped mid-publish and never
+answered): such a message is *in doubt*. Its counts are not merged back and sent again as
+new counts (a second message the delivery cannot tell from the first: counted twice);
+the same message, with its id, is published again before anything new of that app, and
+the delivery run keeps one copy of each id.
+
 The same messages carry how many events each process lost (:class:`LostEvents`: refused
 by BugSnag, unanswered twice, or neither sent nor spooled), so that the delivery run, the
 one writer of the status, counts them where ``celery bugsnag status`` shows them.
@@ -28,6 +34,7 @@ one writer of the status, counts them where ``celery bugsnag status`` shows them
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -88,6 +95,15 @@ class LostEvents:
             self._pid, self._n = os.getpid(), 0
 
 
+class InDoubt(NamedTuple):
+    """A counts message whose publish failed with its outcome unknown: published again as is."""
+
+    app: Celery
+    prefix: str
+    message_id: str
+    body: bytes
+
+
 class FlushTarget(NamedTuple):
     """Where the counts of one configured app go."""
 
@@ -105,29 +121,53 @@ def publish_counts(
     """Put *pending* (and *lost_events*) on the broker as one JSON message (more, each under the
     broker's limit, when they do not fit in one). True if the broker took the first: what it
     did not take after that is put back in this process's memory here; False if it took
-    nothing (the caller puts everything back)."""
+    nothing (the caller puts everything back). For a caller that keeps no message in doubt
+    (tests, tools): the flusher's own path is :meth:`Flusher.flush_once`."""
+    done = _publish_counts(app, pending, prefix, lost_events)
+    if done.doubt is None:
+        return not done.untried
+    if not done.sent:
+        return False
+    for part in [done.doubt[1], *done.rest]:  # kept by no one in doubt: a copy is possible
+        counts.restore_pending_counts(part)
+    return True
+
+
+class _Published(NamedTuple):
+    sent: int  # messages the broker took
+    moved: int  # sessions in them
+    doubt: tuple[str, PendingCounts, bytes] | None = None  # the failed message: id, counts, body
+    rest: tuple[PendingCounts, ...] = ()  # the counts of the messages after it, not tried
+    untried: bool = False  # nothing could be built (no broker library)
+
+
+def _publish_counts(app: Celery, pending: PendingCounts, prefix: str, lost_events: int = 0) -> _Published:
+    """Publish *pending*'s messages in turn, and say what became of them (:class:`_Published`):
+    the broker may or may not hold the message whose publish failed."""
     if not pending and not lost_events:
-        return True
-    sent = 0
+        return _Published(0, 0)
     try:
         messages = counts_messages(pending, body_limit(app), lost_events=lost_events)
-        for _part, body in messages:
-            publish(app, queue_names(prefix).sessions, [body])
-            sent += 1
-        return True
     except Exception as exc:
-        if sent:
-            for part, _body in messages[sent:]:
-                counts.restore_pending_counts(part)
-        kind, problem = broker_problem(exc)
-        log_every(
-            f"broker-{kind}",
-            60.0,
-            logging.WARNING,
-            "bugsnag_celery: session counts kept in memory, %s",
-            problem,
-        )
-        return bool(sent)
+        _log_broker_problem(exc)
+        return _Published(0, 0, untried=True)
+    sent = moved = 0
+    try:
+        for part, body in messages:
+            publish(app, queue_names(prefix).sessions, [body])
+            sent, moved = sent + 1, moved + _total(part)
+        return _Published(sent, moved)
+    except Exception as exc:
+        _log_broker_problem(exc)
+        part, body = messages[sent]
+        rest = tuple(later for later, _body in messages[sent + 1 :])
+        return _Published(sent, moved, (json.loads(body)["id"], part, body), rest)
+
+
+def _log_broker_problem(exc: BaseException) -> None:
+    kind, problem = broker_problem(exc)
+    log_every(f"broker-{kind}", 60.0, logging.WARNING, "bugsnag_celery: session counts kept in memory, %s",
+              problem)  # fmt: skip
 
 
 class Flusher:
@@ -155,6 +195,7 @@ class Flusher:
         self._lock = threading.Lock()
         self._start_lock = threading.Lock()
         self._first_moved = 0.0  # when this process first moved counts to the broker
+        self._in_doubt: dict[tuple[int, str], InDoubt] = {}  # (id(app), prefix) -> its message in doubt
         self._checked: dict[str, float] = {}  # queue prefix -> when deliveries were last checked
 
     def start(self) -> None:
@@ -234,9 +275,10 @@ class Flusher:
             self._lock.release()
 
     def _flush_locked(self) -> int:
-        moved = 0
         handled: set[Release] = set()
-        for target in self.targets():
+        targets = list(self.targets())
+        moved, clear = self._resend_in_doubt(targets)  # clear: the targets with none in doubt left
+        for target in targets:
             taken = counts.take_pending_counts(target.releases, hold=True)
             handled.update(target.releases)
             lost = target.lost.take() if target.lost is not None else 0
@@ -244,24 +286,83 @@ class Flusher:
                 continue
             if not target.sends:
                 continue  # outside enabled_release_stages / no API key: never sent
-            if publish_counts(target.app, taken, target.prefix, lost):
-                moved += sum(n for b in taken.values() for n in b.values())
-                counts.settle()
-            else:
+            published = None
+            if _key(target.app, target.prefix) in clear:
+                published = self._publish(target.app, target.prefix, taken, lost)
+            else:  # its broker did not take the message in doubt again: nothing new is tried
                 counts.restore_pending_counts(taken)
-                if target.lost is not None:
-                    target.lost.give_back(lost)
+            if published is None and target.lost is not None:
+                target.lost.give_back(lost)
+            moved += published or 0
         # Counts of releases no configured app owns (sessions started by hand before
         # configure, or after unconfigure) go with the last app.
         strays = [r for r in counts.releases_with_counts() if r not in handled]
         orphans = counts.take_pending_counts(strays, hold=True) if strays else {}
         if orphans:
-            targets = list(self.targets())
             last = targets[-1] if targets else None
-            if last is not None and last.sends and publish_counts(last.app, orphans, last.prefix):
-                moved += sum(n for b in orphans.values() for n in b.values())
-                counts.settle()
+            if last is not None and last.sends and _key(last.app, last.prefix) in clear:
+                moved += self._publish(last.app, last.prefix, orphans) or 0
             else:  # no app to send them with (yet, or any more): they stay here
                 counts.restore_pending_counts(orphans)
         counts.settle()  # what was discarded (not sent from this stage) is off the ledger too
         return moved
+
+    def give_back_in_doubt(self, app: Celery, wait: float = 5.0) -> None:
+        """*app* is unconfigured: its messages in doubt go back to this process's counts (taken
+        with ``take_pending_counts``, or sent as strays with the last app), as they did
+        before messages were held in doubt. Nothing is left to be sent by an app gone."""
+        if not self._lock.acquire(timeout=wait):
+            return  # a flush under way: its next one gives them back (the app is no target)
+        try:
+            for key, doubt in list(self._in_doubt.items()):
+                if doubt.app is app:
+                    del self._in_doubt[key]
+                    counts.restore_pending_counts(counts.release_in_doubt(doubt.message_id))
+        finally:
+            self._lock.release()
+
+    def _publish(self, app: Celery, prefix: str, pending: PendingCounts, lost: int = 0) -> int | None:
+        """Publish *pending*: the sessions the broker took. A message whose publish failed is
+        kept in doubt (published again, as is, by the next flush). None: nothing could be
+        tried, the counts are put back (*lost* is the caller's to give back)."""
+        done = _publish_counts(app, pending, prefix, lost)
+        if done.untried:
+            counts.restore_pending_counts(pending)
+            return None
+        for part in done.rest:
+            counts.restore_pending_counts(part)
+        if done.doubt is not None:
+            message_id, part, body = done.doubt
+            self._in_doubt[_key(app, prefix)] = InDoubt(app, prefix, message_id, body)
+            counts.hold_in_doubt(message_id, part)  # settles: the rest is off the ledger
+        else:
+            counts.settle()
+        return done.moved
+
+    def _resend_in_doubt(self, targets: list[FlushTarget]) -> tuple[int, set[tuple[int, str]]]:
+        """Publish again, as they were, the messages in doubt of *targets*: the sessions moved,
+        and the keys of the targets with none left. Those of an app no longer configured go
+        back to the counts (strays, for the last app)."""
+        moved = 0
+        live = {_key(t.app, t.prefix) for t in targets}
+        for key, doubt in list(self._in_doubt.items()):
+            if key not in live:  # unconfigured meanwhile: its counts become strays
+                del self._in_doubt[key]
+                counts.restore_pending_counts(counts.release_in_doubt(doubt.message_id))
+                continue
+            try:
+                publish(doubt.app, queue_names(doubt.prefix).sessions, [doubt.body])
+            except Exception as exc:
+                _log_broker_problem(exc)
+                continue
+            del self._in_doubt[key]
+            moved += _total(counts.release_in_doubt(doubt.message_id))
+        return moved, live - set(self._in_doubt)
+
+
+def _key(app: Celery, prefix: str) -> tuple[int, str]:
+    return id(app), prefix
+
+
+def _total(pending: PendingCounts) -> int:
+    return sum(n for buckets in pending.values() for n in buckets.values())

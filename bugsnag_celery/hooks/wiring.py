@@ -153,6 +153,7 @@ def unconfigure(app: Celery) -> None:
         return
     state.reporter.sender.flush(1.0)
     unregister_delivery(app)
+    registry.flusher.give_back_in_doubt(app)
     remaining = registry.states()
     current.set_default_release(remaining[-1].release if remaining else None)
     if not remaining:

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from ..clock import minute_from_iso, minute_iso
 from . import ledger
 from .ledger import NO_CELLS, Cells
+from .ledger_file import ReleaseRow
 
 if TYPE_CHECKING:
     from ..options.declared import Options
@@ -54,6 +55,8 @@ __all__ = [
     "open_minute",
     "take_pending_counts",
     "restore_pending_counts",
+    "hold_in_doubt",
+    "release_in_doubt",
     "settle",
     "Tally",
     "on_first_count",
@@ -122,6 +125,9 @@ _live: dict[Release, Minutes] = {}
 _taken: dict[Release, dict[float, int]] = {}
 # release -> {epoch minute -> count}: counts given back (restore_pending_counts)
 _kept: dict[Release, dict[int, int]] = {}
+# message id -> its counts: a publish of them that failed with its outcome unknown (the broker
+# may hold them); the flusher publishes the same message again. In the ledger's given-back area.
+_in_doubt: dict[str, PendingCounts] = {}
 # ledger cell -> count: taken, not yet recorded as such in the ledger (``settle``)
 _unsettled: dict[int, int] = {}
 _kept_changed = False
@@ -256,12 +262,46 @@ def settle() -> None:
         marks, kept_changed = dict(_unsettled), _kept_changed
         _unsettled.clear()
         _kept_changed = False
-        kept = {tuple(r): dict(b) for r, b in _kept.items()} if kept_changed else None
+        kept = _kept_snapshot() if kept_changed else None
     if book is not None:
         try:
             book.settle(marks, kept)
         except Exception:  # the ledger is a safety net: counting goes on without it
             pass
+
+
+def _kept_snapshot() -> dict[ReleaseRow, dict[int, int]]:
+    """What the ledger's given-back area holds (under the lock): counts given back, and
+    those of messages in doubt (a kill before they are published again loses neither)."""
+    kept = {tuple(r): dict(b) for r, b in _kept.items()}
+    for pending in _in_doubt.values():
+        for release, buckets in pending.items():
+            into = kept.setdefault(tuple(release), {})
+            for stamp, n in buckets.items():
+                minute = minute_from_iso(stamp)
+                into[minute] = into.get(minute, 0) + n
+    return kept
+
+
+def hold_in_doubt(message_id: str, pending: PendingCounts) -> None:
+    """*pending* (taken, and published as message *message_id* with no answer) stays this
+    process's until :func:`release_in_doubt`: in its ledger, and in :func:`pending_total`."""
+    global _kept_changed
+    with _lock:
+        _in_doubt[message_id] = pending
+        _kept_changed = True
+    settle()
+
+
+def release_in_doubt(message_id: str) -> PendingCounts:
+    """Message *message_id*'s counts are no longer this process's to hold (published now, or
+    given back with :func:`restore_pending_counts` by the caller): returns them."""
+    global _kept_changed
+    with _lock:
+        pending = _in_doubt.pop(message_id, {})
+        _kept_changed = True
+    settle()
+    return pending
 
 
 #: Minute buckets kept per release group while counts cannot leave the process (a day).
@@ -301,9 +341,10 @@ def _held(release: Release) -> int:
 
 
 def pending_total() -> int:
-    """Sessions counted in this process and not taken yet (what an exit would lose)."""
+    """Sessions counted in this process and not on the broker yet (what an exit would lose)."""
     with _lock:
-        return sum(_held(release) for release in _releases())
+        doubt = sum(n for pending in _in_doubt.values() for b in pending.values() for n in b.values())
+        return sum(_held(release) for release in _releases()) + doubt
 
 
 def releases_with_counts() -> list[Release]:
@@ -323,6 +364,7 @@ def _after_fork_in_child() -> None:
         minutes.clear()
     _taken.clear()
     _kept.clear()
+    _in_doubt.clear()
     _unsettled.clear()
     _kept_changed = False
 

@@ -7,6 +7,7 @@ Covers: bugsnag_celery/payload/sessions.py
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -21,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from brokers import Broker, broker_fixture, need_service
+from brokers import REDIS_DB, Broker, broker_fixture, need_service
 from endpoint import Endpoint
+from proxies import AnswerLosingProxy
 from results import deliver_sessions, flushes, received_sessions, records, total, wait_for_records
 from workers import Worker, wait_until
 
@@ -330,6 +332,35 @@ def test_broker_restarted_during_the_load(tmp_path: Path, out_dir: Path, endpoin
     finally:
         redis_proc.kill()
         redis_proc.wait(10)
+
+
+def test_a_count_message_whose_answer_was_lost_is_counted_once(
+    redis_broker: Broker, out_dir: Path, endpoint: Endpoint
+) -> None:
+    """A flush's publish that Redis ran but never answered (the broker stopped mid-publish):
+    the flusher publishes the same message again once the broker is back, and the delivery
+    keeps one copy. Before, its counts were merged back and sent as a second message: CI's
+    broker-restart test once received 394 sessions for 254 task runs."""
+    proxy = AnswerLosingProxy(f"{redis_broker.queue}.sessions".encode(), down=4.0)
+    via_proxy = dataclasses.replace(redis_broker, url=f"redis://127.0.0.1:{proxy.port}/{REDIS_DB}")
+    n = 400
+    try:
+        with Worker(via_proxy, out_dir, configure=config(endpoint, "h"), concurrency=2,
+                    env={"BSC_RECORD_FLUSHES": "1"}) as w:  # fmt: skip
+            send_observe(redis_broker, n, delay=0.005)
+            wait_for_records(out_dir, n // 4, worker=w)
+            proxy.armed.set()
+            wait_until(proxy.fired.is_set, 60, "a flush's publish cut before its answer")
+            wait_for_records(out_dir, n, worker=w)
+            # the messages in doubt go again once the broker is back, before the shutdown
+            wait_until(lambda: [f for f in flushes(out_dir) if f["ended"] > proxy.up_again and f["moved"]],
+                       60, "a flush to the broker once it is back")  # fmt: skip
+            assert w.stop() == 0
+    finally:
+        proxy.close()
+    stats = deliver_sessions(redis_broker, endpoint.url)
+    assert total(received_sessions(endpoint.requests)) == len(records(out_dir)) == n
+    assert stats["copies"] >= 1  # the message whose answer was lost was on the broker, and sent again
 
 
 def test_a_delivery_that_died_mid_way_is_adopted_later(redis_broker: Broker, endpoint: Endpoint) -> None:

@@ -6,7 +6,7 @@ forked from this process, brought to that point and SIGKILLed; the parent reads 
 ledger holds and recovers it, as a worker's main process does.
 
 Covers: bugsnag_celery/sessions/ledger.py, bugsnag_celery/sessions/ledger_file.py
-Covers: bugsnag_celery/delivery/recovery.py
+Covers: bugsnag_celery/delivery/recovery.py, bugsnag_celery/sessions/counts.py
 """
 
 from __future__ import annotations
@@ -83,6 +83,25 @@ def test_a_killed_process_leaves_every_count_it_had_not_handed_on(folder: Path) 
         counts.take_pending_counts(hold=True)  # a flush on its way when the kill comes
 
     assert held(folder, killed_child(work))[0] == 8
+
+
+def test_a_message_in_doubt_is_left_until_it_is_published_again(folder: Path) -> None:
+    """A flush whose publish got no answer holds that message in doubt: its counts stay in
+    the ledger (a kill loses them not), and leave it once the same message is published."""
+
+    def in_doubt(publish_again: bool) -> Callable[[], None]:
+        def work() -> None:
+            count(5)
+            taken = counts.take_pending_counts(hold=True)
+            counts.hold_in_doubt("m1", taken)  # the publish failed, its outcome unknown
+            count(2)
+            if publish_again:
+                counts.release_in_doubt("m1")
+
+        return work
+
+    assert held(folder, killed_child(in_doubt(False)))[0] == 7
+    assert held(folder, killed_child(in_doubt(True)))[0] == 2
 
 
 def test_counts_the_broker_took_are_not_left_again(folder: Path) -> None:
