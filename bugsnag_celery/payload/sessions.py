@@ -95,14 +95,12 @@ def session_bodies(
     return out
 
 
-def counts_message(
-    pending: PendingCounts, unknown: int = 0, lost_events: int = 0, message_id: str | None = None
-) -> dict[str, object]:
+def counts_message(pending: PendingCounts, unknown: int = 0, lost_events: int = 0) -> dict[str, object]:
     """The broker message for *pending* (one per flush of a process).
 
     *unknown*: these counts were sent once already with no answer (see ``transport/outcome.py``).
     *lost_events*: events the process lost since its last flush, for the delivery run to count.
-    *message_id*: the message's id (a new random one by default).
+    Each message gets a new random id; a copy is the same body published again.
     """
     groups: list[dict[str, object]] = []
     for release, buckets in pending.items():
@@ -111,7 +109,7 @@ def counts_message(
             group["identity"] = release.identity
         groups.append(group)
     message: dict[str, object] = {
-        "v": 1, "id": message_id or os.urandom(8).hex(), "pid": os.getpid(), "at": round(time.time(), 3),
+        "v": 1, "id": os.urandom(8).hex(), "pid": os.getpid(), "at": round(time.time(), 3),
         "groups": groups,
     }  # fmt: skip
     if unknown:

@@ -273,14 +273,18 @@ def settle() -> None:
 def _kept_snapshot() -> dict[ReleaseRow, dict[int, int]]:
     """What the ledger's given-back area holds (under the lock): counts given back, and
     those of messages in doubt (a kill before they are published again loses neither)."""
-    kept = {tuple(r): dict(b) for r, b in _kept.items()}
+    kept: dict[ReleaseRow, dict[int, int]] = {tuple(r): dict(b) for r, b in _kept.items()}
     for pending in _in_doubt.values():
         for release, buckets in pending.items():
-            into = kept.setdefault(tuple(release), {})
-            for stamp, n in buckets.items():
-                minute = minute_from_iso(stamp)
-                into[minute] = into.get(minute, 0) + n
+            _add_minutes(kept.setdefault(tuple(release), {}), buckets)
     return kept
+
+
+def _add_minutes(into: dict[int, int], buckets: dict[str, int]) -> None:
+    """Add *buckets* (``{minute_iso: n}``) into *into* (``{epoch minute: n}``)."""
+    for stamp, n in buckets.items():
+        minute = minute_from_iso(stamp)
+        into[minute] = into.get(minute, 0) + n
 
 
 def hold_in_doubt(message_id: str, pending: PendingCounts) -> None:
@@ -320,9 +324,7 @@ def restore_pending_counts(pending: PendingCounts, max_buckets: int = MAX_BUCKET
         _kept_changed = _kept_changed or bool(pending)
         for release, counts in pending.items():
             kept = _kept.setdefault(release, {})
-            for stamp, n in counts.items():
-                minute = minute_from_iso(stamp)
-                kept[minute] = kept.get(minute, 0) + n
+            _add_minutes(kept, counts)
             if len(kept) > max_buckets:
                 ordered = sorted(kept)
                 excess = ordered[: len(ordered) - max_buckets]
