@@ -103,7 +103,3 @@ def _crumb_v4(crumb: Any, clean: Cleaner) -> tuple[JSONObject, bytes]:
         _crumbs_v4.clear()
     _crumbs_v4[id(crumb)] = (crumb, clean, held, made)
     return made
-    if len(_crumbs_v4) >= _MAX_CRUMBS:
-        _crumbs_v4.clear()
-    _crumbs_v4[id(crumb)] = (crumb, clean, held, made)
-    return made
