@@ -21,8 +21,10 @@ from endpoint import Endpoint
 
 from bugsnag_celery.payload.encoding import encode_json
 from bugsnag_celery.payload.wire import MAX_BODY_BYTES
+from bugsnag_celery.transport import http as http_module
 from bugsnag_celery.transport import sender as sender_module
 from bugsnag_celery.transport.http import Request, post
+from bugsnag_celery.transport.outcome import Outcome
 from bugsnag_celery.transport.sender import Sender, encoded
 
 KEY = "a" * 32
@@ -186,3 +188,25 @@ def test_a_second_flush_does_not_wait_again_for_a_request_taken_over(endpoint: E
     sender.flush(5.0)
     assert time.monotonic() - started < 0.5  # it waited 5.5 s
     assert [json.loads(p.body)["events"] for p in spooled] == [[{"n": 1}]]
+
+
+def test_requests_take_the_environments_proxy_and_no_proxy_read_once_a_minute(
+    endpoint: Endpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``HTTP_PROXY`` and ``NO_PROXY`` apply as requests applies them (the stand-in plays the
+    proxy: a proxied request names the whole URL), read once a minute, not for every request."""
+    far = "http://127.0.0.1:9/notify"  # nothing listens there: only the proxy can answer
+    monkeypatch.setattr(http_module, "_environment", {})
+    monkeypatch.setenv("HTTP_PROXY", endpoint.url)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    assert post(Request(far, KEY, "4.0", body=b"{}"), 5)[0] is Outcome.DELIVERED
+    assert [r["path"] for r in endpoint.requests] == [far]
+
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # within the minute: the proxy still
+    assert post(Request(far, KEY, "4.0", body=b"{}"), 5)[0] is Outcome.DELIVERED
+    assert len(endpoint.requests) == 2
+
+    monkeypatch.setattr(http_module, "ENVIRONMENT_TTL", 0.0)  # the minute is over: straight to port 9
+    assert post(Request(far, KEY, "4.0", body=b"{}"), 5)[0] is Outcome.RETRY
+    assert len(endpoint.requests) == 2
