@@ -216,8 +216,8 @@ def _environment_for(url: str) -> tuple[dict[str, str], bool | str, Any]:
     and ``prepare_request`` merge them, the ``proxy_host`` proxies first.
 
     requests reads all of it again for every request (its session's ``trust_env``): it
-    decodes every environment variable twice and looks for ``~/.netrc``, ~0.6 ms of the
-    ~1.5 ms of CPU a POST costs the sender thread, in the process whose tasks it shares the
+    decodes every environment variable twice and looks for ``~/.netrc``, ~0.3 ms of the
+    ~1.5 ms of CPU a POST cost the sender thread, in the process whose tasks it shares the
     interpreter with. Read here once a minute per endpoint instead (:data:`ENVIRONMENT_TTL`):
     a proxy set in the environment of a running worker is used within a minute.
     """
