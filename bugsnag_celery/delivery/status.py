@@ -48,6 +48,7 @@ __all__ = [
     "record_sent",
     "read_sent",
     "describe_age",
+    "age_seconds",
     "delivery_problem",
     "DeliveryProblem",
     "diagnose_delivery",
@@ -239,11 +240,18 @@ def _peek_newest(app: Celery, name: str, key: str) -> Any:
     return _newest(bodies, key)
 
 
+def age_seconds(now: float, at: float | None) -> float | None:
+    """How long before *now* the stamp *at* was written, to 0.1 s (``status --json``); never
+    ``-0.0``, which a stamp rounded a moment after it was written would otherwise give."""
+    return None if at is None else round(now - at, 1) + 0.0
+
+
 def describe_age(seconds: float) -> str:
     """*seconds* ago, in the unit a person reads: ``"25 s ago"``, ``"13 min ago"``, ``"5 h ago"``."""
     if seconds < -1:  # the writer's clock is ahead of this host's
         return f"{-seconds:.0f} s in the future (this host's clock is behind the one that wrote it)"
-    seconds = max(seconds, 0.0)
+    if seconds < 0.5:  # also -0.0, which an age rounded a moment after its stamp can be: "-0 s ago"
+        return "0 s ago"
     if seconds < 90:
         return f"{seconds:.0f} s ago"
     if seconds < 90 * 60:

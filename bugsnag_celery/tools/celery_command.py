@@ -104,17 +104,13 @@ NOTHING_DROPPED = {"sessions": 0, "unreadable": 0, "events": 0, "events_lost": 0
 NEVER = "never"
 
 
-def _ago(now: float, at: float | None) -> float | None:
-    return None if at is None else round(now - at, 1)
-
-
 def _report(app: Celery, prefix: str, interval: float, now: float) -> dict[str, Any]:
     """What ``status`` shows, every field of :data:`REPORT_FIELDS` present; times as the
     writers left them, and each one's age as read on this host's clock."""
     from bugsnag_celery.clock import format_timestamp, parse_timestamp
     from bugsnag_celery.delivery.sessions import pending_session_messages
     from bugsnag_celery.delivery.spool import spooled_event_count
-    from bugsnag_celery.delivery.status import delivery_problem, read_sent, read_status
+    from bugsnag_celery.delivery.status import age_seconds, delivery_problem, read_sent, read_status
 
     status: dict[str, Any] = dict(read_status(app, prefix) or {})
     mark: dict[str, Any] = dict(read_sent(app, prefix) or {})
@@ -126,24 +122,24 @@ def _report(app: Celery, prefix: str, interval: float, now: float) -> dict[str, 
         "pending_session_messages": pending_session_messages(app, prefix),
         "spooled_events": spooled_event_count(app, prefix),
         "delivery_task_sent": format_timestamp(sent) if sent is not None else None,
-        "delivery_task_sent_seconds_ago": _ago(now, sent),
+        "delivery_task_sent_seconds_ago": age_seconds(now, sent),
         "delivery_task_sent_by": mark.get("hostname"),
         "delivery_task_queue": mark.get("routing_key"),
         "last_run": format_timestamp(run_at) if run_at is not None else None,
-        "last_run_seconds_ago": _ago(now, run_at),
+        "last_run_seconds_ago": age_seconds(now, run_at),
         "last_run_hostname": status.get("hostname"),
         "sessions": status.get("sessions"),  # the last run's figures (a run under way has none yet)
         "events": status.get("events"),
         "last_delivery": status.get("last_delivery"),
-        "last_delivery_seconds_ago": _ago(now, delivered_at),
+        "last_delivery_seconds_ago": age_seconds(now, delivered_at),
         "last_error": status.get("last_error"),
-        "last_error_seconds_ago": _ago(now, error_at),
+        "last_error_seconds_ago": age_seconds(now, error_at),
         "last_error_before_last_delivery": (
             None if error_at is None else delivered_at is not None and error_at < delivered_at
         ),
         "dropped": status.get("dropped") or NOTHING_DROPPED,
         "last_drop": status.get("last_drop"),
-        "last_drop_seconds_ago": _ago(now, drop_at),
+        "last_drop_seconds_ago": age_seconds(now, drop_at),
         "problem": delivery_problem(app, prefix, interval, now),
     }
     assert tuple(report) == REPORT_FIELDS

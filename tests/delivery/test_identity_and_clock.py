@@ -185,6 +185,23 @@ def test_the_clock_rule_files_minutes_ahead_under_the_current_one_and_drops_garb
     assert list(counts_from_message(old, now_minute=now).counts) == [Release(*release[:4])]
 
 
+def test_an_age_a_moment_old_reads_0_s_ago_never_minus_0() -> None:
+    """``status`` rounds an age to 0.1 s before wording it: a stamp written a moment before it
+    was read rounds to ``-0.0``, which ``%.0f`` prints as ``-0`` (a CI run showed
+    "last sent: -0 s ago"); a writer's clock ahead by more than a second is still told apart."""
+    from bugsnag_celery.delivery.status import describe_age
+
+    for seconds in (-0.0, round(-0.04, 1), -0.4, 0.0, 0.4):
+        assert describe_age(seconds) == "0 s ago", seconds
+    assert (describe_age(0.6), describe_age(89.4), describe_age(120)) == ("1 s ago", "89 s ago", "2 min ago")
+    assert describe_age(-30).startswith("30 s in the future")
+    from bugsnag_celery.delivery.status import age_seconds  # the same age in ``status --json``
+
+    assert json.dumps([age_seconds(100.0, 100.04), age_seconds(100.0, 103.04), age_seconds(1, None)]) == (
+        "[0.0, -3.0, null]"
+    )
+
+
 # -- drops show in status ----------------------------------------------------------------------
 
 
